@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (built from protos/ by setup.py; see the .gitignore)."""

@@ -1,0 +1,27 @@
+"""Shared fixtures: services started as real processes and stopped at teardown."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from procs import Service, start_service  # noqa: E402
+
+
+@pytest.fixture
+def services():
+    """Start services with ``services(args)``; every one is stopped at teardown."""
+    started: list[Service] = []
+
+    def start(args: list[str], **kwargs) -> Service:
+        service = start_service(args, **kwargs)
+        started.append(service)
+        return service
+
+    yield start
+    for service in reversed(started):
+        service.stop()
