@@ -36,7 +36,11 @@ class Service:
         return self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> int:
-        """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code."""
+        """SIGTERM, wait up to `timeout`, then SIGKILL; returns the exit code.
+
+        Whatever the process left behind in its process group (model servers it started)
+        is killed too, so that no test leaves a process running.
+        """
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -44,10 +48,18 @@ class Service:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        self.kill_group()
         return self.process.returncode
 
+    def kill_group(self) -> None:
+        """SIGKILL everything left in the process group this service was started in."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+
     def kill(self) -> None:
-        """SIGKILL at once (a crash, as far as everyone else can tell)."""
+        """SIGKILL this process only, at once (a crash, as far as everyone else can tell)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait(5)
