@@ -1,0 +1,86 @@
+"""Domain errors travel over gRPC as a status with a SageMaker-style reason, and come back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from mve import errors
+
+
+class _Health(health_pb2_grpc.HealthServicer):
+    """A servicer that raises whatever the test asks for, by service name."""
+
+    async def Check(self, request, context):
+        if request.service == "validation":
+            raise errors.ValidationError("weight must be >= 0", metadata={"field": "DesiredWeight"})
+        if request.service == "exists":
+            raise errors.ResourceAlreadyExists('Cannot create already existing endpoint "e".')
+        if request.service == "bug":
+            raise KeyError("secret internals")
+        return health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+    async def Watch(self, request, context):
+        if request.service == "missing":
+            raise errors.ResourceNotFound('Could not find endpoint "x".')
+        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING)
+
+
+async def _call(service: str, stream: bool = False):
+    server = grpc.aio.server(interceptors=[errors.ErrorInterceptor()])
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            request = health_pb2.HealthCheckRequest(service=service)
+            if stream:
+                return [r async for r in stub.Watch(request, timeout=5)]
+            return await stub.Check(request, timeout=5)
+    finally:
+        await server.stop(None)
+
+
+def _error_of(service: str, stream: bool = False) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        asyncio.run(_call(service, stream))
+    return info.value
+
+
+def test_validation_error_maps_to_invalid_argument_with_reason_and_metadata():
+    error = _error_of("validation")
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.reason_of(error) == "ValidationException"
+    back = errors.from_rpc_error(error)
+    assert isinstance(back, errors.ValidationError)
+    assert back.message == "weight must be >= 0"
+    assert back.metadata == {"field": "DesiredWeight"}
+
+
+def test_already_exists_keeps_its_code_and_sagemaker_reason():
+    error = _error_of("exists")
+    assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    back = errors.from_rpc_error(error)
+    assert isinstance(back, errors.ResourceAlreadyExists)
+    assert back.reason == "ValidationException"
+
+
+def test_error_raised_in_a_stream_maps_too():
+    error = _error_of("missing", stream=True)
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert isinstance(errors.from_rpc_error(error), errors.ResourceNotFound)
+
+
+def test_unexpected_exception_is_internal_failure_without_internals():
+    error = _error_of("bug")
+    assert error.code() == grpc.StatusCode.INTERNAL
+    assert errors.reason_of(error) == "InternalFailure"
+    assert "secret internals" not in error.details()
+
+
+def test_successful_call_passes_through():
+    assert asyncio.run(_call("ok")).status == health_pb2.HealthCheckResponse.SERVING
