@@ -8,6 +8,7 @@ with `from_rpc_error`. No handler calls ``context.abort`` itself.
 
 from __future__ import annotations
 
+import inspect
 import logging
 
 import grpc
@@ -192,6 +193,11 @@ def _wrap_unary(behavior):
 
 
 def _wrap_stream(behavior):
+    if inspect.iscoroutinefunction(behavior):
+        # A reader/writer-style handler (``await context.write(...)``, e.g. grpc_health's Watch)
+        # is a coroutine, not an async generator: wrap it as one.
+        return _wrap_unary(behavior)
+
     async def handler(request, context):
         try:
             async for response in behavior(request, context):

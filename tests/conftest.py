@@ -25,3 +25,11 @@ def services():
     yield start
     for service in reversed(started):
         service.stop()
+
+
+@pytest.fixture(scope="session")
+def example_models(tmp_path_factory):
+    """The example ONNX models, built once per session: ``{"cancer-weak", "cancer-strong", "mlp": Path}``."""
+    from mve.examples import build_example_models
+
+    return build_example_models(tmp_path_factory.mktemp("example-models"))
