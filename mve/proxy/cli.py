@@ -1,0 +1,77 @@
+"""``mve proxy``: the data-plane proxy in front of the model servers."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from mve.proxy.settings import DEFAULT_CONTROL_PLANE, env_default
+
+
+def register(subparsers) -> None:
+    """Add the ``proxy`` subcommand."""
+    parser = subparsers.add_parser(
+        "proxy",
+        help="run the data-plane proxy (InvokeEndpoint and the Open Inference Protocol)",
+        description=(
+            "Serve mve.v1.EndpointRuntime/InvokeEndpoint and the Open Inference Protocol for every "
+            "endpoint in the routing table the control plane streams (WatchRoutes). Flags default "
+            "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S."
+        ),
+    )
+    parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
+                        help=f"control plane address (default: $MVE_CONTROL_PLANE or {DEFAULT_CONTROL_PLANE})")
+    parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=None, help="gRPC port, 0 for a free one (default 8080)")
+    parser.add_argument("--proxy-id", default=None, help="name in the control plane's stats (default: host and pid)")
+    parser.add_argument("--model-timeout", type=float, default=None, metavar="SECONDS",
+                        help="longest wait for a model's answer (default 60)")
+    parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
+                        help="how often counters are reported to the control plane (default 1)")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    parser.set_defaults(func=run)
+
+
+def settings_from_args(args: argparse.Namespace):
+    """`ProxySettings` from flags, then ``MVE_*`` environment variables, then defaults; validated."""
+    from mve.proxy.settings import ProxySettings
+
+    defaults = ProxySettings()
+
+    def pick(flag, env_name, default):
+        return flag if flag is not None else env_default(env_name, default)
+
+    return ProxySettings(
+        control_plane=pick(args.control_plane, "CONTROL_PLANE", defaults.control_plane),
+        host=pick(args.host, "PROXY_HOST", defaults.host),
+        port=pick(args.port, "PROXY_PORT", defaults.port),
+        proxy_id=pick(args.proxy_id, "PROXY_ID", defaults.proxy_id),
+        model_timeout_s=pick(args.model_timeout, "MODEL_TIMEOUT_S", defaults.model_timeout_s),
+        stats_interval_s=pick(args.stats_interval, "STATS_INTERVAL_S", defaults.stats_interval_s),
+    ).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate settings and serve until SIGTERM."""
+    import asyncio
+    import logging
+
+    from mve.errors import ValidationError
+
+    logging.basicConfig(
+        level=args.log_level, stream=sys.stderr,
+        format="ts=%(asctime)s level=%(levelname)s service=proxy logger=%(name)s %(message)s",
+    )
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as error:
+        print(f"mve proxy: error: {error.message}", file=sys.stderr)
+        return 2
+    from mve.proxy.server import serve
+
+    try:
+        asyncio.run(serve(settings))
+    except OSError as error:
+        print(f"mve proxy: error: {error}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,272 @@
+"""The proxy's one domain core: an invocation in, a variant's answer out.
+
+`DataPlane.invoke_endpoint` (SageMaker's InvokeEndpoint) and `DataPlane.model_infer` (the Open
+Inference Protocol, model name = endpoint name) both pick a variant with the `Router`, send one
+``ModelInferRequest`` with raw tensor bytes to an instance through `send` (the seam where a
+per-variant batcher slots in later), count the result in the `StatsBook`, and name the variant
+that answered. The gRPC servicers only convert protobuf to these calls.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+
+from mve import codecs, tensors
+from mve._proto import grpc_predict_v2_pb2 as pb
+from mve.errors import ModelError, MveError, ValidationError
+from mve.proxy.router import Router, TensorSpec, VariantState
+from mve.proxy.stats import StatsBook
+from mve.proxy.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+MAX_INFERENCE_ID = 64
+MAX_CUSTOM_ATTRIBUTES = 1024
+MAX_ROUTING_KEY = 1024
+TARGET_VARIANT_PARAM = "target_variant"
+ROUTING_KEY_PARAM = "routing_key"
+INVOKED_VARIANT_PARAM = "invoked_production_variant"
+CUSTOM_ATTRIBUTES_PARAM = "custom_attributes"
+
+
+@dataclass(frozen=True)
+class InvokeRequest:
+    """InvokeEndpoint's fields (see ``mve.v1.InvokeEndpointRequest``)."""
+
+    endpoint_name: str
+    body: bytes
+    content_type: str
+    accept: str = ""
+    target_variant: str = ""
+    inference_id: str = ""
+    custom_attributes: str = ""
+    routing_key: str = ""
+
+
+@dataclass(frozen=True)
+class InvokeResult:
+    """InvokeEndpoint's answer: the encoded body and the variant that served it."""
+
+    body: bytes
+    content_type: str
+    invoked_production_variant: str
+    custom_attributes: str = ""
+
+
+def check_name(value: str, field: str) -> None:
+    """ValidationError unless `value` is a SageMaker resource name (1-63 letters, digits, hyphens)."""
+    if not NAME_PATTERN.match(value):
+        raise ValidationError(
+            f"{field} '{value[:80]}' must be 1-63 letters, digits or hyphens, starting and ending with a letter or digit"
+        )
+
+
+def _check_length(value: str, limit: int, field: str) -> None:
+    if len(value) > limit:
+        raise ValidationError(f"{field} is {len(value)} characters; at most {limit} are allowed")
+
+
+class DataPlane:
+    """Routes invocations to variants and their instances, and counts them."""
+
+    def __init__(self, router: Router, pool: UpstreamPool, stats: StatsBook, *, model_timeout_s: float = 60.0, send=None):
+        self.router = router
+        self.pool = pool
+        self.stats = stats
+        self.model_timeout_s = model_timeout_s
+        self._send = send or partial(infer_on_variant, pool)
+
+    def _timeout(self, time_remaining: float | None) -> float:
+        if time_remaining is None:
+            return self.model_timeout_s
+        return max(min(time_remaining, self.model_timeout_s), 0.001)
+
+    async def invoke_endpoint(self, request: InvokeRequest, time_remaining: float | None = None) -> InvokeResult:
+        """Decode the body, run it on the picked variant's model, encode the outputs."""
+        started = time.perf_counter()
+        check_name(request.endpoint_name, "EndpointName")
+        if request.target_variant:
+            check_name(request.target_variant, "TargetVariant")
+        _check_length(request.inference_id, MAX_INFERENCE_ID, "InferenceId")
+        _check_length(request.custom_attributes, MAX_CUSTOM_ATTRIBUTES, "CustomAttributes")
+        if not request.custom_attributes.isascii():
+            raise ValidationError("CustomAttributes must be ASCII")
+        _check_length(request.routing_key, MAX_ROUTING_KEY, "RoutingKey")
+        content_type = codecs.normalize_content_type(request.content_type)
+        accept = codecs.response_content_type(content_type, request.accept)
+        codecs.check_body_size(request.body)
+        variant = self.router.pick(request.endpoint_name, request.target_variant, request.routing_key)
+        timeout = self._timeout(time_remaining)
+        try:
+            spec = await self._single_input(variant, timeout)
+            array = _cast(codecs.decode(request.body, content_type), spec)
+            infer = pb.ModelInferRequest(
+                model_name=variant.model_name,
+                id=request.inference_id,
+                inputs=[pb.ModelInferRequest.InferInputTensor(name=spec.name, datatype=spec.datatype, shape=array.shape)],
+                raw_input_contents=[tensors.numpy_to_raw(array)],
+            )
+            if request.custom_attributes:
+                infer.parameters[CUSTOM_ATTRIBUTES_PARAM].string_param = request.custom_attributes
+            result = await self._send(variant, infer, timeout)
+            outputs = _outputs(result.response, variant)
+            body = codecs.encode(outputs, accept)
+        except MveError as error:
+            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            raise
+        attributes = result.response.parameters.get(CUSTOM_ATTRIBUTES_PARAM)
+        self._record(variant, started, result.model_latency_us)
+        return InvokeResult(
+            body=body,
+            content_type=accept,
+            invoked_production_variant=variant.name,
+            custom_attributes=attributes.string_param if attributes is not None else "",
+        )
+
+    async def model_infer(self, request, time_remaining: float | None = None):
+        """Forward an Open Inference Protocol request (model_name = endpoint) to a variant, tensors raw.
+
+        The ``target_variant`` request parameter picks a variant and ``routing_key`` makes the pick
+        sticky; the response's ``invoked_production_variant`` parameter names the variant.
+        """
+        started = time.perf_counter()
+        endpoint_name = request.model_name
+        check_name(endpoint_name, "model_name (endpoint name)")
+        target = _string_param(request.parameters, TARGET_VARIANT_PARAM)
+        routing_key = _string_param(request.parameters, ROUTING_KEY_PARAM)
+        if target:
+            check_name(target, "target_variant")
+        _check_length(routing_key, MAX_ROUTING_KEY, "routing_key")
+        size = request.ByteSize()
+        if size > codecs.MAX_BODY_BYTES:
+            raise ValidationError(f"Request of {size} bytes is over the 6 MB limit ({codecs.MAX_BODY_BYTES} bytes)")
+        variant = self.router.pick(endpoint_name, target, routing_key)
+        try:
+            _to_raw_contents(request)
+            request.model_name = variant.model_name
+            request.model_version = ""
+            for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
+                if name in request.parameters:
+                    del request.parameters[name]
+            result = await self._send(variant, request, self._timeout(time_remaining))
+        except MveError as error:
+            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            raise
+        response = result.response
+        response.model_name = endpoint_name
+        response.model_version = ""
+        response.parameters[INVOKED_VARIANT_PARAM].string_param = variant.name
+        self._record(variant, started, result.model_latency_us)
+        return response
+
+    def _record(self, variant: VariantState, started: float, model_latency_us: float) -> None:
+        total_us = (time.perf_counter() - started) * 1e6
+        self.stats.record_success(
+            variant.endpoint_name, variant.name, model_latency_us, max(total_us - model_latency_us, 0.0)
+        )
+
+    @property
+    def server_ready(self) -> bool:
+        """True once a routing table has been applied."""
+        return self.router.has_table
+
+    def model_ready(self, endpoint_name: str) -> bool:
+        """True when the endpoint is in the table with at least one instance."""
+        endpoint = self.router.state.endpoints.get(endpoint_name)
+        return endpoint is not None and endpoint.routable
+
+    async def model_metadata(self, endpoint_name: str, time_remaining: float | None = None):
+        """The endpoint's first variant's model inputs and outputs, as ``ModelMetadataResponse``."""
+        endpoint = self.router.endpoint(endpoint_name)
+        response = pb.ModelMetadataResponse(name=endpoint_name, platform="mve-endpoint")
+        if not endpoint.variants:
+            return response
+        variant = endpoint.variants[0]
+        await self._specs(variant, self._timeout(time_remaining))
+        for spec in variant.inputs:
+            response.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        for spec in variant.outputs:
+            response.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
+        return response
+
+    async def _specs(self, variant: VariantState, timeout: float) -> None:
+        if not variant.inputs:
+            variant.inputs, variant.outputs = await fetch_model_metadata(self.pool, variant, timeout)
+
+    async def _single_input(self, variant: VariantState, timeout: float) -> TensorSpec:
+        await self._specs(variant, timeout)
+        if len(variant.inputs) != 1:
+            names = ", ".join(s.name for s in variant.inputs)
+            raise ValidationError(
+                f"InvokeEndpoint feeds one input, but model {variant.model_name} of variant {variant.name} "
+                f"has {len(variant.inputs)} ({names}); send it with ModelInfer instead"
+            )
+        return variant.inputs[0]
+
+
+def _string_param(parameters, name: str) -> str:
+    value = parameters.get(name)
+    if value is None:
+        return ""
+    if value.WhichOneof("parameter_choice") != "string_param":
+        raise ValidationError(f"request parameter {name} must be a string_param")
+    return value.string_param
+
+
+def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
+    """The decoded body as the model input's dtype, after checking its rank and fixed dimensions."""
+    dtype = tensors.DATATYPE_TO_DTYPE.get(spec.datatype)
+    if dtype is None or spec.datatype == "BYTES":
+        raise ValidationError(f"model input '{spec.name}' is {spec.datatype}; InvokeEndpoint bodies carry numbers only")
+    if spec.shape:
+        fits = len(spec.shape) == array.ndim and all(d < 0 or d == n for d, n in zip(spec.shape, array.shape))
+        if not fits:
+            raise ValidationError(
+                f"model input '{spec.name}' has shape {list(spec.shape)} but the body decoded to shape {list(array.shape)}"
+            )
+    return array.astype(dtype, copy=False)
+
+
+def _outputs(response, variant: VariantState) -> dict[str, np.ndarray]:
+    """Output name -> array from a model server's response (raw or typed contents)."""
+    outputs = {}
+    try:
+        raw = response.raw_output_contents
+        for i, tensor in enumerate(response.outputs):
+            if raw:
+                array = tensors.raw_to_numpy(raw[i], tensor.datatype, tensor.shape, tensor.name)
+            else:
+                array = tensors.contents_to_numpy(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
+            outputs[tensor.name] = array
+    except (ValidationError, IndexError) as error:
+        raise ModelError(
+            f"model {variant.model_name} of variant {variant.name} returned a malformed response: {error}",
+            metadata={"OriginalStatusCode": "OK", "OriginalMessage": str(error)},
+        ) from None
+    return outputs
+
+
+def _to_raw_contents(request) -> None:
+    """Move typed input contents to raw_input_contents in place (raw bytes are forwarded as they are)."""
+    raw_count = len(request.raw_input_contents)
+    if raw_count:
+        if raw_count != len(request.inputs):
+            raise ValidationError(
+                f"{raw_count} raw_input_contents for {len(request.inputs)} inputs; send one per input"
+            )
+        if any(tensor.HasField("contents") for tensor in request.inputs):
+            raise ValidationError("send every input either in raw_input_contents or as typed contents, not both")
+        return
+    raw = []
+    for tensor in request.inputs:
+        array = tensors.contents_to_numpy(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
+        raw.append(tensors.numpy_to_raw(array))
+        tensor.ClearField("contents")
+    request.raw_input_contents.extend(raw)
+
+
+__all__ = ["DataPlane", "InvokeRequest", "InvokeResult", "check_name"]

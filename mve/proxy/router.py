@@ -1,0 +1,277 @@
+"""The routing table, turned into `_fastroute` choosers, and the variant picks made from it.
+
+A `Router` holds one immutable `RoutingState`. `Router.apply` builds the next state off to the
+side from a whole ``RoutingTable`` and swaps one reference, so a request sees either the old table
+or the new one, never a mix; a table older than the current one (same control plane) is ignored,
+and a table that does not validate is rejected whole, keeping the last good one.
+
+Randomness comes from an injected `seed`, so tests pick exactly. Sticky picks (routing keys) hash
+the key against seeds derived from variant NAMES, so every proxy, in every run, sends a key to the
+same variant, and a weight change moves only the keys it must.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mve import _fastroute
+from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
+
+log = logging.getLogger(__name__)
+
+LEAST_OUTSTANDING_REQUESTS = "LEAST_OUTSTANDING_REQUESTS"
+RANDOM = "RANDOM"
+ROUTING_STRATEGIES = (LEAST_OUTSTANDING_REQUESTS, RANDOM)
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output as the routing table declares it (-1: variable dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One model-server process of a variant."""
+
+    instance_id: str
+    address: str
+
+
+# How long an instance that refused a connection is skipped (unless it is the only one left);
+# the control plane takes a dead instance out of the table soon after.
+EJECTION_S = 2.0
+
+
+@dataclass(eq=False)
+class VariantState:
+    """A variant of one endpoint in one routing table, with its instance balancer.
+
+    The balancer (and the record of ejected instances) is shared with the previous table's state
+    of the same variant when the instance list did not change, so outstanding-request counts
+    survive a weight-only table.
+    """
+
+    endpoint_name: str
+    name: str
+    model_name: str
+    weight: float
+    routing_strategy: str
+    instances: tuple[Instance, ...]
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    max_delay_us: int = 0
+    balancer: object | None = field(default=None, repr=False)
+    ejected_until: dict[int, float] = field(default_factory=dict, repr=False)
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
+
+    def acquire(self) -> tuple[int, Instance]:
+        """Pick an instance (least outstanding requests, ejected ones skipped) and count the request.
+
+        Every successful call must be paired with `release` of the returned index.
+        """
+        if self.balancer is None:
+            raise ModelNotReady(
+                f"Variant {self.name} of endpoint {self.endpoint_name} has no healthy instance to take the request"
+            )
+        index = self.balancer.acquire()
+        if self.ejected_until and self.ejected_until.get(index, 0.0) > self.clock():
+            other = self.acquire_other(index)
+            if other is not None:
+                self.balancer.release(index)
+                return other
+        return index, self.instances[index]
+
+    def acquire_other(self, failed: int) -> tuple[int, Instance] | None:
+        """Like `acquire`, but never the instance at index `failed`; None when it is the only one."""
+        if self.balancer is None or len(self.instances) < 2:
+            return None
+        held = []
+        try:
+            # Holding extra counts on `failed` pushes it up the least-outstanding order until
+            # another instance wins; bounded because each hold adds one.
+            for _ in range(4096):
+                index = self.balancer.acquire()
+                if index != failed:
+                    return index, self.instances[index]
+                held.append(index)
+            return None
+        finally:
+            for index in held:
+                self.balancer.release(index)
+
+    def release(self, index: int) -> None:
+        """The request counted by `acquire` on instance `index` has finished."""
+        self.balancer.release(index)
+
+    def eject(self, index: int) -> bool:
+        """Skip instance `index` for EJECTION_S (it refused a connection); False if it already was."""
+        now = self.clock()
+        fresh = self.ejected_until.get(index, 0.0) <= now
+        self.ejected_until[index] = now + EJECTION_S
+        return fresh
+
+
+@dataclass(eq=False)
+class EndpointState:
+    """The variants of one endpoint and the choosers that pick among them."""
+
+    name: str
+    variants: tuple[VariantState, ...]
+    by_name: dict[str, VariantState]
+    weighted: object | None  # _fastroute.WeightedChooser; None when every weight is 0
+    sticky: object | None  # _fastroute.StickyChooser; None when every weight is 0
+
+    def pick(self, target_variant: str = "", routing_key: str = "") -> VariantState:
+        """TargetVariant when given (weight 0 included), else sticky by key, else by weight."""
+        if target_variant:
+            variant = self.by_name.get(target_variant)
+            if variant is None:
+                names = ", ".join(v.name for v in self.variants)
+                raise ValidationError(
+                    f"Variant {target_variant} not found for endpoint {self.name}; its variants are: {names}"
+                )
+            return variant
+        if self.weighted is None:
+            raise ServiceUnavailable(
+                f"Endpoint {self.name} has no variant with a weight above 0; name one with TargetVariant"
+            )
+        if routing_key:
+            return self.variants[self.sticky.pick(routing_key.encode())]
+        return self.variants[self.weighted.pick()]
+
+    @property
+    def routable(self) -> bool:
+        """True when at least one variant has an instance."""
+        return any(v.instances for v in self.variants)
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """One applied routing table."""
+
+    version: int
+    control_plane_id: str
+    endpoints: dict[str, EndpointState]
+
+    def addresses(self) -> set[str]:
+        """Every instance address in the table (the upstream channels it needs)."""
+        return {i.address for e in self.endpoints.values() for v in e.variants for i in v.instances}
+
+
+EMPTY_STATE = RoutingState(version=0, control_plane_id="", endpoints={})
+
+
+def variant_seed(name: str) -> int:
+    """A stable 63-bit seed from a variant name, the same in every process."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little") >> 1
+
+
+class Router:
+    """Holds the current `RoutingState`; `apply` swaps in a new table, `pick` chooses a variant."""
+
+    def __init__(self, seed: int | None = None, clock: Callable[[], float] = time.monotonic):
+        self._rng = random.Random(seed)
+        self._clock = clock
+        self._state = EMPTY_STATE
+        self.has_table = False
+
+    @property
+    def state(self) -> RoutingState:
+        """The routing state requests use now."""
+        return self._state
+
+    def apply(self, table) -> bool:
+        """Build state from a ``RoutingTable`` and swap it in; False when ignored or rejected."""
+        current = self._state
+        same_source = self.has_table and table.control_plane_id == current.control_plane_id
+        if same_source and table.version < current.version:
+            log.info("event=routes_ignored version=%d current=%d reason=older", table.version, current.version)
+            return False
+        try:
+            state = self._build(table, current)
+        except (ValidationError, ValueError) as error:  # ValueError: _fastroute refused the table's numbers
+            log.error("event=routes_rejected version=%d reason=%r", table.version, str(error))
+            return False
+        self._state = state
+        self.has_table = True
+        log.info("event=routes_applied version=%d endpoints=%d", state.version, len(state.endpoints))
+        return True
+
+    def endpoint(self, endpoint_name: str) -> EndpointState:
+        """The endpoint's state; ResourceNotFound when the table has no such endpoint."""
+        endpoint = self._state.endpoints.get(endpoint_name)
+        if endpoint is None:
+            raise ResourceNotFound(f"Endpoint {endpoint_name} not found.")
+        return endpoint
+
+    def pick(self, endpoint_name: str, target_variant: str = "", routing_key: str = "") -> VariantState:
+        """The variant that serves one request (see `EndpointState.pick`)."""
+        return self.endpoint(endpoint_name).pick(target_variant, routing_key)
+
+    def _build(self, table, current: RoutingState) -> RoutingState:
+        endpoints: dict[str, EndpointState] = {}
+        for route in table.endpoints:
+            if route.endpoint_name in endpoints:
+                raise ValidationError(f"endpoint {route.endpoint_name} is listed twice")
+            endpoints[route.endpoint_name] = self._build_endpoint(route, current.endpoints.get(route.endpoint_name))
+        return RoutingState(version=table.version, control_plane_id=table.control_plane_id, endpoints=endpoints)
+
+    def _build_endpoint(self, route, previous: EndpointState | None) -> EndpointState:
+        variants = []
+        by_name: dict[str, VariantState] = {}
+        for v in route.variants:
+            if v.variant_name in by_name:
+                raise ValidationError(f"variant {v.variant_name} of endpoint {route.endpoint_name} is listed twice")
+            if not math.isfinite(v.weight) or v.weight < 0:
+                raise ValidationError(f"variant {v.variant_name} has weight {v.weight}; weights must be finite and >= 0")
+            old = previous.by_name.get(v.variant_name) if previous is not None else None
+            variant = self._build_variant(route.endpoint_name, v, old)
+            variants.append(variant)
+            by_name[variant.name] = variant
+        weights = [v.weight for v in variants]
+        weighted = sticky = None
+        if sum(weights) > 0:
+            weighted = _fastroute.WeightedChooser(weights, seed=self._rng.getrandbits(63))
+            sticky = _fastroute.StickyChooser(weights, seeds=[variant_seed(v.name) for v in variants])
+        return EndpointState(
+            name=route.endpoint_name, variants=tuple(variants), by_name=by_name, weighted=weighted, sticky=sticky
+        )
+
+    def _build_variant(self, endpoint_name: str, v, old: VariantState | None) -> VariantState:
+        strategy = v.routing_strategy or RANDOM
+        if strategy not in ROUTING_STRATEGIES:
+            raise ValidationError(f"variant {v.variant_name} has unknown routing strategy {strategy}")
+        instances = tuple(Instance(i.instance_id, i.address) for i in v.instances)
+        ejected_until: dict[int, float] = {}
+        if old is not None and old.instances == instances and old.balancer is not None:
+            balancer, ejected_until = old.balancer, old.ejected_until
+        elif instances:
+            balancer = _fastroute.InstanceBalancer(len(instances), seed=self._rng.getrandbits(63))
+        else:
+            balancer = None
+        return VariantState(
+            endpoint_name=endpoint_name,
+            name=v.variant_name,
+            model_name=v.model_name,
+            weight=float(v.weight),
+            routing_strategy=strategy,
+            instances=instances,
+            inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in v.inputs),
+            outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in v.outputs),
+            max_batch_size=v.batching.max_batch_size,
+            max_delay_us=v.batching.max_delay_us,
+            balancer=balancer,
+            ejected_until=ejected_until,
+            clock=self._clock,
+        )

@@ -1,0 +1,117 @@
+"""Assemble and run the proxy: the gRPC server, the WatchRoutes subscriber and the stats reporter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+from mve.errors import ErrorInterceptor
+from mve.proxy.dataplane import DataPlane
+from mve.proxy.router import Router
+from mve.proxy.routes import RouteWatcher
+from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer
+from mve.proxy.settings import ProxySettings
+from mve.proxy.stats import StatsBook, report_stats_forever
+from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
+from mve.ready import announce_ready
+
+log = logging.getLogger(__name__)
+
+# A request over the 6 MB body limit must still arrive, so that it is refused with a clear message.
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", 32 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+]
+
+
+class ProxyServer:
+    """A running proxy; `start` binds and starts the background tasks, `stop` drains and closes."""
+
+    def __init__(self, settings: ProxySettings, *, seed: int | None = None):
+        self.settings = settings
+        self.router = Router(seed=seed)
+        self.pool = UpstreamPool(close_grace_s=settings.model_timeout_s)
+        self.stats = StatsBook()
+        self.dataplane = DataPlane(self.router, self.pool, self.stats, model_timeout_s=settings.model_timeout_s)
+        self.health = health.aio.HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.address = ""
+        self._control_channel: grpc.aio.Channel | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self) -> str:
+        """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
+        s = self.settings
+        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
+        runtime_pb2_grpc.add_EndpointRuntimeServicer_to_server(EndpointRuntimeServicer(self.dataplane), self.server)
+        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        services = (
+            runtime_pb2.DESCRIPTOR.services_by_name["EndpointRuntime"].full_name,
+            grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, self.server)
+        try:
+            port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.port}")
+        await self.server.start()
+        # A wildcard bind is announced as loopback, an address a client on this machine can dial.
+        host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "[::]") else s.host
+        self.address = f"{host}:{port}"
+        for name in ("", *services[:2]):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+        self._control_channel = grpc.aio.insecure_channel(s.control_plane, options=CHANNEL_OPTIONS)
+        control = control_pb2_grpc.EndpointControlStub(self._control_channel)
+        proxy_id = s.effective_proxy_id
+        watcher = RouteWatcher(
+            control, self.router, self.pool, proxy_id,
+            backoff_min_s=s.resubscribe_min_s, backoff_max_s=s.resubscribe_max_s,
+        )
+        self._tasks = [
+            asyncio.create_task(watcher.run(), name="watch-routes"),
+            asyncio.create_task(report_stats_forever(self.stats, control, proxy_id, s.stats_interval_s), name="stats"),
+        ]
+        log.info("event=proxy_started address=%s control_plane=%s proxy_id=%s", self.address, s.control_plane, proxy_id)
+        return self.address
+
+    async def stop(self) -> None:
+        """Stop taking requests, let those in flight finish (grace), then close everything."""
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(self.settings.grace_s)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.pool.close(grace=0)
+        if self._control_channel is not None:
+            await self._control_channel.close()
+        log.info("event=proxy_stopped address=%s", self.address)
+
+
+async def serve(settings: ProxySettings) -> None:
+    """Run a proxy until SIGTERM or SIGINT, announcing readiness once it serves."""
+    proxy = ProxyServer(settings)
+    await proxy.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    announce_ready("proxy", proxy.address)
+    await stop.wait()
+    log.info("event=proxy_stopping")
+    await proxy.stop()

@@ -1,0 +1,76 @@
+"""The proxy's settings: one dataclass filled from flags and ``MVE_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+from mve.errors import ValidationError
+
+DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
+
+
+def parse_address(value: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
+    """Split ``HOST:PORT`` and check the port range; ValidationError naming `what` otherwise."""
+    host, sep, port_text = value.strip().rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValidationError(f"{what} must be HOST:PORT, got '{value}'")
+    port = int(port_text)
+    low = 0 if allow_port_zero else 1
+    if not low <= port <= 65535:
+        raise ValidationError(f"{what} port must be {low}-65535, got {port}")
+    return host.strip("[]"), port
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Everything `mve proxy` needs, validated once at start by `validate`."""
+
+    control_plane: str = DEFAULT_CONTROL_PLANE
+    host: str = "127.0.0.1"
+    port: int = 8080
+    proxy_id: str = ""
+    # A model must answer within this many seconds (SageMaker: 60 s); a caller's shorter deadline wins.
+    model_timeout_s: float = 60.0
+    stats_interval_s: float = 1.0
+    resubscribe_min_s: float = 0.1
+    resubscribe_max_s: float = 2.0
+    grace_s: float = 5.0
+
+    def validate(self) -> "ProxySettings":
+        """Return self, or raise ValidationError with a message naming the bad setting."""
+        parse_address(self.control_plane, what="--control-plane")
+        if not self.host.strip():
+            raise ValidationError("--host must not be empty")
+        if not 0 <= self.port <= 65535:
+            raise ValidationError(f"--port must be 0-65535 (0 picks a free port), got {self.port}")
+        if len(self.proxy_id) > 128:
+            raise ValidationError("--proxy-id must be at most 128 characters")
+        _check_range("--model-timeout", self.model_timeout_s, 0.001, 3600.0)
+        _check_range("--stats-interval", self.stats_interval_s, 0.05, 3600.0)
+        _check_range("resubscribe_min_s", self.resubscribe_min_s, 0.001, 60.0)
+        _check_range("resubscribe_max_s", self.resubscribe_max_s, self.resubscribe_min_s, 600.0)
+        _check_range("--grace", self.grace_s, 0.0, 600.0)
+        return self
+
+    @property
+    def effective_proxy_id(self) -> str:
+        """The id sent with WatchRoutes and ReportStats: the flag, else ``proxy-<host>-<pid>``."""
+        return self.proxy_id or f"proxy-{socket.gethostname()}-{os.getpid()}"
+
+
+def _check_range(name: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ValidationError(f"{name} must be between {low} and {high}, got {value}")
+
+
+def env_default(name: str, default):
+    """``MVE_<name>`` from the environment converted to the type of `default`, else `default`."""
+    raw = os.environ.get(f"MVE_{name}")
+    if raw is None or raw == "":
+        return default
+    try:
+        return type(default)(raw)
+    except ValueError:
+        raise ValidationError(f"environment variable MVE_{name}={raw!r} is not a valid {type(default).__name__}") from None

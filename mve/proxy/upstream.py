@@ -1,0 +1,178 @@
+"""Channels to model servers, and one ModelInfer call on a variant with its retry and error mapping.
+
+`UpstreamPool` keeps one grpc.aio channel per instance address and reuses it across routing tables;
+an address that leaves the table is closed with a grace period, so calls in flight finish first.
+
+`infer_on_variant` is the seam a per-variant batcher slots into later: it takes a ready
+``ModelInferRequest`` for the variant's model and returns the model server's response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+
+import grpc
+
+from mve._proto import grpc_predict_v2_pb2 as pb
+from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from mve.errors import ModelError, ModelNotReady, ValidationError
+from mve.proxy.router import Instance, TensorSpec, VariantState
+
+log = logging.getLogger(__name__)
+
+# Large enough for a 6 MB body as a tensor plus outputs of similar size.
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+
+class UpstreamPool:
+    """One channel and ``GRPCInferenceService`` stub per model-server address."""
+
+    def __init__(self, close_grace_s: float = 60.0):
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
+        self._close_grace_s = close_grace_s
+        self._closing: set[asyncio.Task] = set()
+
+    def sync(self, addresses: set[str]) -> None:
+        """Open channels for new addresses; close removed ones once their calls finish."""
+        for address in addresses - self._channels.keys():
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+            self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
+        for address in self._channels.keys() - addresses:
+            channel = self._channels.pop(address)
+            del self._stubs[address]
+            task = asyncio.get_running_loop().create_task(channel.close(grace=self._close_grace_s))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+            log.info("event=upstream_closing address=%s", address)
+
+    def stub(self, address: str) -> pb_grpc.GRPCInferenceServiceStub:
+        """The stub for `address`, opening a channel if the table has not synced it yet."""
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            self._channels[address] = channel
+            stub = self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
+        return stub
+
+    @property
+    def addresses(self) -> set[str]:
+        """Addresses with an open channel."""
+        return set(self._channels)
+
+    async def close(self, grace: float | None = None) -> None:
+        """Close every channel (waiting up to `grace` for calls in flight)."""
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._stubs.clear()
+        await asyncio.gather(*(c.close(grace=grace) for c in channels), *self._closing, return_exceptions=True)
+
+
+@dataclass
+class InferResult:
+    """A model server's answer and where and how fast it came."""
+
+    response: object  # inference.ModelInferResponse
+    instance: Instance
+    model_latency_us: float
+
+
+async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, timeout: float) -> InferResult:
+    """Send `request` to one instance of `variant`; on UNAVAILABLE retry once on another instance.
+
+    An instance that answered UNAVAILABLE is ejected for a moment (`VariantState.eject`), so the
+    requests after it do not each pay for a failed first try.
+
+    Errors come back as domain errors: INVALID_ARGUMENT from the model -> ValidationError with the
+    model's message; an unreachable instance with no other to try -> ModelNotReady; any other
+    failure -> ModelError carrying OriginalStatusCode and OriginalMessage.
+    """
+    index, instance = variant.acquire()
+    started = time.perf_counter()
+    try:
+        response = await _call(pool, instance, request, timeout)
+        return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
+    except grpc.aio.AioRpcError as error:
+        if error.code() != grpc.StatusCode.UNAVAILABLE:
+            raise _model_failure(variant, instance, error) from None
+        first_error = error
+    finally:
+        variant.release(index)
+    if variant.eject(index):
+        log.warning(
+            "event=instance_ejected endpoint=%s variant=%s instance=%s address=%s message=%r",
+            variant.endpoint_name, variant.name, instance.instance_id, instance.address, first_error.details(),
+        )
+    other = variant.acquire_other(index)
+    if other is None:
+        raise ModelNotReady(
+            f"Variant {variant.name} of endpoint {variant.endpoint_name} has no reachable instance: "
+            f"{first_error.details()}"
+        )
+    index, instance = other
+    started = time.perf_counter()
+    try:
+        response = await _call(pool, instance, request, timeout)
+        return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            variant.eject(index)
+            raise ModelNotReady(
+                f"Variant {variant.name} of endpoint {variant.endpoint_name} has no reachable instance: "
+                f"{error.details()}"
+            ) from None
+        raise _model_failure(variant, instance, error) from None
+    finally:
+        variant.release(index)
+
+
+async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
+    try:
+        return await pool.stub(instance.address).ModelInfer(request, timeout=timeout)
+    except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
+        raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
+
+
+def _model_failure(variant: VariantState, instance: Instance, error: grpc.aio.AioRpcError) -> Exception:
+    code = error.code()
+    message = error.details() or ""
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return ValidationError(message)
+    log.warning(
+        "event=model_error endpoint=%s variant=%s instance=%s code=%s message=%r",
+        variant.endpoint_name, variant.name, instance.instance_id, code.name, message,
+    )
+    return ModelError(
+        f"Received {code.name} from model {variant.model_name} of variant {variant.name} with message: {message}",
+        metadata={"OriginalStatusCode": code.name, "OriginalMessage": message},
+    )
+
+
+async def fetch_model_metadata(pool: UpstreamPool, variant: VariantState, timeout: float):
+    """(inputs, outputs) TensorSpecs of the variant's model, asked of one of its instances.
+
+    Used only when the routing table did not carry them.
+    """
+    index, instance = variant.acquire()
+    try:
+        response = await pool.stub(instance.address).ModelMetadata(
+            pb.ModelMetadataRequest(name=variant.model_name), timeout=timeout
+        )
+    except grpc.aio.AioRpcError as error:
+        if error.code() == grpc.StatusCode.UNAVAILABLE:
+            raise ModelNotReady(f"Variant {variant.name} has no reachable instance: {error.details()}") from None
+        raise _model_failure(variant, instance, error) from None
+    finally:
+        variant.release(index)
+
+    def specs(items):
+        return tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in items)
+
+    return specs(response.inputs), specs(response.outputs)
