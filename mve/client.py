@@ -1,0 +1,86 @@
+"""``mve.client(service_name, address=...)``: boto3-shaped clients for the control plane and proxies.
+
+    sm = mve.client("sagemaker", address="127.0.0.1:7070")          # control plane
+    smr = mve.client("sagemaker-runtime", address="127.0.0.1:8080")  # a proxy
+
+The address defaults to $MVE_CONTROL_PLANE (sagemaker) or $MVE_ENDPOINT (sagemaker-runtime), then
+127.0.0.1:7070 / 127.0.0.1:8080. Calls have deadlines: 30 s (control plane) and 60 s (runtime)
+unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import types
+
+from mve.sdk.control import SageMakerClient
+from mve.sdk.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+    ReadTimeoutError,
+    SDKError,
+    WaiterError,
+)
+from mve.sdk.runtime import SageMakerRuntimeClient, StreamingBody
+
+DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
+DEFAULT_ENDPOINT = "127.0.0.1:8080"
+
+SERVICES = {
+    "sagemaker": (SageMakerClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
+    "sagemaker-runtime": (SageMakerRuntimeClient, "MVE_ENDPOINT", DEFAULT_ENDPOINT),
+}
+
+
+def default_address(service_name: str) -> str:
+    """The address a client of `service_name` uses when none is given (env, then the default port)."""
+    _, env_name, fallback = SERVICES[service_name]
+    return os.environ.get(env_name) or fallback
+
+
+def client(service_name: str, address: str | None = None, *, timeout: float | None = None, **kwargs):
+    """A boto3-shaped client: "sagemaker" (control plane) or "sagemaker-runtime" (proxy).
+
+    Unknown service names raise ValueError. boto3's ``region_name`` and credential keywords are
+    accepted and ignored, so that code written for boto3 runs unchanged.
+    """
+    if service_name not in SERVICES:
+        raise ValueError(f"Unknown service: {service_name!r}. Valid service names are: {', '.join(SERVICES)}")
+    ignored = {"region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "config"}
+    unknown = set(kwargs) - ignored
+    if unknown:
+        raise TypeError(f"client() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    cls, _, _ = SERVICES[service_name]
+    options = {} if timeout is None else {"timeout": timeout}
+    return cls(address or default_address(service_name), **options)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as `client`.
+
+    Importing ``mve.client`` sets the attribute ``mve.client`` to this module, which would hide the
+    ``mve.client(...)`` function of the package; calling the module keeps ``mve.client("sagemaker")``
+    working whatever was imported first.
+    """
+
+    def __call__(self, service_name: str, address: str | None = None, **kwargs):
+        return client(service_name, address=address, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+__all__ = [
+    "ClientError",
+    "EndpointConnectionError",
+    "ParamValidationError",
+    "ReadTimeoutError",
+    "SDKError",
+    "SageMakerClient",
+    "SageMakerRuntimeClient",
+    "StreamingBody",
+    "WaiterError",
+    "client",
+    "default_address",
+]

@@ -1,0 +1,132 @@
+"""How the CLI verbs print: rich tables for people, boto3-shaped JSON (``--json``) for machines."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+_console = Console()
+
+
+def _plain(response: dict) -> dict:
+    return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+
+def _default(value):
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def print_json(data) -> None:
+    """`data` as indented JSON on stdout (datetimes as ISO 8601)."""
+    sys.stdout.write(json.dumps(data, indent=2, default=_default) + "\n")
+
+
+def _cell(value) -> str:
+    if isinstance(value, datetime):
+        return value.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=_default)
+    return str(value)
+
+
+def _table(rows: list[dict], title: str | None = None) -> Table:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(key for key in row if key not in columns)
+    table = Table(title=title, title_justify="left")
+    for column in columns:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*(_cell(row.get(column, "")) for column in columns))
+    return table
+
+
+def show(args, response: dict) -> int:
+    """One resource: its scalar fields as a two-column table, each list of dicts as a table of its own."""
+    data = _plain(response)
+    if args.json:
+        print_json(data)
+        return 0
+    fields = Table(show_header=False)
+    fields.add_column("field", style="bold")
+    fields.add_column("value")
+    nested = []
+    for key, value in data.items():
+        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            nested.append((key, value))
+        else:
+            fields.add_row(key, _cell(value))
+    _console.print(fields)
+    for key, rows in nested:
+        # DeployedImages says little on a terminal (always onnxruntime); --json keeps it.
+        flat = [{k: (_status(v) if k == "VariantStatus" else v) for k, v in row.items() if k != "DeployedImages"}
+                for row in rows]
+        _console.print(_table(flat, title=key))
+    return 0
+
+
+def _status(statuses) -> str:
+    return ", ".join(s.get("Status", "") for s in statuses) if isinstance(statuses, list) else str(statuses)
+
+
+def show_list(args, response: dict, key: str) -> int:
+    """A list_* response: one table row per item."""
+    data = _plain(response)
+    if args.json:
+        print_json(data)
+        return 0
+    # ARNs are long and derived from the names; --json keeps them.
+    rows = [{k: v for k, v in row.items() if not k.endswith("Arn")} for row in data.get(key, [])]
+    if rows:
+        _console.print(_table(rows))
+    else:
+        _console.print(f"no {key[0].lower() + key[1:]}")
+    return 0
+
+
+def done(args, message: str) -> int:
+    """A call with an empty response: a short confirmation (``{}`` with --json)."""
+    if args.json:
+        print_json({})
+    else:
+        _console.print(message)
+    return 0
+
+
+def _decoded_body(body: bytes, content_type: str):
+    kind = content_type.split(";")[0].strip()
+    if kind == "application/x-npy":
+        import numpy as np
+
+        return np.load(io.BytesIO(body), allow_pickle=False).tolist()
+    if kind == "application/json":
+        return json.loads(body)
+    return body.decode("utf-8", errors="replace")
+
+
+def show_invocation(args, response: dict) -> int:
+    """An InvokeEndpoint response: the body on stdout, the invoked variant on stderr (all JSON with --json)."""
+    body = response["Body"].read()
+    content_type = response.get("ContentType", "")
+    if args.json:
+        print_json({"InvokedProductionVariant": response.get("InvokedProductionVariant"),
+                    "ContentType": content_type, "CustomAttributes": response.get("CustomAttributes"),
+                    "Body": _decoded_body(body, content_type)})
+        return 0
+    decoded = _decoded_body(body, content_type)
+    text = decoded if isinstance(decoded, str) else json.dumps(decoded)
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    print(f"InvokedProductionVariant: {response.get('InvokedProductionVariant')}  ContentType: {content_type}",
+          file=sys.stderr)
+    return 0

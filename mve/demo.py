@@ -1,0 +1,216 @@
+"""``mve demo``: two variants of a model behind one endpoint, traffic split 50/50, then 25/75.
+
+It starts a mesh (free ports, a temporary data dir) unless ``--control-plane`` and
+``--endpoint-address`` point at a running one, builds the example breast-cancer models, deploys
+cancer-weak as Variant1 and cancer-strong as Variant2, sends ``--requests`` invocations from a
+small thread pool, and prints per variant the share of traffic, latency (p50/p99) and accuracy
+against the labels. Then it shifts the weights to 25/75, shows the new split, calls Variant1 by
+TargetVariant, and deletes everything it created.
+"""
+
+from __future__ import annotations
+
+import io
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
+from pathlib import Path
+
+VARIANTS = (("Variant1", "cancer-weak"), ("Variant2", "cancer-strong"))
+
+
+class DemoError(RuntimeError):
+    """A demo step failed; the message says which."""
+
+
+def _npy(array) -> bytes:
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def send_traffic(smr, endpoint: str, X, y, count: int, rows: int, workers: int, progress, title: str) -> list[tuple]:
+    """Send `count` npy requests of `rows` rows each; return (variant, latency_s, correct, total) per request."""
+    import numpy as np
+
+    bodies = [(_npy(X[i:i + rows]), y[i:i + rows]) for i in range(0, len(X) - rows + 1, rows)]
+    task = progress.add_task(title, total=count)
+
+    def one(index: int) -> tuple:
+        body, labels = bodies[index % len(bodies)]
+        start = time.perf_counter()
+        response = smr.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="application/x-npy",
+                                       Accept="application/x-npy")
+        latency = time.perf_counter() - start
+        predicted = np.load(io.BytesIO(response["Body"].read()), allow_pickle=False).reshape(-1)
+        progress.advance(task)
+        return response["InvokedProductionVariant"], latency, int(np.sum(predicted == labels)), len(labels)
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def split_table(results: list[tuple], title: str):
+    """A rich table: requests, share, p50/p99 latency (ms) and accuracy per variant."""
+    import numpy as np
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for column in ("variant", "requests", "share", "p50 ms", "p99 ms", "accuracy"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for variant, model in VARIANTS:
+        mine = [r for r in results if r[0] == variant]
+        if not mine:
+            table.add_row(f"{variant} ({model})", "0", "0.0%", "-", "-", "-")
+            continue
+        latencies = np.array([r[1] for r in mine]) * 1000
+        correct = sum(r[2] for r in mine)
+        total = sum(r[3] for r in mine)
+        table.add_row(f"{variant} ({model})", str(len(mine)), f"{100 * len(mine) / len(results):.1f}%",
+                      f"{np.percentile(latencies, 50):.2f}", f"{np.percentile(latencies, 99):.2f}",
+                      f"{100 * correct / total:.1f}%")
+    return table
+
+
+def run_demo(args) -> int:
+    """The ``mve demo`` command."""
+    from rich.console import Console
+
+    console = Console()
+    started = time.perf_counter()
+    try:
+        with ExitStack() as stack:
+            _demo(args, console, stack)
+    except DemoError as error:
+        console.print(f"[red]demo failed:[/red] {error}")
+        return 1
+    except Exception as error:  # noqa: BLE001 - a demo reports any failure in one line, no traceback
+        console.print(f"[red]demo failed:[/red] {type(error).__name__}: {error}")
+        return 1
+    console.print(f"demo finished in {time.perf_counter() - started:.1f} s")
+    return 0
+
+
+def _demo(args, console, stack: ExitStack) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    import mve
+    from mve.examples import build_example_models, load_eval_data
+    from mve.mesh import Mesh
+
+    if args.control_plane and args.endpoint_address:
+        control_plane, proxy = args.control_plane, args.endpoint_address
+        data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mve-demo-")))
+    elif args.control_plane or args.endpoint_address:
+        raise DemoError("give both --control-plane and --endpoint-address to use a running mesh, or neither")
+    else:
+        data_dir = Path(args.data_dir) if args.data_dir else Path(stack.enter_context(
+            tempfile.TemporaryDirectory(prefix="mve-demo-")))
+        with console.status("starting control plane and proxy"):
+            mesh = stack.enter_context(Mesh(data_dir, log_path=data_dir / "mesh.log"))
+        control_plane, proxy = mesh.control_plane_address, mesh.proxy_address
+        console.print(f"mesh up: control plane {control_plane}, proxy {proxy} (logs in {data_dir / 'mesh.log'})")
+
+    sm = mve.client("sagemaker", address=control_plane)
+    smr = mve.client("sagemaker-runtime", address=proxy)
+    stack.callback(smr.close)
+    stack.callback(sm.close)
+    with console.status("building the example models"):
+        paths = build_example_models(data_dir / "models")
+    X, y = load_eval_data()
+
+    suffix = uuid.uuid4().hex[:6]
+    endpoint = f"demo-cancer-{suffix}"
+    models = {variant: f"demo-{model}-{suffix}" for variant, model in VARIANTS}
+    for variant, model in VARIANTS:
+        sm.create_model(ModelName=models[variant], PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(paths[model])})
+        stack.callback(_quietly, sm.delete_model, ModelName=models[variant])
+    sm.create_endpoint_config(EndpointConfigName=endpoint, ProductionVariants=[
+        {"VariantName": variant, "ModelName": models[variant], "InitialInstanceCount": 1,
+         "InstanceType": "ml.cpu.small", "InitialVariantWeight": 1.0} for variant, _ in VARIANTS])
+    stack.callback(_quietly, sm.delete_endpoint_config, EndpointConfigName=endpoint)
+    with console.status(f"creating endpoint {endpoint} (Variant1=cancer-weak, Variant2=cancer-strong, 50/50)"):
+        sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
+        stack.callback(_delete_endpoint, sm, endpoint)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.25, "MaxAttempts": 480})
+    console.print(f"endpoint {endpoint} InService")
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    traffic = dict(X=X, y=y, count=args.requests, rows=args.rows, workers=args.concurrency)
+    with Progress(*columns, console=console, transient=False) as progress:
+        first = send_traffic(smr, endpoint, progress=progress, title="weights 50/50", **traffic)
+    console.print(split_table(first, f"{args.requests} requests at weights 50/50"))
+
+    with console.status("shifting weights to 25/75 (UpdateEndpointWeightsAndCapacities)"):
+        sm.update_endpoint_weights_and_capacities(EndpointName=endpoint, DesiredWeightsAndCapacities=[
+            {"VariantName": "Variant1", "DesiredWeight": 25.0}, {"VariantName": "Variant2", "DesiredWeight": 75.0}])
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.25, "MaxAttempts": 480})
+        _wait_for_weights(sm, endpoint, {"Variant1": 25.0, "Variant2": 75.0})
+    with Progress(*columns, console=console, transient=False) as progress:
+        second = send_traffic(smr, endpoint, progress=progress, title="weights 25/75", **traffic)
+    console.print(split_table(second, f"{args.requests} requests at weights 25/75"))
+
+    targeted = [smr.invoke_endpoint(EndpointName=endpoint, Body=_npy(X[i:i + 1]), ContentType="application/x-npy",
+                                    TargetVariant="Variant1")["InvokedProductionVariant"] for i in range(10)]
+    if set(targeted) != {"Variant1"}:
+        raise DemoError(f"TargetVariant=Variant1 reached {sorted(set(targeted))}")
+    console.print("TargetVariant=Variant1: 10 of 10 requests answered by Variant1")
+    console.print("cleaning up: endpoint, endpoint config, models" + ("" if args.control_plane else ", mesh"))
+
+
+def _wait_for_weights(sm, endpoint: str, weights: dict[str, float], timeout_s: float = 30.0) -> None:
+    # The proxy gets the new table from WatchRoutes; wait until the control plane reports it current.
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        variants = sm.describe_endpoint(EndpointName=endpoint)["ProductionVariants"]
+        if all(abs(v["CurrentWeight"] - weights[v["VariantName"]]) < 1e-9 for v in variants):
+            return
+        time.sleep(0.1)
+    raise DemoError(f"weights of {endpoint} did not reach {weights} within {timeout_s:g} s")
+
+
+def _delete_endpoint(sm, endpoint: str) -> None:
+    _quietly(sm.delete_endpoint, EndpointName=endpoint)
+    _quietly(lambda **kw: sm.get_waiter("endpoint_deleted").wait(**kw), EndpointName=endpoint,
+             WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})
+
+
+def _quietly(call, **kwargs) -> None:
+    try:
+        call(**kwargs)
+    except Exception as error:  # noqa: BLE001 - cleanup goes on; say what was left behind
+        print(f"cleanup: {type(error).__name__}: {error}", file=sys.stderr)
+
+
+def register(subparsers) -> None:
+    """Add ``mve demo``."""
+    parser = subparsers.add_parser(
+        "demo", help="deploy two variants, split traffic 50/50 then 25/75, print the split",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None)
+    parser.add_argument("--requests", type=_bounded(1, 100_000), default=2000, help="requests per phase (default 2000)")
+    parser.add_argument("--concurrency", type=_bounded(1, 64), default=8, help="client threads (default 8)")
+    parser.add_argument("--rows", type=_bounded(1, 64), default=1, help="rows per request (default 1)")
+    parser.add_argument("--control-plane", metavar="HOST:PORT", default=None, help="use this running control plane")
+    parser.add_argument("--endpoint-address", metavar="HOST:PORT", default=None, help="use this running proxy")
+    parser.add_argument("--data-dir", default=None, help="data dir of the demo's own mesh (default: a temporary one)")
+    parser.set_defaults(func=run_demo)
+
+
+def _bounded(low: int, high: int):
+    import argparse
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}-{high}, got {value}")
+        return value
+
+    return parse

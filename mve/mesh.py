@@ -1,0 +1,255 @@
+"""``mve up``: the control plane and a proxy as supervised child processes, and the `Mesh` class behind it.
+
+    with Mesh("./.mve") as mesh:            # ports 0: free ports, read back from the ready lines
+        sm = mve.client("sagemaker", address=mesh.control_plane_address)
+        smr = mve.client("sagemaker-runtime", address=mesh.proxy_address)
+
+One supervisor thread owns the children: it starts them, restarts a crashed one on the same port
+with exponential backoff (at most `max_restarts` times in a row; a child that stays up for a
+minute earns its count back), and stops them (proxy first, SIGTERM, SIGKILL after `grace_s`).
+Children run in their own process group, so whatever they start (model servers) is stopped with
+them, and on Linux they get SIGTERM if the supervisor dies without stopping them. The model servers
+of a crashed control plane are left running for its successor to adopt; the mesh kills whatever
+is left of them when it stops. The per-process work is in `mve.supervise`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from mve.supervise import Child, MeshError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_DIR = ".mve"
+STABLE_AFTER_S = 60.0
+MAX_BACKOFF_S = 10.0
+
+
+def default_data_dir() -> Path:
+    """$MVE_DATA_DIR, else ``./.mve`` (gitignored in this repository)."""
+    return Path(os.environ.get("MVE_DATA_DIR") or DEFAULT_DATA_DIR)
+
+
+class Mesh:
+    """Control plane + proxy as supervised child processes on `data_dir` (see the module docstring).
+
+    Ports 0 pick free ports; the addresses are read from the children's ready lines. `log_path`
+    sends the children's output to a file instead of this process's stderr.
+    """
+
+    def __init__(
+        self,
+        data_dir=None,
+        *,
+        host: str = "127.0.0.1",
+        control_plane_port: int = 0,
+        proxy_port: int = 0,
+        max_restarts: int = 5,
+        ready_timeout_s: float = 60.0,
+        grace_s: float = 10.0,
+        log_path=None,
+        control_plane_args: tuple[str, ...] = (),
+        proxy_args: tuple[str, ...] = (),
+        env: dict | None = None,
+    ):
+        for name, port in (("control_plane_port", control_plane_port), ("proxy_port", proxy_port)):
+            if not 0 <= port <= 65535:
+                raise ValueError(f"{name} must be 0-65535 (0 picks a free port), got {port}")
+        if not 0 <= max_restarts <= 100:
+            raise ValueError(f"max_restarts must be 0-100, got {max_restarts}")
+        if not 0 < grace_s <= 600 or not 0 < ready_timeout_s <= 600:
+            raise ValueError("grace_s and ready_timeout_s must be in (0, 600] seconds")
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        self.host = host
+        self.max_restarts = max_restarts
+        self.ready_timeout_s = ready_timeout_s
+        self.grace_s = grace_s
+        self.log_path = Path(log_path) if log_path is not None else None
+        self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self._control_plane_port = control_plane_port
+        self._proxy_port = proxy_port
+        self._control_plane_args = tuple(control_plane_args)
+        self._proxy_args = tuple(proxy_args)
+        self._children: list[Child] = []
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+        self.done = threading.Event()
+        self.failure: str | None = None
+        self._log_file = None
+
+    @property
+    def control_plane_address(self) -> str:
+        """HOST:PORT of the control plane (mve.v1.EndpointControl)."""
+        return self._children[0].address if self._children else ""
+
+    @property
+    def proxy_address(self) -> str:
+        """HOST:PORT of the proxy (mve.v1.EndpointRuntime and the Open Inference Protocol)."""
+        return self._children[1].address if len(self._children) > 1 else ""
+
+    def child_pids(self) -> dict[str, int]:
+        """Process id of each running and ready child, by name ("control-plane", "proxy")."""
+        return {c.name: c.process.pid for c in self._children if c.alive() and c.ready}
+
+    def start(self) -> "Mesh":
+        """Start both children and return once both are ready (MeshError if they cannot start)."""
+        if self._thread is not None:
+            raise MeshError("this Mesh was started already")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log_file = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - closed in _supervise
+        self._thread = threading.Thread(target=self._supervise, name="mve-mesh", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self.failure is not None:
+            self._thread.join()
+            raise MeshError(self.failure)
+        return self
+
+    def _child(self, name: str, make_args, port: int) -> Child:
+        stream = self._log_file if self._log_file is not None else None
+        return Child(name, make_args, port, stream, self._env)
+
+    def _supervise(self) -> None:
+        control_plane = self._child(
+            "control-plane",
+            lambda port: ["control-plane", "--data-dir", str(self.data_dir), "--host", self.host,
+                          "--port", str(port), *self._control_plane_args],
+            self._control_plane_port,
+        )
+        proxy = self._child(
+            "proxy",
+            lambda port: ["proxy", "--control-plane", control_plane.address, "--host", self.host,
+                          "--port", str(port), *self._proxy_args],
+            self._proxy_port,
+        )
+        try:
+            for child in (control_plane, proxy):
+                self._children.append(child)
+                child.start(self.ready_timeout_s)
+        except MeshError as error:
+            self.failure = str(error)
+        self._ready.set()
+        try:
+            if self.failure is None:
+                self._watch()
+        finally:
+            for child in reversed(self._children):
+                child.stop(self.grace_s)
+            if self._log_file is not None:
+                self._log_file.close()
+            self.done.set()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(0.2):
+            for child in self._children:
+                if child.alive():
+                    if child.restarts and time.monotonic() - child.started_at > STABLE_AFTER_S:
+                        child.restarts = 0
+                    continue
+                if not self._restart(child):
+                    return
+
+    def _restart(self, child: Child) -> bool:
+        code = child.process.returncode if child.process else None
+        while child.restarts < self.max_restarts:
+            child.restarts += 1
+            backoff = min(0.5 * 2 ** (child.restarts - 1), MAX_BACKOFF_S)
+            log.warning("event=child_exited child=%s code=%s restart=%d backoff_s=%g",
+                        child.name, code, child.restarts, backoff)
+            child.reap()
+            if self._stopping.wait(backoff):
+                return False
+            try:
+                child.start(self.ready_timeout_s)
+                return True
+            except MeshError as error:
+                code = str(error)
+        self.failure = f"{child.name} exited (last: {code}) and was restarted {self.max_restarts} times; giving up"
+        log.error("event=mesh_failed reason=%r", self.failure)
+        return False
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the mesh stops (or fails); True if it did within `timeout`."""
+        return self.done.wait(timeout)
+
+    def stop(self) -> None:
+        """Stop both children (proxy first) and the supervisor; safe to call twice."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> "Mesh":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def run_up(args) -> int:
+    """``mve up``: start the mesh, print its addresses and ready line, run until Ctrl-C or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s")
+    from mve.ready import announce_ready
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    mesh = Mesh(args.data_dir, host=args.host, control_plane_port=args.control_plane_port,
+                proxy_port=args.proxy_port, max_restarts=args.max_restarts)
+    try:
+        mesh.start()
+    except MeshError as error:
+        print(f"mve up: {error}", file=sys.stderr)
+        return 1
+    print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE)", file=sys.stderr)
+    print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT)", file=sys.stderr)
+    print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
+    announce_ready("mesh", mesh.proxy_address, control_plane=mesh.control_plane_address,
+                   data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids())
+    while not stop.wait(0.2):
+        if mesh.done.is_set():
+            break
+    mesh.stop()
+    if mesh.failure is not None:
+        print(f"mve up: {mesh.failure}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``mve up``."""
+    parser = subparsers.add_parser(
+        "up",
+        help="run the control plane and a proxy (supervised) until Ctrl-C",
+        description="Start the control plane and a proxy as supervised child processes on a data dir. "
+        "Prints their addresses and one JSON ready line; Ctrl-C or SIGTERM stops everything.",
+    )
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help=f"where models, the store and logs live (default $MVE_DATA_DIR or ./{DEFAULT_DATA_DIR})")
+    parser.add_argument("--host", default="127.0.0.1", help="interface both services bind (default 127.0.0.1)")
+    parser.add_argument("--control-plane-port", type=_port, default=7070, help="control plane port (default 7070; 0 = free)")
+    parser.add_argument("--proxy-port", type=_port, default=8080, help="proxy port (default 8080; 0 = free)")
+    parser.add_argument("--max-restarts", type=int, default=5, choices=range(0, 101), metavar="0-100",
+                        help="restarts of a crashing child before giving up (default 5)")
+    parser.set_defaults(func=run_up)
+
+
+def _port(text: str) -> int:
+    import argparse
+
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"port must be an integer, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port

@@ -1,0 +1,24 @@
+"""The boto3-shaped Python SDK: clients for the control plane and the proxy.
+
+``mve.client("sagemaker")`` talks to the control plane (``mve.v1.EndpointControl``) and
+``mve.client("sagemaker-runtime")`` to a proxy (``mve.v1.EndpointRuntime``), with boto3's method
+names, parameter names, response shapes and exceptions.
+"""
+
+from mve.sdk.exceptions import (
+    ClientError,
+    EndpointConnectionError,
+    ParamValidationError,
+    ReadTimeoutError,
+    SDKError,
+    WaiterError,
+)
+
+__all__ = [
+    "ClientError",
+    "EndpointConnectionError",
+    "ParamValidationError",
+    "ReadTimeoutError",
+    "SDKError",
+    "WaiterError",
+]

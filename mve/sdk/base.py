@@ -1,0 +1,68 @@
+"""What both clients share: one blocking gRPC channel, deadlines, validation and error translation."""
+
+from __future__ import annotations
+
+import grpc
+
+from mve.sdk import params as shapes
+from mve.sdk.exceptions import ClientExceptions, new_request_id, response_metadata, translate_rpc_error
+
+# Bodies go up to 6 MB; leave room for the envelope.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def _check_address(address: str) -> str:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"address must be HOST:PORT with a port in 1-65535, got {address!r}")
+    return address
+
+
+class BaseClient:
+    """A synchronous client over one gRPC channel; every call has a deadline of `timeout` seconds."""
+
+    service_name = ""
+
+    def __init__(self, address: str, timeout: float):
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
+        self.address = _check_address(address)
+        self.timeout = float(timeout)
+        self.exceptions = ClientExceptions()
+        self._channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+
+    def _call(self, operation: str, method, params: dict, build):
+        """Validate `params`, send ``build(params)`` through `method`, return (response, request id)."""
+        shapes.validate(operation, params)
+        request = build(params)
+        request_id = new_request_id()
+        try:
+            response = method(request, timeout=self.timeout, metadata=(("x-mve-request-id", request_id),))
+        except grpc.RpcError as error:
+            raise translate_rpc_error(
+                error, operation=operation, address=self.address, timeout=self.timeout, request_id=request_id
+            ) from None
+        return response, response_metadata(request_id)
+
+    def can_paginate(self, operation_name: str) -> bool:
+        """Whether `operation_name` (snake_case) has a paginator (the list_* calls)."""
+        return operation_name in getattr(self, "_paginated", ())
+
+    def close(self) -> None:
+        """Close the channel; the client cannot be used afterwards."""
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.service_name} at {self.address}>"

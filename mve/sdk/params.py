@@ -1,0 +1,213 @@
+"""Parameter shapes of each operation, and their validation before any call (as botocore does).
+
+A shape is a small tree of `Scalar`, `Structure`, `ListOf` and `MapOf`. `validate` collects every
+problem (missing required, unknown, wrong type) into one `ParamValidationError`, worded as
+botocore words it, so that code written for boto3 gets the same failures here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mve.sdk.exceptions import ParamValidationError
+
+
+@dataclass(frozen=True)
+class Scalar:
+    """A leaf value accepted as one of `types`."""
+
+    types: tuple[type, ...]
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A dict with known keys; `required` must be present."""
+
+    members: dict
+    required: frozenset = field(default_factory=frozenset)
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A list or tuple of `member`."""
+
+    member: object
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A dict of string keys to `value`."""
+
+    value: object
+
+
+STRING = Scalar((str,))
+INTEGER = Scalar((int,))
+DOUBLE = Scalar((float, int))
+BOOLEAN = Scalar((bool,))
+BLOB = Scalar((bytes, bytearray, str, object))  # object: any file-like with read()
+
+
+def struct(required: tuple[str, ...] = (), **members) -> Structure:
+    """A `Structure` from keyword members, with the names in `required` required."""
+    return Structure(members, frozenset(required))
+
+
+TAGS = ListOf(struct(("Key", "Value"), Key=STRING, Value=STRING))
+
+PRODUCTION_VARIANT = struct(
+    ("VariantName", "ModelName"),
+    VariantName=STRING,
+    ModelName=STRING,
+    InitialInstanceCount=INTEGER,
+    InstanceType=STRING,
+    InitialVariantWeight=DOUBLE,
+    RoutingConfig=struct(RoutingStrategy=STRING),
+    ContainerStartupHealthCheckTimeoutInSeconds=INTEGER,
+    # mve extension: dynamic batching in the proxy.
+    Batching=struct(MaxBatchSize=INTEGER, MaxDelayMicroseconds=INTEGER, MaxBatchesInFlightPerInstance=INTEGER),
+)
+
+DATA_CAPTURE_CONFIG = struct(
+    EnableCapture=BOOLEAN,
+    InitialSamplingPercentage=INTEGER,
+    DestinationS3Uri=STRING,
+    CaptureOptions=ListOf(struct(("CaptureMode",), CaptureMode=STRING)),
+    CaptureContentTypeHeader=struct(CsvContentTypes=ListOf(STRING), JsonContentTypes=ListOf(STRING)),
+)
+
+
+def _list_shape(**extra) -> Structure:
+    return struct(
+        NameContains=STRING, MaxResults=INTEGER, NextToken=STRING, SortBy=STRING, SortOrder=STRING, **extra
+    )
+
+
+OPERATIONS: dict[str, Structure] = {
+    "CreateModel": struct(
+        ("ModelName", "PrimaryContainer"),
+        ModelName=STRING,
+        PrimaryContainer=struct(Image=STRING, ModelDataUrl=STRING, Environment=MapOf(STRING)),
+        # Accepted so that boto3 code runs unchanged; mve has no IAM roles and ignores it.
+        ExecutionRoleArn=STRING,
+        Tags=TAGS,
+    ),
+    "DescribeModel": struct(("ModelName",), ModelName=STRING),
+    "ListModels": _list_shape(),
+    "DeleteModel": struct(("ModelName",), ModelName=STRING),
+    "CreateEndpointConfig": struct(
+        ("EndpointConfigName", "ProductionVariants"),
+        EndpointConfigName=STRING,
+        ProductionVariants=ListOf(PRODUCTION_VARIANT),
+        ShadowProductionVariants=ListOf(PRODUCTION_VARIANT),
+        DataCaptureConfig=DATA_CAPTURE_CONFIG,
+        Tags=TAGS,
+    ),
+    "DescribeEndpointConfig": struct(("EndpointConfigName",), EndpointConfigName=STRING),
+    "ListEndpointConfigs": _list_shape(),
+    "DeleteEndpointConfig": struct(("EndpointConfigName",), EndpointConfigName=STRING),
+    "CreateEndpoint": struct(
+        ("EndpointName", "EndpointConfigName"), EndpointName=STRING, EndpointConfigName=STRING, Tags=TAGS
+    ),
+    "DescribeEndpoint": struct(("EndpointName",), EndpointName=STRING),
+    "ListEndpoints": _list_shape(StatusEquals=STRING),
+    "UpdateEndpoint": struct(
+        ("EndpointName", "EndpointConfigName"),
+        EndpointName=STRING,
+        EndpointConfigName=STRING,
+        RetainAllVariantProperties=BOOLEAN,
+    ),
+    "UpdateEndpointWeightsAndCapacities": struct(
+        ("EndpointName", "DesiredWeightsAndCapacities"),
+        EndpointName=STRING,
+        DesiredWeightsAndCapacities=ListOf(
+            struct(("VariantName",), VariantName=STRING, DesiredWeight=DOUBLE, DesiredInstanceCount=INTEGER)
+        ),
+    ),
+    "DeleteEndpoint": struct(("EndpointName",), EndpointName=STRING),
+    "InvokeEndpoint": struct(
+        ("EndpointName", "Body"),
+        EndpointName=STRING,
+        Body=BLOB,
+        ContentType=STRING,
+        Accept=STRING,
+        CustomAttributes=STRING,
+        TargetVariant=STRING,
+        InferenceId=STRING,
+        # mve extension: sticky routing, the same key always reaches the same variant.
+        RoutingKey=STRING,
+    ),
+}
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return ", ".join(str(t) for t in types)
+
+
+def _check(shape, value, path: str, problems: list[str]) -> None:
+    if isinstance(shape, Structure):
+        if not isinstance(value, dict):
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, valid types: {dict}"
+            )
+            return
+        _check_members(shape, value, path, problems)
+    elif isinstance(shape, ListOf):
+        if not isinstance(value, (list, tuple)):
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
+                f"valid types: {list}, {tuple}"
+            )
+            return
+        for index, item in enumerate(value):
+            _check(shape.member, item, f"{path}[{index}]", problems)
+    elif isinstance(shape, MapOf):
+        if not isinstance(value, dict):
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, valid types: {dict}"
+            )
+            return
+        for key, item in value.items():
+            if not isinstance(key, str):
+                problems.append(f"Invalid type for parameter {path} key {key!r}, valid types: {str}")
+            _check(shape.value, item, f"{path}.{key}", problems)
+    elif shape is BLOB:
+        if not isinstance(value, (bytes, bytearray, str)) and not callable(getattr(value, "read", None)):
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
+                f"valid types: {bytes}, {bytearray}, file-like object"
+            )
+    else:
+        # bool is an int in Python; botocore refuses True for an integer, and so do we.
+        ok = isinstance(value, shape.types) and not (isinstance(value, bool) and bool not in shape.types)
+        if not ok:
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
+                f"valid types: {_type_names(shape.types)}"
+            )
+
+
+def _check_members(shape: Structure, value: dict, path: str, problems: list[str]) -> None:
+    prefix = f"{path}." if path else ""
+    where = path or "input"
+    for name in sorted(shape.required):
+        if name not in value:
+            problems.append(f'Missing required parameter in {where}: "{name}"')
+    for name, item in value.items():
+        if name not in shape.members:
+            problems.append(
+                f'Unknown parameter in {where}: "{name}", must be one of: {", ".join(shape.members)}'
+            )
+            continue
+        _check(shape.members[name], item, f"{prefix}{name}", problems)
+
+
+def validate(operation: str, params: dict) -> None:
+    """Raise `ParamValidationError` listing every problem of `params` for `operation`."""
+    problems: list[str] = []
+    _check_members(OPERATIONS[operation], params, "", problems)
+    if problems:
+        raise ParamValidationError("\n".join(problems))
+
+
+__all__ = ["OPERATIONS", "ListOf", "MapOf", "Scalar", "Structure", "validate"]

@@ -1,0 +1,21 @@
+"""``mve demo`` end to end, as a user runs it (kept short with --requests 300)."""
+
+from __future__ import annotations
+
+import pytest
+
+from procs import run_mve
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_to_completion_and_shows_the_split():
+    result = run_mve(["demo", "--requests", "300", "--concurrency", "4"], timeout=240)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "Traceback" not in output
+    assert "300 requests at weights 50/50" in output
+    assert "300 requests at weights 25/75" in output
+    assert "Variant1 (cancer-weak)" in output and "Variant2 (cancer-strong)" in output
+    assert "%" in output and "p99 ms" in output
+    assert "TargetVariant=Variant1: 10 of 10" in output
