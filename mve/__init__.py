@@ -9,6 +9,6 @@ __version__ = "0.1.0"
 
 def client(service_name: str, address: str | None = None, **kwargs):
     """A boto3-shaped client: "sagemaker" (control plane) or "sagemaker-runtime" (proxy)."""
-    from mve.client import client as _client
+    from mve.sdk import client as _client
 
     return _client(service_name, address=address, **kwargs)

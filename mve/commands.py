@@ -26,7 +26,7 @@ class UsageError(ValueError):
 
 
 def _client(args, service: str):
-    from mve.client import client
+    from mve.sdk import client
 
     address = args.control_plane if service == "sagemaker" else args.endpoint_address
     return client(service, address=address, **({"timeout": args.timeout} if args.timeout else {}))

@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from mve.client import client as make_client
+from mve.sdk import client as make_client
 
 NPY = "application/x-npy"
 JSON = "application/json"

@@ -13,6 +13,8 @@ from mve.sdk.exceptions import (
     SDKError,
     WaiterError,
 )
+from mve.sdk.factory import client, default_address
+from mve.sdk.runtime import StreamingBody
 
 __all__ = [
     "ClientError",
@@ -20,5 +22,8 @@ __all__ = [
     "ParamValidationError",
     "ReadTimeoutError",
     "SDKError",
+    "StreamingBody",
     "WaiterError",
+    "client",
+    "default_address",
 ]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import mve
-from mve.client import ClientError
+from mve.sdk import ClientError
 from mve.examples import load_eval_data
 from mve.mesh import Mesh
 from procs import run_mve, start_service

@@ -10,6 +10,7 @@ import onnxruntime as ort
 import pytest
 
 import mve
+from mve.sdk import ClientError
 from mve.examples import load_eval_data
 
 pytestmark = pytest.mark.integration
@@ -46,7 +47,7 @@ def test_an_endpoint_created_on_the_control_plane_is_served_by_the_proxy(service
         while True:  # the proxy learns the table a moment after InService
             try:
                 return runtime.invoke_endpoint(EndpointName="cancer", Body=body, ContentType="application/x-npy", **fields)
-            except mve.client.ClientError:
+            except ClientError:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import mve
-from mve.client import ClientError, WaiterError
+from mve.sdk import ClientError, WaiterError
 from mve.examples import load_eval_data
 from mve.mesh import Mesh
 from procs import run_mve

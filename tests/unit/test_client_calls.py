@@ -14,7 +14,7 @@ from google.protobuf import timestamp_pb2
 import mve
 from mve._proto import control_pb2 as pb
 from mve._proto import control_pb2_grpc, runtime_pb2, runtime_pb2_grpc
-from mve.client import ClientError, EndpointConnectionError, ReadTimeoutError
+from mve.sdk import ClientError, EndpointConnectionError, ReadTimeoutError
 from mve.errors import ModelError, ResourceAlreadyExists, ResourceNotFound, ValidationError, to_status
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)

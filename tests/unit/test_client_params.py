@@ -8,7 +8,7 @@ import pytest
 
 import mve
 from mve._proto import control_pb2
-from mve.client import ParamValidationError, default_address
+from mve.sdk import ParamValidationError, default_address
 from mve.sdk.convert import build_request
 from mve.sdk.params import validate
 from mve.sdk.runtime import _invoke_request

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mve.client import ClientError, WaiterError
+from mve.sdk import ClientError, WaiterError
 from mve.sdk.waiters import DEFAULT_DELAY_S, waiter_for
 
 

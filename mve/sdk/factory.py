@@ -1,4 +1,4 @@
-"""``mve.client(service_name, address=...)``: boto3-shaped clients for the control plane and proxies.
+"""``mve.client(service_name, address=...)``: make a boto3-shaped client for the control plane or a proxy.
 
     sm = mve.client("sagemaker", address="127.0.0.1:7070")          # control plane
     smr = mve.client("sagemaker-runtime", address="127.0.0.1:8080")  # a proxy
@@ -11,19 +11,9 @@ unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
 from __future__ import annotations
 
 import os
-import sys
-import types
 
 from mve.sdk.control import SageMakerClient
-from mve.sdk.exceptions import (
-    ClientError,
-    EndpointConnectionError,
-    ParamValidationError,
-    ReadTimeoutError,
-    SDKError,
-    WaiterError,
-)
-from mve.sdk.runtime import SageMakerRuntimeClient, StreamingBody
+from mve.sdk.runtime import SageMakerRuntimeClient
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_ENDPOINT = "127.0.0.1:8080"
@@ -57,30 +47,4 @@ def client(service_name: str, address: str | None = None, *, timeout: float | No
     return cls(address or default_address(service_name), **options)
 
 
-class _CallableModule(types.ModuleType):
-    """This module, callable as `client`.
-
-    Importing ``mve.client`` sets the attribute ``mve.client`` to this module, which would hide the
-    ``mve.client(...)`` function of the package; calling the module keeps ``mve.client("sagemaker")``
-    working whatever was imported first.
-    """
-
-    def __call__(self, service_name: str, address: str | None = None, **kwargs):
-        return client(service_name, address=address, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-__all__ = [
-    "ClientError",
-    "EndpointConnectionError",
-    "ParamValidationError",
-    "ReadTimeoutError",
-    "SDKError",
-    "SageMakerClient",
-    "SageMakerRuntimeClient",
-    "StreamingBody",
-    "WaiterError",
-    "client",
-    "default_address",
-]
+__all__ = ["SERVICES", "client", "default_address"]
