@@ -1,0 +1,67 @@
+"""``mve control-plane``: run the control plane on a data dir (see `mve.control.settings`)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    """Add the ``control-plane`` subcommand."""
+    parser = subparsers.add_parser(
+        "control-plane",
+        help="run the control plane (models, endpoint configs, endpoints, model-server instances)",
+        description="Run the mve control plane. Flags override MVE_* environment variables.",
+    )
+    parser.add_argument("--data-dir", help="directory for the store, artifacts and logs (env MVE_DATA_DIR)")
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1; env MVE_CONTROL_PLANE_HOST)")
+    parser.add_argument("--port", type=int, help="port to bind, 0 for a free one (default 7070; env MVE_CONTROL_PLANE_PORT)")
+    parser.add_argument(
+        "--default-startup-timeout",
+        dest="default_startup_timeout_s",
+        type=int,
+        help="startup health-check timeout of variants that set none, seconds (default 600)",
+    )
+    parser.add_argument(
+        "--min-startup-timeout",
+        dest="min_startup_timeout_s",
+        type=int,
+        help="lowest ContainerStartupHealthCheckTimeoutInSeconds accepted, 1-60 (default 60, as SageMaker)",
+    )
+    parser.add_argument(
+        "--max-instances-per-variant", type=int, help="most instances one variant may ask for (default 10)"
+    )
+    parser.add_argument(
+        "--model-server-prefix", help='command line to run model servers under, e.g. "nice -n 5" (default none)'
+    )
+    parser.add_argument(
+        "--drain-seconds", dest="drain_s", type=float, help="seconds a removed instance keeps serving (default 1)"
+    )
+    parser.add_argument(
+        "--stop-grace-seconds", dest="stop_grace_s", type=float, help="SIGTERM to SIGKILL grace (default 10)"
+    )
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the settings and serve until SIGTERM."""
+    import asyncio
+    import logging
+    import sys
+
+    from mve.control.settings import SettingsError, load_settings
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
+    try:
+        settings = load_settings(flags)
+    except SettingsError as error:
+        print(f"mve control-plane: error: {error}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=settings.log_level,
+        format="%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+    )
+    from mve.control.server import serve
+
+    return asyncio.run(serve(settings))

@@ -1,0 +1,382 @@
+"""The reconciler: drives every endpoint from its stored desired state to running instances.
+
+One asyncio task per endpoint serialises everything that happens to it (create, scale, replace a
+crashed instance, delete), so no two steps of one endpoint race. Each pass reads the endpoint from
+the store, stops surplus instances (out of the routing table first, then SIGTERM), starts missing
+ones (all at once, each within its variant's startup timeout) and settles the status:
+
+- Creating -> InService, or Failed with the first instance's reason and every process stopped;
+- Updating -> InService; a failed scale-out stops the new instances, restores the previous
+  instance count and leaves the endpoint InService with the reason in FailureReason;
+- InService: a crashed instance leaves the routing table at once and is replaced (retrying with
+  back-off if the replacement fails);
+- Deleting: stop every process, delete the record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import time
+from typing import Callable
+
+from mve.control.instance_types import resolve_instance_type
+from mve.control.instances import (
+    InstanceStartError,
+    LaunchSpec,
+    LocalInstanceProvider,
+    ModelServerProcess,
+    pid_is_model_server,
+)
+from mve.control.records import (
+    EndpointRecord,
+    EndpointStatus,
+    InstanceRecord,
+    InstanceStatus,
+    VariantSpec,
+)
+from mve.control.routes import RoutePublisher
+from mve.control.store import Store
+
+log = logging.getLogger(__name__)
+
+RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+_SETTLING = (EndpointStatus.CREATING, EndpointStatus.UPDATING, EndpointStatus.SYSTEM_UPDATING)
+
+
+class Reconciler:
+    """Owns the model-server processes of every endpoint and keeps them as the store says."""
+
+    def __init__(
+        self,
+        store: Store,
+        provider: LocalInstanceProvider,
+        routes: RoutePublisher,
+        *,
+        drain_s: float = 1.0,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._store = store
+        self._provider = provider
+        self._routes = routes
+        self._drain_s = drain_s
+        self._clock = clock
+        self._workers: dict[str, asyncio.Task] = {}
+        self._wake: dict[str, asyncio.Event] = {}
+        self._retries: dict[str, int] = {}
+        self._busy: set[str] = set()
+        self._closing = False
+        provider.on_exit = self._instance_exited
+
+    # ------------------------------------------------------------ entry points
+
+    async def recover(self) -> None:
+        """After a (re)start: adopt live model servers of the stored endpoints, drop the rest, resume."""
+        for endpoint in self._store.list_endpoints():
+            config = self._store.get_config(endpoint.config_name)
+            for record in self._store.list_instances(endpoint.name):
+                spec = config.variant(record.variant_name) if config else None
+                handle = None
+                if (
+                    spec is not None
+                    and record.status == InstanceStatus.IN_SERVICE
+                    and endpoint.status not in (EndpointStatus.FAILED, EndpointStatus.DELETING)
+                    and endpoint.variant(record.variant_name) is not None
+                ):
+                    handle = await self._provider.adopt(
+                        self._launch_spec(endpoint.name, spec, record.instance_id), record.pid, record.address, record.log_path
+                    )
+                if handle is None:
+                    _kill_stray(record)
+                    self._store.delete_instance(endpoint.name, record.instance_id)
+                    log.info(
+                        "event=instance_dropped endpoint=%s variant=%s instance=%s pid=%d",
+                        endpoint.name, record.variant_name, record.instance_id, record.pid,
+                    )
+            if endpoint.status != EndpointStatus.FAILED:
+                self.kick(endpoint.name)
+        self._routes.publish()
+
+    def kick(self, endpoint_name: str, *, preempt: bool = False) -> None:
+        """Ask the endpoint's worker for a pass; `preempt` cancels the pass in progress first."""
+        if self._closing:
+            return
+        wake = self._wake.setdefault(endpoint_name, asyncio.Event())
+        wake.set()
+        worker = self._workers.get(endpoint_name)
+        if worker is not None and not worker.done() and not preempt:
+            return
+        if worker is not None and not worker.done():
+            worker.cancel()
+        task = asyncio.get_running_loop().create_task(self._run(endpoint_name, previous=worker))
+        self._workers[endpoint_name] = task
+
+    async def shutdown(self, grace_s: float) -> None:
+        """Stop every worker and every model server (graceful), forgetting the stopped instances."""
+        self._closing = True
+        workers = list(self._workers.values())
+        for worker in workers:
+            worker.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        processes = self._provider.processes()
+        await self._provider.stop_all(grace_s=grace_s)
+        for handle in processes:
+            self._store.delete_instance(handle.spec.endpoint_name, handle.spec.instance_id)
+
+    async def idle(self) -> None:
+        """Wait until no endpoint has a pass in progress (for tests)."""
+        while self._busy or any(
+            not w.done() and self._wake.get(n, asyncio.Event()).is_set() for n, w in self._workers.items()
+        ):
+            await asyncio.sleep(0.005)
+
+    # ------------------------------------------------------------ worker
+
+    async def _run(self, name: str, previous: asyncio.Task | None) -> None:
+        if previous is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await previous
+        wake = self._wake.setdefault(name, asyncio.Event())
+        try:
+            while True:
+                await wake.wait()
+                wake.clear()
+                self._busy.add(name)
+                endpoint = self._store.get_endpoint(name)
+                if endpoint is None:
+                    return
+                if endpoint.status == EndpointStatus.DELETING:
+                    await self._delete(endpoint)
+                    return
+                try:
+                    if endpoint.status != EndpointStatus.FAILED:
+                        await self._converge(endpoint)
+                except Exception:  # noqa: BLE001 - a bug must not kill the worker
+                    log.exception("event=reconcile_error endpoint=%s", name)
+                finally:
+                    self._busy.discard(name)
+        finally:
+            self._busy.discard(name)
+            if self._workers.get(name) is asyncio.current_task():
+                del self._workers[name]
+
+    async def _converge(self, endpoint: EndpointRecord) -> None:
+        config = self._store.get_config(endpoint.config_name)
+        if config is None:
+            self._fail(endpoint.name, f"Endpoint config {endpoint.config_name!r} of this endpoint no longer exists.")
+            return
+        instances = self._store.list_instances(endpoint.name)
+        launches: list[VariantSpec] = []
+        surplus: list[InstanceRecord] = []
+        for state in endpoint.variants:
+            spec = config.variant(state.variant_name)
+            live = [i for i in instances if i.variant_name == state.variant_name and i.status != InstanceStatus.STOPPING]
+            missing = state.desired_instance_count - len(live)
+            if missing > 0 and spec is not None:
+                launches += [spec] * missing
+            elif missing < 0:
+                surplus += live[missing:]
+        if surplus:
+            await self._scale_in(endpoint.name, surplus)
+        errors = await self._launch_all(endpoint.name, launches) if launches else []
+        if errors:
+            await self._launch_failed(endpoint.name, errors)
+        else:
+            self._retries.pop(endpoint.name, None)
+            self._settle(endpoint.name)
+
+    async def _launch_all(self, name: str, launches: list[VariantSpec]) -> list[BaseException]:
+        """Start instances concurrently; the first failure cancels (and stops) the others."""
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(self._launch(name, spec)) for spec in launches]
+        try:
+            done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        errors = [t.exception() for t in done if not t.cancelled() and t.exception() is not None]
+        cancelled = len(pending)
+        if errors and cancelled:
+            log.info("event=launches_cancelled endpoint=%s count=%d reason=first_failure", name, cancelled)
+        return errors
+
+    def _settle(self, name: str) -> None:
+        endpoint = self._store.get_endpoint(name)
+        if endpoint is None or endpoint.status not in _SETTLING:
+            return
+        if self._wake[name].is_set():
+            return  # something changed meanwhile; the next pass settles
+        counts = self._live_counts(name)
+        if any(counts.get(v.variant_name, 0) != v.desired_instance_count for v in endpoint.variants):
+            return
+        endpoint.status = EndpointStatus.IN_SERVICE
+        endpoint.last_modified_time = self._clock()
+        for variant in endpoint.variants:
+            variant.current_weight = variant.desired_weight
+            variant.status = ""
+            variant.status_message = ""
+        self._store.save_endpoint(endpoint)
+        self._routes.publish()
+        log.info("event=endpoint_in_service endpoint=%s", name)
+
+    async def _launch_failed(self, name: str, errors: list[BaseException]) -> None:
+        reason = str(errors[0])
+        if len(errors) > 1:
+            reason += f" (and {len(errors) - 1} more instance(s) failed)"
+        endpoint = self._store.get_endpoint(name)
+        if endpoint is None:
+            return
+        if endpoint.status == EndpointStatus.CREATING:
+            await self._stop_endpoint_processes(name)
+            self._fail(name, reason)
+        elif endpoint.status in (EndpointStatus.UPDATING, EndpointStatus.SYSTEM_UPDATING):
+            counts = self._live_counts(name)
+            for variant in endpoint.variants:
+                variant.desired_instance_count = counts.get(variant.variant_name, 0) or variant.desired_instance_count
+                variant.current_weight = variant.desired_weight
+                variant.status = ""
+                variant.status_message = ""
+            endpoint.status = EndpointStatus.IN_SERVICE
+            endpoint.failure_reason = f"Update failed, instance counts restored: {reason}"
+            endpoint.last_modified_time = self._clock()
+            self._store.save_endpoint(endpoint)
+            self._routes.publish()
+            log.warning("event=update_failed endpoint=%s reason=%r", name, reason)
+        else:
+            attempt = self._retries.get(name, 0)
+            self._retries[name] = attempt + 1
+            delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+            log.warning("event=replacement_failed endpoint=%s retry_in_s=%g reason=%r", name, delay, reason)
+            asyncio.get_running_loop().call_later(delay, self.kick, name)
+
+    def _fail(self, name: str, reason: str) -> None:
+        endpoint = self._store.get_endpoint(name)
+        if endpoint is None:
+            return
+        endpoint.status = EndpointStatus.FAILED
+        endpoint.failure_reason = reason
+        endpoint.last_modified_time = self._clock()
+        for variant in endpoint.variants:
+            variant.status = ""
+            variant.status_message = ""
+        self._store.save_endpoint(endpoint)
+        self._routes.publish()
+        log.warning("event=endpoint_failed endpoint=%s reason=%r", name, reason)
+
+    # ------------------------------------------------------------ instances
+
+    def _launch_spec(self, endpoint_name: str, spec: VariantSpec, instance_id: str) -> LaunchSpec:
+        model = self._store.get_model(spec.model_name)
+        if model is None:
+            raise InstanceStartError(f"variant {spec.variant_name}: model {spec.model_name!r} no longer exists")
+        resources = resolve_instance_type(spec.instance_type)
+        return LaunchSpec(
+            endpoint_name=endpoint_name,
+            variant_name=spec.variant_name,
+            instance_id=instance_id,
+            artifact_path=model.artifact_path,
+            model_name=spec.model_name,
+            device=resources.device,
+            threads=resources.threads,
+            environment=dict(model.environment),
+        )
+
+    async def _launch(self, endpoint_name: str, spec: VariantSpec) -> str:
+        instance_id = f"{spec.variant_name}-{secrets.token_hex(3)}"
+        launch = self._launch_spec(endpoint_name, spec, instance_id)
+        handle = await self._provider.spawn(launch)
+        record = InstanceRecord(
+            endpoint_name=endpoint_name,
+            variant_name=spec.variant_name,
+            instance_id=instance_id,
+            pid=handle.pid,
+            address="",
+            status=InstanceStatus.STARTING,
+            started_at=self._clock(),
+            log_path=str(handle.log_path),
+        )
+        self._store.put_instance(record)
+        try:
+            record.address = await self._provider.wait_ready(handle, spec.startup_health_check_timeout_s)
+        except BaseException:
+            await asyncio.shield(self._provider.stop(handle, grace_s=2.0))
+            self._store.delete_instance(endpoint_name, instance_id)
+            raise
+        record.status = InstanceStatus.IN_SERVICE
+        self._store.put_instance(record)
+        self._routes.publish()
+        log.info(
+            "event=instance_ready endpoint=%s variant=%s instance=%s pid=%d address=%s",
+            endpoint_name, spec.variant_name, instance_id, handle.pid, record.address,
+        )
+        return instance_id
+
+    async def _scale_in(self, name: str, victims: list[InstanceRecord]) -> None:
+        for record in victims:
+            record.status = InstanceStatus.STOPPING
+            self._store.put_instance(record)
+        self._routes.publish()
+        if self._drain_s > 0:
+            await asyncio.sleep(self._drain_s)
+        await asyncio.gather(*(self._stop_instance(record) for record in victims))
+        self._routes.publish()
+
+    async def _stop_instance(self, record: InstanceRecord) -> None:
+        handle = self._provider.get(record.instance_id)
+        if handle is not None:
+            await self._provider.stop(handle)
+        else:
+            _kill_stray(record)
+        self._store.delete_instance(record.endpoint_name, record.instance_id)
+
+    async def _stop_endpoint_processes(self, name: str) -> None:
+        await self._provider.stop_all(name)
+        for record in self._store.list_instances(name):
+            _kill_stray(record)
+            self._store.delete_instance(name, record.instance_id)
+
+    async def _delete(self, endpoint: EndpointRecord) -> None:
+        await self._stop_endpoint_processes(endpoint.name)
+        self._store.delete_endpoint(endpoint.name)
+        self._retries.pop(endpoint.name, None)
+        self._routes.publish()
+        log.info("event=endpoint_deleted endpoint=%s", endpoint.name)
+
+    def _instance_exited(self, handle: ModelServerProcess) -> None:
+        if not handle.ready or self._closing:
+            return  # a starting instance's failure is reported by its launch
+        name = handle.spec.endpoint_name
+        self._store.delete_instance(name, handle.spec.instance_id)
+        self._routes.publish()
+        log.warning(
+            "event=instance_lost endpoint=%s variant=%s instance=%s code=%s action=replace",
+            name, handle.spec.variant_name, handle.spec.instance_id, handle.returncode,
+        )
+        self.kick(name)
+
+    def _live_counts(self, name: str) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self._store.list_instances(name):
+            if record.status == InstanceStatus.IN_SERVICE:
+                counts[record.variant_name] = counts.get(record.variant_name, 0) + 1
+        return counts
+
+    def current_instance_counts(self, name: str) -> dict[str, int]:
+        """InService instances per variant of an endpoint."""
+        return self._live_counts(name)
+
+
+def _kill_stray(record: InstanceRecord) -> None:
+    """SIGKILL a recorded model server no provider handle owns (left over from a crash)."""
+    if pid_is_model_server(record.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(record.pid, signal.SIGKILL)

@@ -1,0 +1,162 @@
+"""Domain records of the control plane: what the store keeps and the service hands around.
+
+Plain dataclasses, free of protobuf, so that the store and the reconciler never depend on the
+wire format; `servicer` converts between these and ``mve.v1`` messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+class EndpointStatus:
+    """SageMaker's EndpointStatus values."""
+
+    OUT_OF_SERVICE = "OutOfService"
+    CREATING = "Creating"
+    UPDATING = "Updating"
+    SYSTEM_UPDATING = "SystemUpdating"
+    ROLLING_BACK = "RollingBack"
+    IN_SERVICE = "InService"
+    DELETING = "Deleting"
+    FAILED = "Failed"
+    UPDATE_ROLLBACK_FAILED = "UpdateRollbackFailed"
+
+    #: Statuses whose endpoints appear in the routing table.
+    ROUTABLE = frozenset({IN_SERVICE, UPDATING, SYSTEM_UPDATING, ROLLING_BACK})
+
+
+class InstanceStatus:
+    """Life of one model-server process."""
+
+    STARTING = "Starting"  # spawned, not yet ready: not routable
+    IN_SERVICE = "InService"  # answered ServerReady and ModelReady: routable
+    STOPPING = "Stopping"  # taken out of routing, being stopped
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One model input or output: V2 datatype and shape (-1 for a dynamic dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+@dataclass
+class ModelRecord:
+    """A registered model and the artifact copied into the control plane's store."""
+
+    name: str
+    arn: str
+    image: str
+    model_data_url: str
+    environment: dict[str, str]
+    artifact_path: str
+    artifact_sha256: str
+    artifact_size_bytes: int
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    creation_time: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching in the proxy (off when max_batch_size is 0 or 1)."""
+
+    max_batch_size: int = 0
+    max_delay_us: int = 0
+    max_batches_in_flight_per_instance: int = 1
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    """One production variant of an endpoint config, defaults filled in."""
+
+    variant_name: str
+    model_name: str
+    initial_instance_count: int
+    instance_type: str
+    initial_variant_weight: float
+    routing_strategy: str
+    startup_health_check_timeout_s: int
+    batching: Batching = Batching()
+
+
+@dataclass
+class EndpointConfigRecord:
+    """An immutable endpoint config."""
+
+    name: str
+    arn: str
+    production_variants: list[VariantSpec]
+    data_capture: dict
+    creation_time: float
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def variant(self, name: str) -> VariantSpec | None:
+        """The production variant called `name`, or None."""
+        return next((v for v in self.production_variants if v.variant_name == name), None)
+
+
+@dataclass
+class VariantState:
+    """Desired and current state of one variant of an endpoint."""
+
+    variant_name: str
+    desired_weight: float
+    current_weight: float
+    desired_instance_count: int
+    status: str = ""  # "" when settled, else Creating | Updating | Deleting
+    status_message: str = ""
+    status_since: float = 0.0
+
+
+@dataclass
+class EndpointRecord:
+    """An endpoint: its config, status and per-variant state."""
+
+    name: str
+    arn: str
+    config_name: str
+    status: str
+    failure_reason: str
+    creation_time: float
+    last_modified_time: float
+    variants: list[VariantState]
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def variant(self, name: str) -> VariantState | None:
+        """The state of the variant called `name`, or None."""
+        return next((v for v in self.variants if v.variant_name == name), None)
+
+
+@dataclass
+class InstanceRecord:
+    """One model-server process serving a variant."""
+
+    endpoint_name: str
+    variant_name: str
+    instance_id: str
+    pid: int
+    address: str
+    status: str
+    started_at: float
+    log_path: str = ""
+
+
+@dataclass
+class VariantStatsRecord:
+    """The latest counters a proxy reported for a variant."""
+
+    proxy_id: str
+    endpoint_name: str
+    variant_name: str
+    invocations: int
+    invocation_4xx_errors: int
+    invocation_5xx_errors: int
+    invocation_model_errors: int
+    model_latency_us_sum: float
+    overhead_latency_us_sum: float
+    reported_at: float

@@ -1,0 +1,155 @@
+"""Routing tables: built from the store, versioned, and sent to every WatchRoutes subscriber.
+
+A table lists every routable endpoint (InService, Updating, ...) with its variants' weights,
+routing strategy, batching, model inputs/outputs and healthy (InService) instances. The version
+increases (durably, across restarts) only when the content changes. Each subscriber has a queue
+of one slot that always holds the newest table, so a slow subscriber skips stale tables and never
+holds anyone else up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import AsyncIterator
+
+from mve._proto import control_pb2 as pb
+from mve.control.records import (
+    EndpointConfigRecord,
+    EndpointRecord,
+    EndpointStatus,
+    InstanceRecord,
+    InstanceStatus,
+    ModelRecord,
+    TensorSpec,
+)
+from mve.control.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def _tensor_specs(specs: list[TensorSpec]) -> list[pb.TensorSpec]:
+    return [pb.TensorSpec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
+
+
+def build_endpoint_routes(
+    endpoints: list[EndpointRecord],
+    configs: dict[str, EndpointConfigRecord],
+    models: dict[str, ModelRecord],
+    instances: list[InstanceRecord],
+) -> list[pb.EndpointRoute]:
+    """The routes of every routable endpoint, endpoints sorted by name, variants in config order."""
+    ready: dict[tuple[str, str], list[InstanceRecord]] = {}
+    for instance in instances:
+        if instance.status == InstanceStatus.IN_SERVICE and instance.address:
+            ready.setdefault((instance.endpoint_name, instance.variant_name), []).append(instance)
+    routes = []
+    for endpoint in sorted(endpoints, key=lambda e: e.name):
+        config = configs.get(endpoint.config_name)
+        if endpoint.status not in EndpointStatus.ROUTABLE or config is None:
+            continue
+        route = pb.EndpointRoute(endpoint_name=endpoint.name)
+        for state in endpoint.variants:
+            spec = config.variant(state.variant_name)
+            if spec is None:
+                continue
+            model = models.get(spec.model_name)
+            batching = spec.batching
+            route.variants.append(
+                pb.VariantRoute(
+                    variant_name=state.variant_name,
+                    model_name=spec.model_name,
+                    weight=state.current_weight,
+                    routing_strategy=spec.routing_strategy,
+                    batching=pb.BatchingConfig(
+                        max_batch_size=batching.max_batch_size,
+                        max_delay_us=batching.max_delay_us,
+                        max_batches_in_flight_per_instance=batching.max_batches_in_flight_per_instance,
+                    ),
+                    instances=[
+                        pb.InstanceRoute(instance_id=i.instance_id, address=i.address)
+                        for i in sorted(ready.get((endpoint.name, state.variant_name), []), key=lambda i: i.instance_id)
+                    ],
+                    inputs=_tensor_specs(model.inputs) if model else [],
+                    outputs=_tensor_specs(model.outputs) if model else [],
+                )
+            )
+        routes.append(route)
+    return routes
+
+
+def build_routes_from_store(store: Store) -> list[pb.EndpointRoute]:
+    """`build_endpoint_routes` over everything in `store`."""
+    endpoints = store.list_endpoints()
+    configs = {name: store.get_config(name) for name in {e.config_name for e in endpoints}}
+    model_names = {v.model_name for c in configs.values() if c for v in c.production_variants}
+    models = {name: store.get_model(name) for name in model_names}
+    return build_endpoint_routes(
+        endpoints,
+        {k: v for k, v in configs.items() if v is not None},
+        {k: v for k, v in models.items() if v is not None},
+        store.list_instances(),
+    )
+
+
+class RoutePublisher:
+    """Keeps the current routing table and pushes each new version to every subscriber."""
+
+    def __init__(self, store: Store):
+        self._store = store
+        self._table: pb.RoutingTable | None = None
+        self._subscribers: set[asyncio.Queue] = set()
+
+    @property
+    def current(self) -> pb.RoutingTable:
+        """The table subscribers have now (publishing one first if there is none yet)."""
+        if self._table is None:
+            self.publish()
+        assert self._table is not None
+        return self._table
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many WatchRoutes streams are open."""
+        return len(self._subscribers)
+
+    def publish(self) -> pb.RoutingTable:
+        """Rebuild the table from the store; if it changed, give it a new version and send it."""
+        routes = build_routes_from_store(self._store)
+        if self._table is not None and list(self._table.endpoints) == routes:
+            return self._table
+        table = pb.RoutingTable(
+            version=self._store.next_route_version(),
+            endpoints=routes,
+            control_plane_id=self._store.control_plane_id(),
+        )
+        self._table = table
+        log.info(
+            "event=routes_published version=%d endpoints=%d subscribers=%d",
+            table.version,
+            len(routes),
+            len(self._subscribers),
+        )
+        for queue in self._subscribers:
+            _put_latest(queue, table)
+        return table
+
+    async def subscribe(self) -> AsyncIterator[pb.RoutingTable]:
+        """The current table at once, then every new one (stale ones skipped for slow readers)."""
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        queue.put_nowait(self.current)
+        self._subscribers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._subscribers.discard(queue)
+
+
+def _put_latest(queue: asyncio.Queue, table: pb.RoutingTable) -> None:
+    if queue.full():
+        try:
+            queue.get_nowait()
+        except asyncio.QueueEmpty:
+            pass
+    queue.put_nowait(table)

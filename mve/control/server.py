@@ -1,0 +1,99 @@
+"""Runs the control plane: the store, the reconciler and the gRPC server, until SIGTERM.
+
+On SIGTERM (or SIGINT) the server stops taking calls, every model server is stopped gracefully,
+and the process exits 0. After a crash (SIGKILL) the model servers keep running; the next control
+plane on the same data dir adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from mve._proto import control_pb2, control_pb2_grpc
+from mve.control.artifacts import ArtifactStore
+from mve.control.instances import LocalInstanceProvider
+from mve.control.reconciler import Reconciler
+from mve.control.routes import RoutePublisher
+from mve.control.service import ControlService
+from mve.control.servicer import EndpointControlServicer
+from mve.control.settings import ControlPlaneSettings
+from mve.control.store import SqliteStore
+from mve.control.validation import Limits
+from mve.errors import ErrorInterceptor
+from mve.ready import announce_ready
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def build_service(settings: ControlPlaneSettings) -> ControlService:
+    """The control plane's parts, wired together on the settings' data dir."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = SqliteStore(settings.db_path)
+    routes = RoutePublisher(store)
+    provider = LocalInstanceProvider(
+        settings.log_dir, command_prefix=settings.model_server_prefix, stop_grace_s=settings.stop_grace_s
+    )
+    reconciler = Reconciler(store, provider, routes, drain_s=settings.drain_s)
+    limits = Limits(
+        max_instances_per_variant=settings.max_instances_per_variant,
+        min_startup_timeout_s=settings.min_startup_timeout_s,
+        default_startup_timeout_s=settings.default_startup_timeout_s,
+    )
+    return ControlService(store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits)
+
+
+async def serve(settings: ControlPlaneSettings) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code."""
+    service = build_service(settings)
+    server = grpc.aio.server(
+        interceptors=[ErrorInterceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    control_pb2_grpc.add_EndpointControlServicer_to_server(EndpointControlServicer(service), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+    )
+    try:
+        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+    except RuntimeError as error:
+        log.error("event=bind_failed host=%s port=%d error=%r", settings.host, settings.port, str(error))
+        return 1
+    if port == 0:
+        log.error("event=bind_failed host=%s port=%d", settings.host, settings.port)
+        return 1
+    await server.start()
+    await service.reconciler.recover()
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    address = f"{settings.host}:{port}"
+    log.info("event=control_plane_ready address=%s data_dir=%s", address, settings.data_dir)
+    announce_ready("control-plane", address)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+
+    log.info("event=control_plane_stopping")
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    await server.stop(grace=1.0)
+    await service.reconciler.shutdown(settings.stop_grace_s)
+    service.store.close()
+    log.info("event=control_plane_stopped")
+    return 0

@@ -1,0 +1,385 @@
+"""The control plane's API as domain calls: models, endpoint configs, endpoints, stats.
+
+`ControlService` validates (SageMaker's rules), writes the store, publishes routing tables and
+asks the reconciler to act. It knows nothing about protobuf; `servicer` does the converting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence, TypeVar
+
+from mve.control.artifacts import ArtifactStore
+from mve.control.reconciler import Reconciler
+from mve.control.records import (
+    EndpointConfigRecord,
+    EndpointRecord,
+    EndpointStatus,
+    ModelRecord,
+    VariantSpec,
+    VariantState,
+    VariantStatsRecord,
+)
+from mve.control.routes import RoutePublisher
+from mve.control.store import Store
+from mve.control.validation import (
+    Limits,
+    ListQuery,
+    validate_instance_count,
+    validate_model_data_url,
+    validate_name,
+    validate_variant_set,
+    validate_weight,
+    validate_weight_sum,
+)
+from mve.errors import ResourceAlreadyExists, ResourceInUse, ResourceNotFound, ValidationError
+
+log = logging.getLogger(__name__)
+
+ARN_PREFIX = "arn:mve:sagemaker:local:000000000000"
+SUPPORTED_IMAGES = ("onnxruntime",)
+DEFAULT_IMAGE = "onnxruntime"
+MAX_TAGS = 50
+
+T = TypeVar("T")
+
+
+def arn(kind: str, name: str) -> str:
+    """A SageMaker-style ARN; like SageMaker, the name part is lower-cased."""
+    return f"{ARN_PREFIX}:{kind}/{name.lower()}"
+
+
+@dataclass(frozen=True)
+class WeightAndCapacity:
+    """One entry of UpdateEndpointWeightsAndCapacities (None: leave unchanged)."""
+
+    variant_name: str
+    desired_weight: float | None = None
+    desired_instance_count: int | None = None
+
+
+def _validate_tags(tags: dict[str, str]) -> dict[str, str]:
+    if len(tags) > MAX_TAGS:
+        raise ValidationError(f"At most {MAX_TAGS} tags are allowed, got {len(tags)}.")
+    for key, value in tags.items():
+        if not 1 <= len(key) <= 128 or len(value) > 256:
+            raise ValidationError(f"Tag {key!r}: keys must be 1-128 characters and values at most 256.")
+    return tags
+
+
+_ENV_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+MAX_ENVIRONMENT = 100
+
+
+def _validate_environment(environment: dict[str, str]) -> dict[str, str]:
+    if len(environment) > MAX_ENVIRONMENT:
+        raise ValidationError(f"PrimaryContainer.Environment may hold at most {MAX_ENVIRONMENT} variables.")
+    for key, value in environment.items():
+        if not _ENV_KEY.match(key) or len(value) > 1024:
+            raise ValidationError(
+                f"Environment variable {key!r} is invalid: names are letters, digits and _ (not starting with a "
+                "digit), values at most 1024 characters."
+            )
+    return environment
+
+
+def _page(items: list[T], query: ListQuery, name: Callable[[T], str], created: Callable[[T], float]) -> tuple[list[T], str]:
+    chosen = [i for i in items if query.name_contains.lower() in name(i).lower()]
+    key = (lambda i: name(i)) if query.sort_by == "Name" else (lambda i: (created(i), name(i)))
+    chosen.sort(key=key, reverse=query.sort_order == "Descending")
+    page = chosen[query.offset : query.offset + query.max_results]
+    end = query.offset + len(page)
+    return page, (str(end) if end < len(chosen) else "")
+
+
+class ControlService:
+    """SageMaker's control API over one store, one artifact store, one reconciler."""
+
+    def __init__(
+        self,
+        store: Store,
+        artifacts: ArtifactStore,
+        routes: RoutePublisher,
+        reconciler: Reconciler,
+        limits: Limits = Limits(),
+        clock: Callable[[], float] = time.time,
+    ):
+        self.store = store
+        self.artifacts = artifacts
+        self.routes = routes
+        self.reconciler = reconciler
+        self.limits = limits
+        self._clock = clock
+
+    # ------------------------------------------------------------ models
+
+    async def create_model(
+        self, name: str, image: str, model_data_url: str, environment: dict[str, str], tags: dict[str, str]
+    ) -> ModelRecord:
+        """Copy the artifact into the store, inspect it, and register the model.
+
+        Copying and loading a model can take seconds, so it runs in a worker thread; the event loop
+        keeps serving routes and watching instances meanwhile.
+        """
+        validate_name(name, "ModelName")
+        image = image or DEFAULT_IMAGE
+        if image not in SUPPORTED_IMAGES:
+            raise ValidationError(f"Image {image!r} is not supported: mve runs {', '.join(SUPPORTED_IMAGES)}.")
+        _validate_tags(tags)
+        _validate_environment(environment)
+        if self.store.get_model(name) is not None:
+            raise ResourceAlreadyExists(f'Cannot create already existing model "{arn("model", name)}".')
+        path = validate_model_data_url(model_data_url)
+        artifact = await asyncio.to_thread(self.artifacts.put, path)
+        model = ModelRecord(
+            name=name,
+            arn=arn("model", name),
+            image=image,
+            model_data_url=model_data_url,
+            environment=dict(environment),
+            artifact_path=str(artifact.path),
+            artifact_sha256=artifact.sha256,
+            artifact_size_bytes=artifact.size_bytes,
+            inputs=artifact.inputs,
+            outputs=artifact.outputs,
+            creation_time=self._clock(),
+            tags=dict(tags),
+        )
+        self.store.insert_model(model)
+        log.info("event=model_created model=%s sha256=%s bytes=%d", name, artifact.sha256, artifact.size_bytes)
+        return model
+
+    def describe_model(self, name: str) -> ModelRecord:
+        """The model called `name`, or ResourceNotFound."""
+        model = self.store.get_model(name)
+        if model is None:
+            raise ResourceNotFound(f'Could not find model "{arn("model", name)}".')
+        return model
+
+    def list_models(self, query: ListQuery) -> tuple[list[ModelRecord], str]:
+        """A page of models and the next token ("" at the end)."""
+        return _page(self.store.list_models(), query, lambda m: m.name, lambda m: m.creation_time)
+
+    def delete_model(self, name: str) -> None:
+        """Delete a model no endpoint config uses."""
+        model = self.describe_model(name)
+        users = self.store.configs_using_model(name)
+        if users:
+            raise ResourceInUse(f"Cannot delete model {name!r}: it is used by endpoint config(s) {', '.join(users)}.")
+        self.store.delete_model(name)
+        self.artifacts.remove_unused(model.artifact_sha256, self.store.artifact_in_use(model.artifact_sha256))
+        log.info("event=model_deleted model=%s", name)
+
+    # ------------------------------------------------------------ endpoint configs
+
+    def create_endpoint_config(
+        self, name: str, variants: Sequence[VariantSpec], data_capture: dict, tags: dict[str, str]
+    ) -> EndpointConfigRecord:
+        """Register an immutable endpoint config whose variants are valid and whose models exist."""
+        validate_name(name, "EndpointConfigName")
+        _validate_tags(tags)
+        validate_variant_set(list(variants))
+        for variant in variants:
+            model = self.store.get_model(variant.model_name)
+            if model is None:
+                raise ResourceNotFound(
+                    f'Could not find model "{arn("model", variant.model_name)}" (variant {variant.variant_name!r}).'
+                )
+            if variant.batching.max_batch_size > 1 and (not model.inputs or any(
+                not spec.shape or spec.shape[0] != -1 for spec in model.inputs
+            )):
+                raise ValidationError(
+                    f"Variant {variant.variant_name!r} asks for batches of up to {variant.batching.max_batch_size}, "
+                    f"but model {model.name!r} has an input whose first dimension is not dynamic (-1); batching needs "
+                    "a batch dimension."
+                )
+        sampling = int(data_capture.get("initial_sampling_percentage", 0))
+        if not 0 <= sampling <= 100:
+            raise ValidationError(f"DataCaptureConfig.InitialSamplingPercentage must be 0-100, got {sampling}.")
+        config = EndpointConfigRecord(
+            name=name,
+            arn=arn("endpoint-config", name),
+            production_variants=list(variants),
+            data_capture=dict(data_capture),
+            creation_time=self._clock(),
+            tags=dict(tags),
+        )
+        self.store.insert_config(config)
+        log.info("event=endpoint_config_created endpoint_config=%s variants=%d", name, len(variants))
+        return config
+
+    def describe_endpoint_config(self, name: str) -> EndpointConfigRecord:
+        """The endpoint config called `name`, or ResourceNotFound."""
+        config = self.store.get_config(name)
+        if config is None:
+            raise ResourceNotFound(f'Could not find endpoint configuration "{arn("endpoint-config", name)}".')
+        return config
+
+    def list_endpoint_configs(self, query: ListQuery) -> tuple[list[EndpointConfigRecord], str]:
+        """A page of endpoint configs and the next token."""
+        return _page(self.store.list_configs(), query, lambda c: c.name, lambda c: c.creation_time)
+
+    def delete_endpoint_config(self, name: str) -> None:
+        """Delete an endpoint config no endpoint runs."""
+        self.describe_endpoint_config(name)
+        users = self.store.endpoints_using_config(name)
+        if users:
+            raise ResourceInUse(
+                f"Cannot delete endpoint configuration {name!r}: it is used by endpoint(s) {', '.join(users)}."
+            )
+        self.store.delete_config(name)
+        log.info("event=endpoint_config_deleted endpoint_config=%s", name)
+
+    # ------------------------------------------------------------ endpoints
+
+    def create_endpoint(self, name: str, config_name: str, tags: dict[str, str]) -> EndpointRecord:
+        """Register the endpoint as Creating and hand it to the reconciler; returns at once."""
+        validate_name(name, "EndpointName")
+        validate_name(config_name, "EndpointConfigName")
+        _validate_tags(tags)
+        config = self.describe_endpoint_config(config_name)
+        now = self._clock()
+        endpoint = EndpointRecord(
+            name=name,
+            arn=arn("endpoint", name),
+            config_name=config_name,
+            status=EndpointStatus.CREATING,
+            failure_reason="",
+            creation_time=now,
+            last_modified_time=now,
+            variants=[
+                VariantState(
+                    variant_name=v.variant_name,
+                    desired_weight=v.initial_variant_weight,
+                    current_weight=v.initial_variant_weight,
+                    desired_instance_count=v.initial_instance_count,
+                    status="Creating",
+                    status_since=now,
+                )
+                for v in config.production_variants
+            ],
+            tags=dict(tags),
+        )
+        self.store.insert_endpoint(endpoint)
+        log.info("event=endpoint_creating endpoint=%s endpoint_config=%s", name, config_name)
+        self.reconciler.kick(name)
+        return endpoint
+
+    def describe_endpoint(self, name: str) -> tuple[EndpointRecord, dict[str, int]]:
+        """The endpoint and its InService instances per variant, or ResourceNotFound."""
+        endpoint = self.store.get_endpoint(name)
+        if endpoint is None:
+            raise ResourceNotFound(f'Could not find endpoint "{arn("endpoint", name)}".')
+        return endpoint, self.reconciler.current_instance_counts(name)
+
+    def endpoint_images(self, endpoint: EndpointRecord) -> dict[str, str]:
+        """The image each variant runs (for DeployedImages)."""
+        config = self.store.get_config(endpoint.config_name)
+        images: dict[str, str] = {}
+        for variant in config.production_variants if config else []:
+            model = self.store.get_model(variant.model_name)
+            images[variant.variant_name] = model.image if model else DEFAULT_IMAGE
+        return images
+
+    def list_endpoints(self, query: ListQuery) -> tuple[list[EndpointRecord], str]:
+        """A page of endpoints and the next token."""
+        endpoints = self.store.list_endpoints()
+        if query.status_equals:
+            endpoints = [e for e in endpoints if e.status == query.status_equals]
+        return _page(endpoints, query, lambda e: e.name, lambda e: e.creation_time)
+
+    def update_endpoint(self, name: str, config_name: str) -> EndpointRecord:
+        """Not supported yet: a deployment to another config is the next step."""
+        self.describe_endpoint(name)
+        raise ValidationError(
+            "UpdateEndpoint (deploying another endpoint config) is not supported yet; use "
+            "UpdateEndpointWeightsAndCapacities to change weights and instance counts."
+        )
+
+    def update_weights_and_capacities(self, name: str, changes: Sequence[WeightAndCapacity]) -> EndpointRecord:
+        """Change weights (routed at once) and/or instance counts of an InService endpoint."""
+        validate_name(name, "EndpointName")
+        endpoint, _ = self.describe_endpoint(name)
+        if endpoint.status != EndpointStatus.IN_SERVICE:
+            raise ResourceInUse(f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).')
+        if not changes:
+            raise ValidationError("DesiredWeightsAndCapacities must name at least 1 variant.")
+        if len(changes) > 10:
+            raise ValidationError("DesiredWeightsAndCapacities may name at most 10 variants.")
+        seen: set[str] = set()
+        missing = [c.variant_name for c in changes if endpoint.variant(c.variant_name) is None]
+        if missing:
+            raise ValidationError(f"The variant(s) {missing} are not present in endpoint {name!r}.")
+        for change in changes:
+            if change.variant_name in seen:
+                raise ValidationError(f"Variant {change.variant_name!r} appears more than once.")
+            seen.add(change.variant_name)
+            if change.desired_weight is None and change.desired_instance_count is None:
+                raise ValidationError(
+                    f"Variant {change.variant_name!r}: give DesiredWeight, DesiredInstanceCount or both."
+                )
+            if change.desired_weight is not None:
+                validate_weight(change.desired_weight, f"DesiredWeight of variant {change.variant_name!r}")
+            if change.desired_instance_count is not None:
+                validate_instance_count(
+                    change.desired_instance_count, f"DesiredInstanceCount of variant {change.variant_name!r}", self.limits
+                )
+        by_name = {c.variant_name: c for c in changes}
+        weights = {
+            v.variant_name: by_name[v.variant_name].desired_weight
+            if v.variant_name in by_name and by_name[v.variant_name].desired_weight is not None
+            else v.desired_weight
+            for v in endpoint.variants
+        }
+        validate_weight_sum(weights)
+        now = self._clock()
+        for variant in endpoint.variants:
+            change = by_name.get(variant.variant_name)
+            if change is None:
+                continue
+            if change.desired_weight is not None:
+                variant.desired_weight = variant.current_weight = float(change.desired_weight)
+            if change.desired_instance_count is not None:
+                variant.desired_instance_count = change.desired_instance_count
+            variant.status = "Updating"
+            variant.status_since = now
+        endpoint.status = EndpointStatus.UPDATING
+        endpoint.failure_reason = ""
+        endpoint.last_modified_time = now
+        self.store.save_endpoint(endpoint)
+        self.routes.publish()
+        log.info("event=endpoint_updating endpoint=%s changes=%s", name, [(c.variant_name, c.desired_weight, c.desired_instance_count) for c in changes])
+        self.reconciler.kick(name)
+        return endpoint
+
+    def delete_endpoint(self, name: str) -> None:
+        """Mark the endpoint Deleting, take it out of routing, and let the reconciler stop it."""
+        validate_name(name, "EndpointName")
+        endpoint, _ = self.describe_endpoint(name)
+        if endpoint.status != EndpointStatus.DELETING:
+            endpoint.status = EndpointStatus.DELETING
+            endpoint.last_modified_time = self._clock()
+            self.store.save_endpoint(endpoint)
+            self.routes.publish()
+            log.info("event=endpoint_deleting endpoint=%s", name)
+        self.reconciler.kick(name, preempt=True)
+
+    # ------------------------------------------------------------ proxies
+
+    def report_stats(self, stats: Sequence[VariantStatsRecord]) -> None:
+        """Keep the latest counters a proxy reported."""
+        if len(stats) > 10_000:
+            raise ValidationError("A stats report may carry at most 10000 variants.")
+        for record in stats:
+            if not record.proxy_id or len(record.proxy_id) > 256:
+                raise ValidationError("ReportStats needs a proxy_id of 1-256 characters.")
+            validate_name(record.endpoint_name, "VariantStats.EndpointName")
+            validate_name(record.variant_name, "VariantStats.VariantName")
+        self.store.put_stats(list(stats))
+
+
+__all__ = ["ControlService", "WeightAndCapacity", "arn"]

@@ -1,0 +1,303 @@
+"""The gRPC face of the control plane: ``mve.v1.EndpointControl``.
+
+Each method converts the request to domain values, makes one `ControlService` call and converts
+the result back. Errors are raised as `mve.errors` exceptions; `mve.errors.ErrorInterceptor`
+turns them into gRPC status.
+"""
+
+from __future__ import annotations
+
+from google.protobuf import json_format
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from mve._proto import control_pb2 as pb
+from mve._proto import control_pb2_grpc as pb_grpc
+from mve.control.records import (
+    Batching,
+    EndpointConfigRecord,
+    EndpointRecord,
+    ModelRecord,
+    TensorSpec,
+    VariantSpec,
+    VariantStatsRecord,
+)
+from mve.control.service import ControlService, WeightAndCapacity
+from mve.control.validation import validate_list_query, validate_variant
+from mve.errors import ValidationError
+
+
+def _ts(seconds: float) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _tags(tags) -> dict[str, str]:
+    return {t.key: t.value for t in tags}
+
+
+def _tensor_specs(specs: list[TensorSpec]) -> list[pb.TensorSpec]:
+    return [pb.TensorSpec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
+
+
+def variant_from_proto(message: pb.ProductionVariant, service: ControlService) -> VariantSpec:
+    """A validated VariantSpec (defaults filled in) from a ProductionVariant message."""
+    raw = VariantSpec(
+        variant_name=message.variant_name,
+        model_name=message.model_name,
+        initial_instance_count=message.initial_instance_count,
+        instance_type=message.instance_type,
+        initial_variant_weight=message.initial_variant_weight,
+        routing_strategy=message.routing_config.routing_strategy,
+        startup_health_check_timeout_s=message.container_startup_health_check_timeout_in_seconds,
+        batching=Batching(
+            message.batching.max_batch_size,
+            message.batching.max_delay_us,
+            message.batching.max_batches_in_flight_per_instance,
+        ),
+    )
+    return validate_variant(
+        raw,
+        service.limits,
+        weight_given=message.HasField("initial_variant_weight"),
+        instance_type_given=bool(message.instance_type),
+        timeout_given=message.container_startup_health_check_timeout_in_seconds != 0,
+        strategy_given=bool(message.routing_config.routing_strategy),
+    )
+
+
+def variant_to_proto(variant: VariantSpec) -> pb.ProductionVariant:
+    """The ProductionVariant message of a stored variant."""
+    return pb.ProductionVariant(
+        variant_name=variant.variant_name,
+        model_name=variant.model_name,
+        initial_instance_count=variant.initial_instance_count,
+        instance_type=variant.instance_type,
+        initial_variant_weight=variant.initial_variant_weight,
+        routing_config=pb.RoutingConfig(routing_strategy=variant.routing_strategy),
+        container_startup_health_check_timeout_in_seconds=variant.startup_health_check_timeout_s,
+        batching=pb.BatchingConfig(
+            max_batch_size=variant.batching.max_batch_size,
+            max_delay_us=variant.batching.max_delay_us,
+            max_batches_in_flight_per_instance=variant.batching.max_batches_in_flight_per_instance,
+        ),
+    )
+
+
+def describe_model_response(model: ModelRecord) -> pb.DescribeModelResponse:
+    """DescribeModel's answer for a model."""
+    return pb.DescribeModelResponse(
+        model_name=model.name,
+        model_arn=model.arn,
+        primary_container=pb.ContainerDefinition(
+            image=model.image, model_data_url=model.model_data_url, environment=model.environment
+        ),
+        creation_time=_ts(model.creation_time),
+        artifact_sha256=model.artifact_sha256,
+        artifact_size_bytes=model.artifact_size_bytes,
+        inputs=_tensor_specs(model.inputs),
+        outputs=_tensor_specs(model.outputs),
+    )
+
+
+def describe_config_response(config: EndpointConfigRecord) -> pb.DescribeEndpointConfigResponse:
+    """DescribeEndpointConfig's answer for a config."""
+    response = pb.DescribeEndpointConfigResponse(
+        endpoint_config_name=config.name,
+        endpoint_config_arn=config.arn,
+        production_variants=[variant_to_proto(v) for v in config.production_variants],
+        creation_time=_ts(config.creation_time),
+    )
+    json_format.ParseDict(config.data_capture, response.data_capture_config)
+    return response
+
+
+def describe_endpoint_response(
+    endpoint: EndpointRecord, counts: dict[str, int], images: dict[str, str]
+) -> pb.DescribeEndpointResponse:
+    """DescribeEndpoint's answer: status, FailureReason and per-variant weights, counts and status."""
+    variants = []
+    for state in endpoint.variants:
+        summary = pb.ProductionVariantSummary(
+            variant_name=state.variant_name,
+            current_weight=state.current_weight,
+            desired_weight=state.desired_weight,
+            current_instance_count=counts.get(state.variant_name, 0),
+            desired_instance_count=state.desired_instance_count,
+        )
+        if state.status:
+            summary.variant_status.append(
+                pb.ProductionVariantStatus(
+                    status=state.status, status_message=state.status_message, start_time=_ts(state.status_since)
+                )
+            )
+        image = images.get(state.variant_name, "")
+        if image:
+            summary.deployed_images.append(
+                pb.DeployedImage(
+                    specified_image=image, resolved_image=image, resolution_time=_ts(endpoint.creation_time)
+                )
+            )
+        variants.append(summary)
+    return pb.DescribeEndpointResponse(
+        endpoint_name=endpoint.name,
+        endpoint_arn=endpoint.arn,
+        endpoint_config_name=endpoint.config_name,
+        production_variants=variants,
+        endpoint_status=endpoint.status,
+        failure_reason=endpoint.failure_reason,
+        creation_time=_ts(endpoint.creation_time),
+        last_modified_time=_ts(endpoint.last_modified_time),
+    )
+
+
+class EndpointControlServicer(pb_grpc.EndpointControlServicer):
+    """``mve.v1.EndpointControl`` over a `ControlService`."""
+
+    def __init__(self, service: ControlService):
+        self._service = service
+
+    # ------------------------------------------------------------ models
+
+    async def CreateModel(self, request, context):
+        container = request.primary_container
+        model = await self._service.create_model(
+            request.model_name,
+            container.image,
+            container.model_data_url,
+            dict(container.environment),
+            _tags(request.tags),
+        )
+        return pb.CreateModelResponse(model_arn=model.arn)
+
+    async def DescribeModel(self, request, context):
+        return describe_model_response(self._service.describe_model(request.model_name))
+
+    async def ListModels(self, request, context):
+        query = validate_list_query(
+            request.name_contains, request.max_results, request.next_token, request.sort_by, request.sort_order
+        )
+        models, token = self._service.list_models(query)
+        return pb.ListModelsResponse(
+            models=[pb.ModelSummary(model_name=m.name, model_arn=m.arn, creation_time=_ts(m.creation_time)) for m in models],
+            next_token=token,
+        )
+
+    async def DeleteModel(self, request, context):
+        self._service.delete_model(request.model_name)
+        return pb.DeleteModelResponse()
+
+    # ------------------------------------------------------------ endpoint configs
+
+    async def CreateEndpointConfig(self, request, context):
+        if request.shadow_production_variants:
+            raise ValidationError("ShadowProductionVariants are not supported yet.")
+        variants = [variant_from_proto(v, self._service) for v in request.production_variants]
+        capture = json_format.MessageToDict(request.data_capture_config, preserving_proto_field_name=True)
+        config = self._service.create_endpoint_config(
+            request.endpoint_config_name, variants, capture, _tags(request.tags)
+        )
+        return pb.CreateEndpointConfigResponse(endpoint_config_arn=config.arn)
+
+    async def DescribeEndpointConfig(self, request, context):
+        return describe_config_response(self._service.describe_endpoint_config(request.endpoint_config_name))
+
+    async def ListEndpointConfigs(self, request, context):
+        query = validate_list_query(
+            request.name_contains, request.max_results, request.next_token, request.sort_by, request.sort_order
+        )
+        configs, token = self._service.list_endpoint_configs(query)
+        return pb.ListEndpointConfigsResponse(
+            endpoint_configs=[
+                pb.EndpointConfigSummary(
+                    endpoint_config_name=c.name, endpoint_config_arn=c.arn, creation_time=_ts(c.creation_time)
+                )
+                for c in configs
+            ],
+            next_token=token,
+        )
+
+    async def DeleteEndpointConfig(self, request, context):
+        self._service.delete_endpoint_config(request.endpoint_config_name)
+        return pb.DeleteEndpointConfigResponse()
+
+    # ------------------------------------------------------------ endpoints
+
+    async def CreateEndpoint(self, request, context):
+        endpoint = self._service.create_endpoint(request.endpoint_name, request.endpoint_config_name, _tags(request.tags))
+        return pb.CreateEndpointResponse(endpoint_arn=endpoint.arn)
+
+    async def DescribeEndpoint(self, request, context):
+        endpoint, counts = self._service.describe_endpoint(request.endpoint_name)
+        return describe_endpoint_response(endpoint, counts, self._service.endpoint_images(endpoint))
+
+    async def ListEndpoints(self, request, context):
+        query = validate_list_query(
+            request.name_contains,
+            request.max_results,
+            request.next_token,
+            request.sort_by,
+            request.sort_order,
+            request.status_equals,
+        )
+        endpoints, token = self._service.list_endpoints(query)
+        return pb.ListEndpointsResponse(
+            endpoints=[
+                pb.EndpointSummary(
+                    endpoint_name=e.name,
+                    endpoint_arn=e.arn,
+                    creation_time=_ts(e.creation_time),
+                    last_modified_time=_ts(e.last_modified_time),
+                    endpoint_status=e.status,
+                )
+                for e in endpoints
+            ],
+            next_token=token,
+        )
+
+    async def UpdateEndpoint(self, request, context):
+        endpoint = self._service.update_endpoint(request.endpoint_name, request.endpoint_config_name)
+        return pb.UpdateEndpointResponse(endpoint_arn=endpoint.arn)
+
+    async def UpdateEndpointWeightsAndCapacities(self, request, context):
+        changes = [
+            WeightAndCapacity(
+                variant_name=c.variant_name,
+                desired_weight=c.desired_weight if c.HasField("desired_weight") else None,
+                desired_instance_count=c.desired_instance_count if c.HasField("desired_instance_count") else None,
+            )
+            for c in request.desired_weights_and_capacities
+        ]
+        endpoint = self._service.update_weights_and_capacities(request.endpoint_name, changes)
+        return pb.UpdateEndpointWeightsAndCapacitiesResponse(endpoint_arn=endpoint.arn)
+
+    async def DeleteEndpoint(self, request, context):
+        self._service.delete_endpoint(request.endpoint_name)
+        return pb.DeleteEndpointResponse()
+
+    # ------------------------------------------------------------ proxies
+
+    async def WatchRoutes(self, request, context):
+        async for table in self._service.routes.subscribe():
+            yield table
+
+    async def ReportStats(self, request, context):
+        reported_at = request.interval_end.ToNanoseconds() / 1e9 if request.HasField("interval_end") else 0.0
+        self._service.report_stats(
+            [
+                VariantStatsRecord(
+                    proxy_id=request.proxy_id,
+                    endpoint_name=v.endpoint_name,
+                    variant_name=v.variant_name,
+                    invocations=v.invocations,
+                    invocation_4xx_errors=v.invocation_4xx_errors,
+                    invocation_5xx_errors=v.invocation_5xx_errors,
+                    invocation_model_errors=v.invocation_model_errors,
+                    model_latency_us_sum=v.model_latency_us_sum,
+                    overhead_latency_us_sum=v.overhead_latency_us_sum,
+                    reported_at=reported_at,
+                )
+                for v in request.variants
+            ]
+        )
+        return pb.ReportStatsResponse()

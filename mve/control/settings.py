@@ -1,0 +1,125 @@
+"""Control plane settings: one dataclass, filled from flags then ``MVE_*`` environment variables,
+validated once at start.
+
+| setting | flag | env | default | range |
+| --- | --- | --- | --- | --- |
+| data_dir | --data-dir | MVE_DATA_DIR | (required) | a writable directory |
+| host | --host | MVE_CONTROL_PLANE_HOST | 127.0.0.1 | |
+| port | --port | MVE_CONTROL_PLANE_PORT | 7070 | 0-65535 (0: a free port) |
+| default_startup_timeout_s | --default-startup-timeout | MVE_DEFAULT_STARTUP_TIMEOUT_S | 600 | min-3600 |
+| min_startup_timeout_s | --min-startup-timeout | MVE_MIN_STARTUP_TIMEOUT_S | 60 | 1-60 |
+| max_instances_per_variant | --max-instances-per-variant | MVE_MAX_INSTANCES_PER_VARIANT | 10 | 1-1000 |
+| model_server_prefix | --model-server-prefix | MVE_MODEL_SERVER_PREFIX | "" | a command line run before the model server's (e.g. "nice -n 5", "taskset -c 2-3") |
+| drain_s | --drain-seconds | MVE_DRAIN_S | 1.0 | 0-60: how long a removed instance keeps serving before SIGTERM |
+| stop_grace_s | --stop-grace-seconds | MVE_STOP_GRACE_S | 10.0 | 0-300 |
+| log_level | --log-level | MVE_LOG_LEVEL | INFO | DEBUG, INFO, WARNING, ERROR |
+
+``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
+for tests that need a startup timeout to fire quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+class SettingsError(ValueError):
+    """A flag or environment variable out of range (the message names it)."""
+
+
+@dataclass(frozen=True)
+class ControlPlaneSettings:
+    """Everything the control plane is configured with."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 7070
+    default_startup_timeout_s: int = 600
+    min_startup_timeout_s: int = 60
+    max_instances_per_variant: int = 10
+    model_server_prefix: tuple[str, ...] = ()
+    drain_s: float = 1.0
+    stop_grace_s: float = 10.0
+    log_level: str = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        """``<data-dir>/mve.db``."""
+        return self.data_dir / "mve.db"
+
+    @property
+    def artifact_dir(self) -> Path:
+        """``<data-dir>/artifacts``."""
+        return self.data_dir / "artifacts"
+
+    @property
+    def log_dir(self) -> Path:
+        """``<data-dir>/logs``: one log per model-server instance."""
+        return self.data_dir / "logs"
+
+
+# (field, env var, parser)
+_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("data_dir", "MVE_DATA_DIR", Path),
+    ("host", "MVE_CONTROL_PLANE_HOST", str),
+    ("port", "MVE_CONTROL_PLANE_PORT", int),
+    ("default_startup_timeout_s", "MVE_DEFAULT_STARTUP_TIMEOUT_S", int),
+    ("min_startup_timeout_s", "MVE_MIN_STARTUP_TIMEOUT_S", int),
+    ("max_instances_per_variant", "MVE_MAX_INSTANCES_PER_VARIANT", int),
+    ("model_server_prefix", "MVE_MODEL_SERVER_PREFIX", lambda s: tuple(shlex.split(s))),
+    ("drain_s", "MVE_DRAIN_S", float),
+    ("stop_grace_s", "MVE_STOP_GRACE_S", float),
+    ("log_level", "MVE_LOG_LEVEL", lambda s: s.upper()),
+)
+
+
+def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ControlPlaneSettings:
+    """Settings from `flags` (None: not given), then `env`, then defaults; SettingsError if invalid."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    for name, var, parse in _FIELDS:
+        value = flags.get(name)
+        if value is None and env.get(var):
+            try:
+                value = parse(env[var])
+            except ValueError:
+                raise SettingsError(f"{var}={env[var]!r} is not a valid value") from None
+        elif value is not None and name in ("model_server_prefix", "log_level", "data_dir"):
+            value = parse(value) if isinstance(value, str) else value
+        if value is not None:
+            values[name] = value
+    if "data_dir" not in values:
+        raise SettingsError("--data-dir (or MVE_DATA_DIR) is required")
+    settings = ControlPlaneSettings(**values)
+    validate_settings(settings)
+    return settings
+
+
+def validate_settings(s: ControlPlaneSettings) -> None:
+    """Every setting in range, or SettingsError naming the flag."""
+    if not 0 <= s.port <= 65535:
+        raise SettingsError(f"--port must be 0-65535, got {s.port}")
+    if not s.host:
+        raise SettingsError("--host must not be empty")
+    if not 1 <= s.min_startup_timeout_s <= 60:
+        raise SettingsError(f"--min-startup-timeout must be 1-60, got {s.min_startup_timeout_s}")
+    if not s.min_startup_timeout_s <= s.default_startup_timeout_s <= 3600:
+        raise SettingsError(
+            f"--default-startup-timeout must be {s.min_startup_timeout_s}-3600, got {s.default_startup_timeout_s}"
+        )
+    if not 1 <= s.max_instances_per_variant <= 1000:
+        raise SettingsError(f"--max-instances-per-variant must be 1-1000, got {s.max_instances_per_variant}")
+    if not 0 <= s.drain_s <= 60:
+        raise SettingsError(f"--drain-seconds must be 0-60, got {s.drain_s}")
+    if not 0 <= s.stop_grace_s <= 300:
+        raise SettingsError(f"--stop-grace-seconds must be 0-300, got {s.stop_grace_s}")
+    if s.log_level not in LOG_LEVELS:
+        raise SettingsError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level}")
+    if s.data_dir.exists() and not s.data_dir.is_dir():
+        raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")

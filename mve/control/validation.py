@@ -1,0 +1,216 @@
+"""SageMaker's rules for names, variants, weights, counts and list requests.
+
+Every function raises `mve.errors.ValidationError` (or `ResourceLimitExceeded`) with a message a
+person can act on, and returns the value with defaults filled in where there is one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from mve.control.instance_types import DEFAULT_INSTANCE_TYPE, resolve_instance_type
+from mve.control.records import Batching, VariantSpec
+from mve.errors import ResourceLimitExceeded, ValidationError
+
+NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
+ROUTING_STRATEGIES = ("LEAST_OUTSTANDING_REQUESTS", "RANDOM")
+DEFAULT_ROUTING_STRATEGY = "RANDOM"
+MAX_PRODUCTION_VARIANTS = 10
+MAX_BATCH_SIZE = 1024
+MAX_BATCH_DELAY_US = 1_000_000
+MAX_BATCHES_IN_FLIGHT = 64
+STARTUP_TIMEOUT_MAX_S = 3600
+SORT_FIELDS = ("Name", "CreationTime")
+SORT_ORDERS = ("Ascending", "Descending")
+ENDPOINT_STATUSES = (
+    "OutOfService",
+    "Creating",
+    "Updating",
+    "SystemUpdating",
+    "RollingBack",
+    "InService",
+    "Deleting",
+    "Failed",
+    "UpdateRollbackFailed",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Ranges that depend on the control plane's settings."""
+
+    max_instances_per_variant: int = 10
+    min_startup_timeout_s: int = 60
+    default_startup_timeout_s: int = 600
+
+
+def validate_name(value: str, field_name: str) -> str:
+    """A SageMaker resource name: 1-63 letters, digits and hyphens, no hyphen at either end."""
+    if not value:
+        raise ValidationError(f"{field_name} must not be empty.")
+    if not NAME_PATTERN.match(value):
+        raise ValidationError(
+            f"{field_name} {value!r} is invalid: it must be 1-63 characters of letters, digits and hyphens "
+            f"(not at the start or end), matching {NAME_PATTERN.pattern}."
+        )
+    return value
+
+
+def validate_weight(weight: float, field_name: str) -> float:
+    """A relative variant weight: finite and >= 0."""
+    if not math.isfinite(weight) or weight < 0:
+        raise ValidationError(f"{field_name} must be a finite number >= 0, got {weight!r}.")
+    return float(weight)
+
+
+def validate_instance_count(count: int, field_name: str, limits: Limits) -> int:
+    """An instance count: >= 1 and at most the per-variant limit."""
+    if count < 1:
+        raise ValidationError(f"{field_name} must be >= 1, got {count}.")
+    if count > limits.max_instances_per_variant:
+        raise ResourceLimitExceeded(
+            f"{field_name} {count} exceeds the limit of {limits.max_instances_per_variant} instances per variant."
+        )
+    return count
+
+
+def validate_batching(batching: Batching, variant_name: str) -> Batching:
+    """Batching knobs in range; 0 for max_batches_in_flight_per_instance means 1."""
+    if not 0 <= batching.max_batch_size <= MAX_BATCH_SIZE:
+        raise ValidationError(
+            f"Batching.MaxBatchSize of variant {variant_name!r} must be 0-{MAX_BATCH_SIZE}, got {batching.max_batch_size}."
+        )
+    if not 0 <= batching.max_delay_us <= MAX_BATCH_DELAY_US:
+        raise ValidationError(
+            f"Batching.MaxDelayUs of variant {variant_name!r} must be 0-{MAX_BATCH_DELAY_US}, got {batching.max_delay_us}."
+        )
+    in_flight = batching.max_batches_in_flight_per_instance or 1
+    if not 1 <= in_flight <= MAX_BATCHES_IN_FLIGHT:
+        raise ValidationError(
+            f"Batching.MaxBatchesInFlightPerInstance of variant {variant_name!r} must be 1-{MAX_BATCHES_IN_FLIGHT}, "
+            f"got {in_flight}."
+        )
+    return Batching(batching.max_batch_size, batching.max_delay_us, in_flight)
+
+
+def validate_variant(
+    variant: VariantSpec,
+    limits: Limits,
+    *,
+    weight_given: bool,
+    instance_type_given: bool,
+    timeout_given: bool,
+    strategy_given: bool,
+) -> VariantSpec:
+    """One production variant with its defaults filled in (weight 1.0, ml.cpu.small, RANDOM)."""
+    name = validate_name(variant.variant_name, "VariantName")
+    validate_name(variant.model_name, f"ModelName of variant {name!r}")
+    validate_instance_count(variant.initial_instance_count, f"InitialInstanceCount of variant {name!r}", limits)
+    instance_type = variant.instance_type if instance_type_given else DEFAULT_INSTANCE_TYPE
+    resolve_instance_type(instance_type)
+    weight = validate_weight(variant.initial_variant_weight, f"InitialVariantWeight of variant {name!r}") if weight_given else 1.0
+    strategy = variant.routing_strategy if strategy_given else DEFAULT_ROUTING_STRATEGY
+    if strategy not in ROUTING_STRATEGIES:
+        raise ValidationError(
+            f"RoutingStrategy {strategy!r} of variant {name!r} is invalid: expected one of {', '.join(ROUTING_STRATEGIES)}."
+        )
+    timeout = variant.startup_health_check_timeout_s if timeout_given else limits.default_startup_timeout_s
+    if not limits.min_startup_timeout_s <= timeout <= STARTUP_TIMEOUT_MAX_S:
+        raise ValidationError(
+            f"ContainerStartupHealthCheckTimeoutInSeconds of variant {name!r} must be "
+            f"{limits.min_startup_timeout_s}-{STARTUP_TIMEOUT_MAX_S}, got {timeout}."
+        )
+    batching = validate_batching(variant.batching, name)
+    return VariantSpec(
+        variant_name=name,
+        model_name=variant.model_name,
+        initial_instance_count=variant.initial_instance_count,
+        instance_type=instance_type,
+        initial_variant_weight=weight,
+        routing_strategy=strategy,
+        startup_health_check_timeout_s=timeout,
+        batching=batching,
+    )
+
+
+def validate_variant_set(variants: list[VariantSpec]) -> None:
+    """1-10 variants, unique names, weights with a positive sum."""
+    if not variants:
+        raise ValidationError("ProductionVariants must have at least 1 variant.")
+    if len(variants) > MAX_PRODUCTION_VARIANTS:
+        raise ValidationError(
+            f"ProductionVariants has {len(variants)} variants; at most {MAX_PRODUCTION_VARIANTS} are allowed."
+        )
+    seen: set[str] = set()
+    for variant in variants:
+        if variant.variant_name in seen:
+            raise ValidationError(f"VariantName {variant.variant_name!r} appears more than once; names must be unique.")
+        seen.add(variant.variant_name)
+    validate_weight_sum({v.variant_name: v.initial_variant_weight for v in variants})
+
+
+def validate_weight_sum(weights: dict[str, float]) -> None:
+    """At least one variant must keep a positive weight, or nothing could be routed at random."""
+    if sum(weights.values()) <= 0:
+        raise ValidationError(
+            "The sum of the variant weights must be greater than 0: at least one variant needs a positive weight "
+            f"(got {weights})."
+        )
+
+
+def validate_model_data_url(url: str) -> str:
+    """The local path a ModelDataUrl names: a path or a file:// URL."""
+    if not url:
+        raise ValidationError("PrimaryContainer.ModelDataUrl must not be empty.")
+    if url.startswith("file://"):
+        return url[len("file://") :]
+    if "://" in url:
+        raise ValidationError(f"ModelDataUrl {url!r} is not supported: use a local path or a file:// URL.")
+    return url
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """A validated List* request."""
+
+    name_contains: str
+    max_results: int
+    offset: int
+    sort_by: str
+    sort_order: str
+    status_equals: str = ""
+
+
+def validate_list_query(
+    name_contains: str,
+    max_results: int,
+    next_token: str,
+    sort_by: str,
+    sort_order: str,
+    status_equals: str = "",
+) -> ListQuery:
+    """MaxResults 1-100 (0 = 100), SortBy Name | CreationTime, SortOrder Ascending | Descending."""
+    if max_results == 0:
+        max_results = 100
+    if not 1 <= max_results <= 100:
+        raise ValidationError(f"MaxResults must be 1-100, got {max_results}.")
+    sort_by = sort_by or "CreationTime"
+    if sort_by not in SORT_FIELDS:
+        raise ValidationError(f"SortBy {sort_by!r} is invalid: expected one of {', '.join(SORT_FIELDS)}.")
+    sort_order = sort_order or "Descending"
+    if sort_order not in SORT_ORDERS:
+        raise ValidationError(f"SortOrder {sort_order!r} is invalid: expected one of {', '.join(SORT_ORDERS)}.")
+    if status_equals and status_equals not in ENDPOINT_STATUSES:
+        raise ValidationError(
+            f"StatusEquals {status_equals!r} is invalid: expected one of {', '.join(ENDPOINT_STATUSES)}."
+        )
+    offset = 0
+    if next_token:
+        if not next_token.isdigit() or len(next_token) > 9:
+            raise ValidationError(f"NextToken {next_token!r} is invalid: pass the token a previous call returned.")
+        offset = int(next_token)
+    if len(name_contains) > 63:
+        raise ValidationError("NameContains must be at most 63 characters.")
+    return ListQuery(name_contains, max_results, offset, sort_by, sort_order, status_equals)
