@@ -1,0 +1,37 @@
+"""`mve --help` lists every subcommand and each subcommand has --help."""
+
+from __future__ import annotations
+
+import pytest
+
+from mve.cli import build_parser, main
+
+SUBCOMMANDS = [
+    ["model-server"], ["control-plane"], ["proxy"], ["up"], ["demo"], ["invoke"],
+    ["models", "list"], ["endpoint-configs", "create"], ["endpoints", "list"],
+    ["endpoint", "describe"], ["endpoint", "update-weights"],
+]
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for name in ("model-server", "control-plane", "proxy", "models", "endpoint-configs", "endpoint",
+                 "invoke", "up", "demo"):
+        assert name in out
+
+
+@pytest.mark.parametrize("words", SUBCOMMANDS, ids=" ".join)
+def test_every_subcommand_has_help(words, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*words, "--help"])
+    assert exit_info.value.code == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.startswith("usage: mve ") and words[-1] in usage
+
+
+def test_no_subcommand_prints_help_and_exits_2(capsys):
+    assert main([]) == 2
+    assert "COMMAND" in capsys.readouterr().out
