@@ -12,9 +12,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from procs import Service, start_service  # noqa: E402
 
 
-@pytest.fixture
-def services():
-    """Start services with ``services(args)``; every one is stopped at teardown."""
+def _service_starter():
     started: list[Service] = []
 
     def start(args: list[str], **kwargs) -> Service:
@@ -22,9 +20,27 @@ def services():
         started.append(service)
         return service
 
+    def stop_all() -> None:
+        for service in reversed(started):
+            service.stop()
+
+    return start, stop_all
+
+
+@pytest.fixture
+def services():
+    """Start services with ``services(args)``; every one is stopped at teardown."""
+    start, stop_all = _service_starter()
     yield start
-    for service in reversed(started):
-        service.stop()
+    stop_all()
+
+
+@pytest.fixture(scope="module")
+def module_services():
+    """Like `services`, for services shared by the tests of one module."""
+    start, stop_all = _service_starter()
+    yield start
+    stop_all()
 
 
 @pytest.fixture(scope="session")

@@ -155,22 +155,6 @@ class Mesh:
 
 
 @pytest.fixture(scope="module")
-def module_services():
-    from procs import start_service
-
-    started = []
-
-    def start(args, **kwargs):
-        service = start_service(args, **kwargs)
-        started.append(service)
-        return service
-
-    yield start
-    for service in reversed(started):
-        service.stop()
-
-
-@pytest.fixture(scope="module")
 def mesh(module_services, example_models):
     mesh = Mesh(module_services, example_models)
     yield mesh
