@@ -25,6 +25,7 @@ test: build
 
 bench: build
 	$(PY) benchmarks/bench_fastroute.py
+	$(PY) benchmarks/bench_mesh.py
 
 clean:
 	rm -rf build $(VENV) mve/_fastroute.c mve/*.so mve/_proto/*_pb2*.py mve/_proto/*_pb2.pyi
