@@ -16,8 +16,10 @@ VARIANT_KEYS = {
     "name": "VariantName", "model": "ModelName", "instances": "InitialInstanceCount",
     "weight": "InitialVariantWeight", "instance-type": "InstanceType", "routing": "RoutingStrategy",
     "startup-timeout": "ContainerStartupHealthCheckTimeoutInSeconds", "max-batch-size": "MaxBatchSize",
-    "max-delay-us": "MaxDelayMicroseconds",
+    "max-delay-us": "MaxDelayMicroseconds", "max-batches-in-flight": "MaxBatchesInFlightPerInstance",
+    "max-queue-rows": "MaxQueueRows",
 }
+BATCHING_KEYS = ("max-batch-size", "max-delay-us", "max-batches-in-flight", "max-queue-rows")
 CONTENT_TYPES = {".csv": "text/csv", ".json": "application/json", ".npy": "application/x-npy"}
 
 
@@ -51,9 +53,12 @@ def parse_variant(text: str) -> dict:
         variant["RoutingConfig"] = {"RoutingStrategy": fields["routing"]}
     if "startup-timeout" in fields:
         variant["ContainerStartupHealthCheckTimeoutInSeconds"] = _number(fields["startup-timeout"], int, "startup-timeout")
-    if "max-batch-size" in fields or "max-delay-us" in fields:
+    if any(key in fields for key in BATCHING_KEYS):
         variant["Batching"] = {"MaxBatchSize": _number(fields.get("max-batch-size", "1"), int, "max-batch-size"),
                                "MaxDelayMicroseconds": _number(fields.get("max-delay-us", "0"), int, "max-delay-us")}
+        for key in BATCHING_KEYS[2:]:
+            if key in fields:
+                variant["Batching"][VARIANT_KEYS[key]] = _number(fields[key], int, key)
     return variant
 
 
@@ -258,7 +263,8 @@ def register(subparsers) -> None:
     create = add("create", "create an endpoint config with one or more production variants")
     create.add_argument("--variant", action="append", required=True, metavar="SPEC",
                         help="name=V1,model=M[,instances=1,weight=1,instance-type=ml.cpu.small,routing=RANDOM,"
-                             "startup-timeout=S,max-batch-size=N,max-delay-us=US]; repeat per variant")
+                             "startup-timeout=S,max-batch-size=N,max-delay-us=US,max-batches-in-flight=N,max-queue-rows=N]; "
+                             "repeat per variant")
     add("delete", "delete an endpoint config")
 
     add = _group(subparsers, "endpoint", ["endpoints"], "create, list, describe, update and delete endpoints",

@@ -24,7 +24,7 @@ import signal
 import time
 from typing import Callable
 
-from mve.control.instance_types import resolve_instance_type
+from mve.control.instance_types import available_cores, instance_threads, resolve_instance_type
 from mve.control.instances import (
     InstanceStartError,
     LaunchSpec,
@@ -59,12 +59,14 @@ class Reconciler:
         *,
         drain_s: float = 1.0,
         clock: Callable[[], float] = time.time,
+        cores: int | None = None,
     ):
         self._store = store
         self._provider = provider
         self._routes = routes
         self._drain_s = drain_s
         self._clock = clock
+        self._cores = cores or available_cores()
         self._workers: dict[str, asyncio.Task] = {}
         self._wake: dict[str, asyncio.Event] = {}
         self._retries: dict[str, int] = {}
@@ -279,6 +281,7 @@ class Reconciler:
         if model is None:
             raise InstanceStartError(f"variant {spec.variant_name}: model {spec.model_name!r} no longer exists")
         resources = resolve_instance_type(spec.instance_type)
+        threads = instance_threads(resources.threads, self._cores, self._instances_on_machine())
         return LaunchSpec(
             endpoint_name=endpoint_name,
             variant_name=spec.variant_name,
@@ -286,9 +289,19 @@ class Reconciler:
             artifact_path=model.artifact_path,
             model_name=spec.model_name,
             device=resources.device,
-            threads=resources.threads,
+            threads=threads,
             environment=dict(model.environment),
         )
+
+    def _instances_on_machine(self) -> int:
+        """Model servers this control plane runs or is about to: the larger of desired and recorded."""
+        desired = sum(
+            variant.desired_instance_count
+            for endpoint in self._store.list_endpoints()
+            if endpoint.status not in (EndpointStatus.FAILED, EndpointStatus.DELETING)
+            for variant in endpoint.variants
+        )
+        return max(desired, len(self._store.list_instances()) + 1)
 
     async def _launch(self, endpoint_name: str, spec: VariantSpec) -> str:
         instance_id = f"{spec.variant_name}-{secrets.token_hex(3)}"

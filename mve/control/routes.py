@@ -65,6 +65,7 @@ def build_endpoint_routes(
                         max_batch_size=batching.max_batch_size,
                         max_delay_us=batching.max_delay_us,
                         max_batches_in_flight_per_instance=batching.max_batches_in_flight_per_instance,
+                        max_queue_rows=batching.max_queue_rows,
                     ),
                     instances=[
                         pb.InstanceRoute(instance_id=i.instance_id, address=i.address)

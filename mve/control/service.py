@@ -29,6 +29,7 @@ from mve.control.store import Store
 from mve.control.validation import (
     Limits,
     ListQuery,
+    check_batchable,
     validate_instance_count,
     validate_model_data_url,
     validate_name,
@@ -189,14 +190,12 @@ class ControlService:
                 raise ResourceNotFound(
                     f'Could not find model "{arn("model", variant.model_name)}" (variant {variant.variant_name!r}).'
                 )
-            if variant.batching.max_batch_size > 1 and (not model.inputs or any(
-                not spec.shape or spec.shape[0] != -1 for spec in model.inputs
-            )):
-                raise ValidationError(
-                    f"Variant {variant.variant_name!r} asks for batches of up to {variant.batching.max_batch_size}, "
-                    f"but model {model.name!r} has an input whose first dimension is not dynamic (-1); batching needs "
-                    "a batch dimension."
-                )
+            check_batchable(
+                variant.batching,
+                variant.variant_name,
+                model.name,
+                [("input", spec) for spec in model.inputs] + [("output", spec) for spec in model.outputs],
+            )
         sampling = int(data_capture.get("initial_sampling_percentage", 0))
         if not 0 <= sampling <= 100:
             raise ValidationError(f"DataCaptureConfig.InitialSamplingPercentage must be 0-100, got {sampling}.")

@@ -54,6 +54,7 @@ def variant_from_proto(message: pb.ProductionVariant, service: ControlService) -
             message.batching.max_batch_size,
             message.batching.max_delay_us,
             message.batching.max_batches_in_flight_per_instance,
+            message.batching.max_queue_rows,
         ),
     )
     return validate_variant(
@@ -80,6 +81,7 @@ def variant_to_proto(variant: VariantSpec) -> pb.ProductionVariant:
             max_batch_size=variant.batching.max_batch_size,
             max_delay_us=variant.batching.max_delay_us,
             max_batches_in_flight_per_instance=variant.batching.max_batches_in_flight_per_instance,
+            max_queue_rows=variant.batching.max_queue_rows,
         ),
     )
 

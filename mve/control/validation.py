@@ -21,6 +21,7 @@ MAX_PRODUCTION_VARIANTS = 10
 MAX_BATCH_SIZE = 1024
 MAX_BATCH_DELAY_US = 1_000_000
 MAX_BATCHES_IN_FLIGHT = 64
+MAX_QUEUE_ROWS = 1_048_576
 STARTUP_TIMEOUT_MAX_S = 3600
 SORT_FIELDS = ("Name", "CreationTime")
 SORT_ORDERS = ("Ascending", "Descending")
@@ -77,14 +78,18 @@ def validate_instance_count(count: int, field_name: str, limits: Limits) -> int:
 
 
 def validate_batching(batching: Batching, variant_name: str) -> Batching:
-    """Batching knobs in range; 0 for max_batches_in_flight_per_instance means 1."""
+    """Batching knobs in range; 0 for max_batches_in_flight_per_instance means 1.
+
+    MaxQueueRows is 0 (64 x MaxBatchSize) or at least MaxBatchSize, so a full batch can queue.
+    """
     if not 0 <= batching.max_batch_size <= MAX_BATCH_SIZE:
         raise ValidationError(
             f"Batching.MaxBatchSize of variant {variant_name!r} must be 0-{MAX_BATCH_SIZE}, got {batching.max_batch_size}."
         )
     if not 0 <= batching.max_delay_us <= MAX_BATCH_DELAY_US:
         raise ValidationError(
-            f"Batching.MaxDelayUs of variant {variant_name!r} must be 0-{MAX_BATCH_DELAY_US}, got {batching.max_delay_us}."
+            f"Batching.MaxDelayMicroseconds of variant {variant_name!r} must be 0-{MAX_BATCH_DELAY_US}, "
+            f"got {batching.max_delay_us}."
         )
     in_flight = batching.max_batches_in_flight_per_instance or 1
     if not 1 <= in_flight <= MAX_BATCHES_IN_FLIGHT:
@@ -92,7 +97,35 @@ def validate_batching(batching: Batching, variant_name: str) -> Batching:
             f"Batching.MaxBatchesInFlightPerInstance of variant {variant_name!r} must be 1-{MAX_BATCHES_IN_FLIGHT}, "
             f"got {in_flight}."
         )
-    return Batching(batching.max_batch_size, batching.max_delay_us, in_flight)
+    queue = batching.max_queue_rows
+    if queue and not max(batching.max_batch_size, 1) <= queue <= MAX_QUEUE_ROWS:
+        raise ValidationError(
+            f"Batching.MaxQueueRows of variant {variant_name!r} must be 0 (64 x MaxBatchSize) or "
+            f"{max(batching.max_batch_size, 1)}-{MAX_QUEUE_ROWS}, got {queue}."
+        )
+    return Batching(batching.max_batch_size, batching.max_delay_us, in_flight, queue)
+
+
+def check_batchable(batching: Batching, variant_name: str, model_name: str, tensors) -> None:
+    """With batching on, every input and output of the model must have a dynamic (-1) first dimension.
+
+    `tensors` are (role, TensorSpec) pairs; the proxy stacks requests along the first dimension
+    and gives each caller back its own rows of every output, so each needs a batch dimension.
+    """
+    if batching.max_batch_size <= 1:
+        return
+    if not any(role == "input" for role, _ in tensors):
+        raise ValidationError(
+            f"Variant {variant_name!r} asks for batches (MaxBatchSize {batching.max_batch_size}), but model "
+            f"{model_name!r} declares no inputs to batch."
+        )
+    fixed = [f"{role} {spec.name!r} {list(spec.shape)}" for role, spec in tensors if not spec.shape or spec.shape[0] != -1]
+    if fixed:
+        raise ValidationError(
+            f"Variant {variant_name!r} asks for batches (MaxBatchSize {batching.max_batch_size}), but model "
+            f"{model_name!r} has a first dimension that is not dynamic (-1) in {', '.join(fixed)}; batching needs "
+            "every input and output to have a dynamic batch dimension first. Set MaxBatchSize to 0 to turn batching off."
+        )
 
 
 def validate_variant(

@@ -68,7 +68,11 @@ def _spec(node_arg, role: str) -> TensorSpec:
 
 
 class OnnxModel:
-    """A loaded ONNX model: its tensor specs and a thread-safe `run` that can be cancelled."""
+    """A loaded ONNX model: its tensor specs and a thread-safe `run` that can be cancelled.
+
+    `threads` is ONNX Runtime's intra-op thread count (inter-op is 1); the server calls `run` from
+    one worker thread, so one run at a time uses them all.
+    """
 
     def __init__(self, path: Path, *, device: tuple[str, int] = ("cpu", 0), threads: int = 1):
         import onnxruntime

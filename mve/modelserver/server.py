@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 # Above the 6 MB payload limit, so that an oversized request meets our clear message, not gRPC's.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+INFERENCE_WORKERS = 1
 _WILDCARD_HOSTS = {"0.0.0.0", "::", ""}
 
 
@@ -43,7 +44,10 @@ def serve(settings: ModelServerSettings) -> int:
         ",".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in model.inputs),
         ",".join(f"{s.name}:{s.datatype}{list(s.shape)}" for s in model.outputs),
     )
-    executor = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="ort-run")
+    # One inference worker: the session runs one request (a whole batch, when the proxy batches) at
+    # a time on its --threads intra-op threads. Concurrent runs would each take --threads threads and
+    # oversubscribe the cores the control plane gave this process (docs/batching.md).
+    executor = ThreadPoolExecutor(max_workers=INFERENCE_WORKERS, thread_name_prefix="ort-run")
     try:
         return asyncio.run(_serve(settings, model, executor))
     finally:

@@ -2,9 +2,11 @@
 
 `DataPlane.invoke_endpoint` (SageMaker's InvokeEndpoint) and `DataPlane.model_infer` (the Open
 Inference Protocol, model name = endpoint name) both pick a variant with the `Router`, send one
-``ModelInferRequest`` with raw tensor bytes to an instance through `send` (the seam where a
-per-variant batcher slots in later), count the result in the `StatsBook`, and name the variant
-that answered. The gRPC servicers only convert protobuf to these calls.
+``ModelInferRequest`` with raw tensor bytes to an instance through `send`, count the result in the
+`StatsBook`, and name the variant that answered. A variant with batching on hands the request to
+its `VariantBatcher` instead, which sends it through the same `send` in a batch and gives back
+only its rows; a variant without batching goes straight to `send`. The gRPC servicers only
+convert protobuf to these calls.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import numpy as np
 from mve import codecs, tensors
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, MveError, ValidationError
+from mve.proxy.batcher import VariantBatcher
+from mve.proxy.batches import BatchingPolicy
 from mve.proxy.router import Router, TensorSpec, VariantState
 from mve.proxy.stats import StatsBook
 from mve.proxy.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
@@ -79,6 +83,17 @@ class DataPlane:
         self.stats = stats
         self.model_timeout_s = model_timeout_s
         self._send = send or partial(infer_on_variant, pool)
+        router.set_batcher_factory(self._new_batcher)
+
+    def _new_batcher(self, policy: BatchingPolicy) -> VariantBatcher:
+        return VariantBatcher(policy, self._send, stats=self.stats)
+
+    def _infer(self, variant: VariantState, request, timeout: float):
+        """The awaitable that runs `request`: straight to `send`, or through the variant's batcher."""
+        batcher = variant.batcher
+        if batcher is None:
+            return self._send(variant, request, timeout)
+        return batcher.submit(request, timeout)
 
     def _timeout(self, time_remaining: float | None) -> float:
         if time_remaining is None:
@@ -112,7 +127,7 @@ class DataPlane:
             )
             if request.custom_attributes:
                 infer.parameters[CUSTOM_ATTRIBUTES_PARAM].string_param = request.custom_attributes
-            result = await self._send(variant, infer, timeout)
+            result = await self._infer(variant, infer, timeout)
             outputs = _outputs(result.response, variant)
             body = codecs.encode(outputs, accept)
         except MveError as error:
@@ -152,7 +167,7 @@ class DataPlane:
             for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
                 if name in request.parameters:
                     del request.parameters[name]
-            result = await self._send(variant, request, self._timeout(time_remaining))
+            result = await self._infer(variant, request, self._timeout(time_remaining))
         except MveError as error:
             self.stats.record_error(variant.endpoint_name, variant.name, error)
             raise

@@ -5,6 +5,11 @@ side from a whole ``RoutingTable`` and swaps one reference, so a request sees ei
 or the new one, never a mix; a table older than the current one (same control plane) is ignored,
 and a table that does not validate is rejected whole, keeping the last good one.
 
+A variant with batching on carries a `VariantBatcher` (made by the batcher factory the data plane
+installs). It survives a table swap while the variant's batching config is unchanged, so no queued
+request is lost, and is bound to the variant's newest state; a batcher whose variant left the table
+or whose config changed is retired: it sends everything it still holds at once.
+
 Randomness comes from an injected `seed`, so tests pick exactly. Sticky picks (routing keys) hash
 the key against seeds derived from variant NAMES, so every proxy, in every run, sends a key to the
 same variant, and a weight change moves only the keys it must.
@@ -22,6 +27,7 @@ from dataclasses import dataclass, field
 
 from mve import _fastroute
 from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
+from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +75,9 @@ class VariantState:
     instances: tuple[Instance, ...]
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    max_batch_size: int = 0
-    max_delay_us: int = 0
+    batching: BatchingPolicy = BATCHING_OFF
     balancer: object | None = field(default=None, repr=False)
+    batcher: object | None = field(default=None, repr=False)  # VariantBatcher when batching is on
     ejected_until: dict[int, float] = field(default_factory=dict, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
@@ -180,11 +186,26 @@ def variant_seed(name: str) -> int:
 class Router:
     """Holds the current `RoutingState`; `apply` swaps in a new table, `pick` chooses a variant."""
 
-    def __init__(self, seed: int | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        batcher_factory: Callable[[BatchingPolicy], object] | None = None,
+    ):
         self._rng = random.Random(seed)
         self._clock = clock
         self._state = EMPTY_STATE
+        self._batcher_factory = batcher_factory
         self.has_table = False
+
+    def set_batcher_factory(self, factory: Callable[[BatchingPolicy], object]) -> None:
+        """Make batchers with `factory(policy)` from now on, for the current table's batched variants too."""
+        self._batcher_factory = factory
+        for endpoint in self._state.endpoints.values():
+            for variant in endpoint.variants:
+                if variant.batching.enabled and variant.batcher is None:
+                    variant.batcher = factory(variant.batching)
+                    variant.batcher.bind(variant)
 
     @property
     def state(self) -> RoutingState:
@@ -205,8 +226,27 @@ class Router:
             return False
         self._state = state
         self.has_table = True
+        self._hand_over_batchers(current, state)
         log.info("event=routes_applied version=%d endpoints=%d", state.version, len(state.endpoints))
         return True
+
+    @staticmethod
+    def _hand_over_batchers(previous: RoutingState, state: RoutingState) -> None:
+        """Bind kept batchers to their variant's new state; retire those no variant kept."""
+        kept = set()
+        for endpoint in state.endpoints.values():
+            for variant in endpoint.variants:
+                if variant.batcher is not None:
+                    variant.batcher.bind(variant)
+                    kept.add(id(variant.batcher))
+        for endpoint in previous.endpoints.values():
+            for variant in endpoint.variants:
+                if variant.batcher is not None and id(variant.batcher) not in kept:
+                    log.info(
+                        "event=batcher_retired endpoint=%s variant=%s queued_rows=%d",
+                        endpoint.name, variant.name, variant.batcher.queued_rows,
+                    )
+                    variant.batcher.retire()
 
     def endpoint(self, endpoint_name: str) -> EndpointState:
         """The endpoint's state; ResourceNotFound when the table has no such endpoint."""
@@ -260,6 +300,13 @@ class Router:
             balancer = _fastroute.InstanceBalancer(len(instances), seed=self._rng.getrandbits(63))
         else:
             balancer = None
+        batching = BatchingPolicy.from_config(v.batching)
+        batcher = None
+        if batching.enabled:
+            if old is not None and old.batcher is not None and old.batching == batching:
+                batcher = old.batcher
+            elif self._batcher_factory is not None:
+                batcher = self._batcher_factory(batching)
         return VariantState(
             endpoint_name=endpoint_name,
             name=v.variant_name,
@@ -269,9 +316,9 @@ class Router:
             instances=instances,
             inputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in v.inputs),
             outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in v.outputs),
-            max_batch_size=v.batching.max_batch_size,
-            max_delay_us=v.batching.max_delay_us,
+            batching=batching,
             balancer=balancer,
+            batcher=batcher,
             ejected_until=ejected_until,
             clock=self._clock,
         )

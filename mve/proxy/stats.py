@@ -1,8 +1,9 @@
 """Per-variant counters kept by the proxy, and the task that reports them every second.
 
 Counters follow SageMaker's metric names (Invocations, Invocation4XXErrors, Invocation5XXErrors,
-InvocationModelErrors, ModelLatency, OverheadLatency in microseconds). `StatsBook` keeps the counts
-since the last report plus a cumulative ModelLatency histogram per variant (`_fastroute`), read by
+InvocationModelErrors, ModelLatency, OverheadLatency in microseconds; for batched variants BatchSize
+in rows and QueueTime in microseconds). `StatsBook` keeps the counts since the last report plus
+cumulative ModelLatency, BatchSize and QueueTime histograms per variant (`_fastroute`), read by
 metrics exporters. Reporting never runs on the request path and its failures are only logged.
 """
 
@@ -31,6 +32,10 @@ class VariantCounters:
     invocation_model_errors: int = 0
     model_latency_us_sum: float = 0.0
     overhead_latency_us_sum: float = 0.0
+    batches: int = 0
+    batched_requests: int = 0
+    batched_rows: int = 0
+    queue_time_us_sum: float = 0.0
 
     def add(self, other: "VariantCounters") -> None:
         """Add another interval's counts into this one."""
@@ -40,6 +45,10 @@ class VariantCounters:
         self.invocation_model_errors += other.invocation_model_errors
         self.model_latency_us_sum += other.model_latency_us_sum
         self.overhead_latency_us_sum += other.overhead_latency_us_sum
+        self.batches += other.batches
+        self.batched_requests += other.batched_requests
+        self.batched_rows += other.batched_rows
+        self.queue_time_us_sum += other.queue_time_us_sum
 
 
 def _histogram():
@@ -52,11 +61,17 @@ def _histogram():
 
 
 class StatsBook:
-    """Counters per (endpoint, variant) since the last `drain`, and latency histograms."""
+    """Counters per (endpoint, variant) since the last `drain`, and cumulative histograms.
+
+    ``model_latency`` (us), ``batch_size`` (rows per batch) and ``queue_time`` (us a request waited
+    for its batch) map (endpoint, variant) to a `_fastroute.LatencyHistogram` (None without one).
+    """
 
     def __init__(self):
         self._counters: dict[tuple[str, str], VariantCounters] = {}
         self.model_latency: dict[tuple[str, str], object] = {}
+        self.batch_size: dict[tuple[str, str], object] = {}
+        self.queue_time: dict[tuple[str, str], object] = {}
 
     def _entry(self, key: tuple[str, str]) -> VariantCounters:
         counters = self._counters.get(key)
@@ -76,6 +91,21 @@ class StatsBook:
             histogram = self.model_latency[key] = _histogram()
         if histogram is not None:
             histogram.record(model_latency_us)
+
+    def record_batch(self, endpoint: str, variant: str, rows: int, requests: int, queue_times_us) -> None:
+        """One batch sent to the variant: its rows, its requests and how long each request waited."""
+        key = (endpoint, variant)
+        counters = self._entry(key)
+        counters.batches += 1
+        counters.batched_requests += requests
+        counters.batched_rows += rows
+        counters.queue_time_us_sum += float(sum(queue_times_us))
+        if key not in self.batch_size:
+            self.batch_size[key] = _histogram()
+            self.queue_time[key] = _histogram()
+        if self.batch_size[key] is not None:
+            self.batch_size[key].record(rows)
+            self.queue_time[key].record_many(queue_times_us)
 
     def record_error(self, endpoint: str, variant: str, error: BaseException) -> None:
         """One invocation routed to the variant that failed with `error`."""
@@ -117,6 +147,10 @@ def stats_request(proxy_id: str, counters: dict[tuple[str, str], VariantCounters
                 invocation_model_errors=c.invocation_model_errors,
                 model_latency_us_sum=c.model_latency_us_sum,
                 overhead_latency_us_sum=c.overhead_latency_us_sum,
+                batches=c.batches,
+                batched_requests=c.batched_requests,
+                batched_rows=c.batched_rows,
+                queue_time_us_sum=c.queue_time_us_sum,
             )
             for (endpoint, variant), c in sorted(counters.items())
         ],

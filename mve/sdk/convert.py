@@ -37,6 +37,7 @@ def _variant(spec: dict) -> pb.ProductionVariant:
         variant.batching.max_batch_size = batching.get("MaxBatchSize", 0)
         variant.batching.max_delay_us = batching.get("MaxDelayMicroseconds", 0)
         variant.batching.max_batches_in_flight_per_instance = batching.get("MaxBatchesInFlightPerInstance", 0)
+        variant.batching.max_queue_rows = batching.get("MaxQueueRows", 0)
     return variant
 
 
@@ -178,6 +179,8 @@ def _variant_spec(variant: pb.ProductionVariant) -> dict:
         batching = {"MaxBatchSize": variant.batching.max_batch_size, "MaxDelayMicroseconds": variant.batching.max_delay_us}
         if variant.batching.max_batches_in_flight_per_instance:
             batching["MaxBatchesInFlightPerInstance"] = variant.batching.max_batches_in_flight_per_instance
+        if variant.batching.max_queue_rows:
+            batching["MaxQueueRows"] = variant.batching.max_queue_rows
         out["Batching"] = batching
     return out
 

@@ -65,7 +65,9 @@ PRODUCTION_VARIANT = struct(
     RoutingConfig=struct(RoutingStrategy=STRING),
     ContainerStartupHealthCheckTimeoutInSeconds=INTEGER,
     # mve extension: dynamic batching in the proxy.
-    Batching=struct(MaxBatchSize=INTEGER, MaxDelayMicroseconds=INTEGER, MaxBatchesInFlightPerInstance=INTEGER),
+    Batching=struct(
+        MaxBatchSize=INTEGER, MaxDelayMicroseconds=INTEGER, MaxBatchesInFlightPerInstance=INTEGER, MaxQueueRows=INTEGER
+    ),
 )
 
 DATA_CAPTURE_CONFIG = struct(

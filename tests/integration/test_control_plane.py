@@ -360,7 +360,7 @@ CASES = {
         lambda s: s.CreateEndpointConfig(
             _config("bad-config", variant("A", "mlp", batching=pb.BatchingConfig(max_batch_size=8, max_delay_us=1_000_001)))
         ),
-        INVALID, "ValidationException", "MaxDelayUs",
+        INVALID, "ValidationException", "MaxDelayMicroseconds",
     ),
     "unknown model in a config": (
         lambda s: s.CreateEndpointConfig(_config("bad-config", variant("A", "no-such-model"))),

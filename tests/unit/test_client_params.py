@@ -91,7 +91,8 @@ def test_create_endpoint_config_request_carries_every_variant_field():
             {"VariantName": "Variant1", "ModelName": "weak", "InitialInstanceCount": 2, "InstanceType": "ml.cpu.small",
              "InitialVariantWeight": 0, "RoutingConfig": {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"},
              "ContainerStartupHealthCheckTimeoutInSeconds": 120,
-             "Batching": {"MaxBatchSize": 8, "MaxDelayMicroseconds": 2000}},
+             "Batching": {"MaxBatchSize": 8, "MaxDelayMicroseconds": 2000, "MaxBatchesInFlightPerInstance": 2,
+                          "MaxQueueRows": 256}},
             {"VariantName": "Variant2", "ModelName": "strong"},
         ],
         "DataCaptureConfig": {"EnableCapture": True, "InitialSamplingPercentage": 50, "DestinationS3Uri": "/tmp/c",
@@ -106,6 +107,7 @@ def test_create_endpoint_config_request_carries_every_variant_field():
     assert first.routing_config.routing_strategy == "LEAST_OUTSTANDING_REQUESTS"
     assert first.container_startup_health_check_timeout_in_seconds == 120
     assert (first.batching.max_batch_size, first.batching.max_delay_us) == (8, 2000)
+    assert (first.batching.max_batches_in_flight_per_instance, first.batching.max_queue_rows) == (2, 256)
     assert list(request.data_capture_config.capture_modes) == ["Input", "Output"]
 
 

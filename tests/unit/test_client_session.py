@@ -107,6 +107,9 @@ def test_cli_variant_spec_becomes_a_production_variant():
     batched = parse_variant("name=V1,model=M,max-batch-size=8,max-delay-us=500,routing=LEAST_OUTSTANDING_REQUESTS")
     assert batched["Batching"] == {"MaxBatchSize": 8, "MaxDelayMicroseconds": 500}
     assert batched["RoutingConfig"] == {"RoutingStrategy": "LEAST_OUTSTANDING_REQUESTS"}
+    tuned = parse_variant("name=V1,model=M,max-batch-size=16,max-delay-us=200,max-batches-in-flight=2,max-queue-rows=64")
+    assert tuned["Batching"] == {"MaxBatchSize": 16, "MaxDelayMicroseconds": 200,
+                                 "MaxBatchesInFlightPerInstance": 2, "MaxQueueRows": 64}
     for bad in ("name=V1", "name=V1,model=M,colour=red", "name=V1,model=M,instances=two", "V1"):
         with pytest.raises(UsageError):
             parse_variant(bad)

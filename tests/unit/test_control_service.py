@@ -99,11 +99,11 @@ class FakeProvider:
 class Plane:
     """A control service on `data_dir` with a fake provider."""
 
-    def __init__(self, data_dir: Path, provider: FakeProvider):
+    def __init__(self, data_dir: Path, provider: FakeProvider, cores: int | None = None):
         self.store = SqliteStore(data_dir / "mve.db")
         self.routes = RoutePublisher(self.store)
         self.provider = provider
-        self.reconciler = Reconciler(self.store, provider, self.routes, drain_s=0)
+        self.reconciler = Reconciler(self.store, provider, self.routes, drain_s=0, cores=cores)
         self.service = ControlService(
             self.store, ArtifactStore(data_dir / "artifacts"), self.routes, self.reconciler, Limits()
         )
@@ -153,6 +153,20 @@ def test_an_endpoint_goes_creating_then_in_service_with_routes(tmp_path, model_p
         assert plane.status() == "InService"
         assert plane.counts() == {"A": 1, "B": 1}
         assert len(plane.addresses("A")) == 1 and len(plane.addresses("B")) == 1
+
+    run(scenario)
+
+
+def test_model_servers_share_the_machine_cores(tmp_path, model_path):
+    async def scenario():
+        plane = Plane(tmp_path, FakeProvider(), cores=8)
+        big = [VariantSpec("A", "m", 3, "ml.cpu.4xlarge", 1.0, "RANDOM", 600), variant("B")]
+        await _setup(plane, model_path, big)
+        plane.service.create_endpoint("e", "c", {})
+        await plane.reconciler.idle()
+        threads = sorted((p.spec.variant_name, p.spec.threads) for p in plane.provider.processes())
+        # 4 model servers on 8 cores: 16 threads for a 4xlarge capped at 8 // 4 = 2; small keeps its 1.
+        assert threads == [("A", 2), ("A", 2), ("A", 2), ("B", 1)]
 
     run(scenario)
 
@@ -411,7 +425,7 @@ def test_update_rejections(tmp_path, model_path):
 def test_batching_needs_a_dynamic_first_dimension(tmp_path):
     plane = Plane(tmp_path, FakeProvider())
     create(plane, "fixed", "", str(write_model(tmp_path / "fixed.onnx", batch_dim=False)), {}, {})
-    with pytest.raises(ValidationError, match="first dimension is not dynamic"):
+    with pytest.raises(ValidationError, match="first dimension that is not dynamic"):
         plane.service.create_endpoint_config("c", [variant("A", model="fixed", batching=Batching(8, 100, 1))], {}, {})
     plane.service.create_endpoint_config("c", [variant("A", model="fixed", batching=Batching(1, 0, 1))], {}, {})
 

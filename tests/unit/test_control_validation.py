@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from mve.control.instance_types import InstanceResources, resolve_instance_type
-from mve.control.records import Batching, VariantSpec
+from mve.control.instance_types import InstanceResources, instance_threads, resolve_instance_type
+from mve.control.records import Batching, TensorSpec, VariantSpec
 from mve.control.settings import SettingsError, load_settings
 from mve.control.validation import (
     Limits,
+    check_batchable,
     validate_batching,
     validate_instance_count,
     validate_list_query,
@@ -104,13 +105,41 @@ def test_startup_timeout_minimum_can_be_lowered_by_settings():
     [
         (Batching(max_batch_size=1025), "MaxBatchSize"),
         (Batching(max_batch_size=-1), "MaxBatchSize"),
-        (Batching(max_delay_us=1_000_001), "MaxDelayUs"),
+        (Batching(max_delay_us=1_000_001), "MaxDelayMicroseconds"),
         (Batching(max_batches_in_flight_per_instance=65), "MaxBatchesInFlight"),
+        (Batching(max_batch_size=8, max_queue_rows=7), "MaxQueueRows"),
+        (Batching(max_batch_size=8, max_queue_rows=1_048_577), "MaxQueueRows"),
     ],
 )
 def test_batching_ranges(batching, message):
     with pytest.raises(ValidationError, match=message):
         validate_batching(batching, "A")
+
+
+def test_batching_defaults_and_queue_bound_are_kept():
+    assert validate_batching(Batching(8, 500, 0, 0), "A") == Batching(8, 500, 1, 0)
+    assert validate_batching(Batching(8, 500, 2, 8), "A") == Batching(8, 500, 2, 8)
+
+
+def _io(*specs):
+    return [(role, TensorSpec(name, "FP32", shape)) for role, name, shape in specs]
+
+
+def test_batching_needs_a_dynamic_first_dimension_on_every_input_and_output():
+    on = Batching(max_batch_size=8)
+    check_batchable(on, "A", "m", _io(("input", "x", (-1, 3)), ("input", "z", (-1,)), ("output", "y", (-1, 2))))
+    check_batchable(Batching(max_batch_size=1), "A", "m", _io(("input", "x", (2, 3)), ("output", "y", ())))
+    for fixed, named in [
+        (_io(("input", "x", (2, 3)), ("output", "y", (-1, 2))), "input 'x' [2, 3]"),
+        (_io(("input", "x", (-1, 3)), ("input", "z", (3, -1)), ("output", "y", (-1,))), "input 'z' [3, -1]"),
+        (_io(("input", "x", (-1, 3)), ("output", "y", (2,))), "output 'y' [2]"),
+        (_io(("input", "x", (-1, 3)), ("output", "y", ())), "output 'y' []"),
+    ]:
+        with pytest.raises(ValidationError, match="not dynamic") as info:
+            check_batchable(on, "A", "m", fixed)
+        assert named in str(info.value)
+    with pytest.raises(ValidationError, match="no inputs"):
+        check_batchable(on, "A", "m", _io(("output", "y", (-1,))))
 
 
 def test_variant_set_rules():
@@ -193,3 +222,25 @@ def test_settings_out_of_range_name_the_flag(flags, message):
 def test_settings_reject_bad_env_values():
     with pytest.raises(SettingsError, match="MVE_CONTROL_PLANE_PORT"):
         load_settings({"data_dir": "d"}, {"MVE_CONTROL_PLANE_PORT": "seven"})
+
+
+@pytest.mark.parametrize(
+    "type_threads, cores, instances, expected",
+    [
+        (4, 16, 1, 4),  # a lone server keeps its type's threads
+        (4, 16, 4, 4),  # 16 cores // 4 servers = 4
+        (8, 16, 4, 4),  # capped at the equal share
+        (16, 8, 3, 2),  # 8 // 3 = 2
+        (2, 2, 5, 1),  # more servers than cores: one thread each, never 0
+        (1, 64, 0, 1),  # nothing counted yet: treated as one server
+    ],
+)
+def test_instance_threads_never_oversubscribe_the_machine(type_threads, cores, instances, expected):
+    assert instance_threads(type_threads, cores, instances) == expected
+
+
+def test_instance_threads_rejects_nonsense():
+    with pytest.raises(ValueError):
+        instance_threads(0, 4, 1)
+    with pytest.raises(ValueError):
+        instance_threads(1, 0, 1)

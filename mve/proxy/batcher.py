@@ -1,0 +1,351 @@
+"""Dynamic batching of one variant's requests in the proxy.
+
+A `VariantBatcher` queues the ``ModelInferRequest``s sent to one variant, keyed by a
+compatibility key (input names, datatypes and trailing shapes, requested outputs, parameters), so
+requests that could not share a model call never do. A queue becomes a batch when it holds
+``max_batch_size`` rows (first dimension) or when its oldest request has waited ``max_delay_us``;
+a request bigger than ``max_batch_size`` goes alone, never split. The batch is ONE ModelInfer on
+ONE instance through the same `send` as unbatched traffic (least outstanding requests, retry on
+UNAVAILABLE), and each caller gets back exactly its own rows of every output.
+
+At most ``max_batches_in_flight_per_instance`` x instances batches are in flight; while at that
+limit the queues keep growing (so batches grow with load) up to ``max_queue_rows`` queued rows,
+past which requests are refused with ModelNotReady.
+
+Each caller waits with its own deadline. One that is cancelled or times out while queued leaves
+the queue; one that leaves after dispatch only has its result dropped. A batch's upstream timeout
+is the latest deadline among its members; members already past their deadline at dispatch are
+failed and not sent. A failing batch fails exactly its own members.
+
+Time is the event loop's (``loop.time``, ``loop.call_later``): one timer per batcher, no busy
+loops, so a test drives a batcher exactly with a virtual-time loop. Copying rows into a batch and
+slicing outputs back is `mve.proxy.batches` (`_fastroute.assemble_batch` / `split_batch`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable
+from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[object, object, float], Awaitable[object]]
+
+
+class _Member:
+    """One caller's request waiting in (or sent with) a batch."""
+
+    __slots__ = ("request", "arrays", "rows", "deadline", "enqueued_at", "future", "queue")
+
+    def __init__(self, request, arrays, rows, deadline, enqueued_at, future, queue):
+        self.request = request
+        self.arrays = arrays
+        self.rows = rows
+        self.deadline = deadline
+        self.enqueued_at = enqueued_at
+        self.future = future
+        self.queue = queue
+
+
+class _Queue:
+    """The members of one compatibility key, oldest first (a dict: ordered, O(1) removal)."""
+
+    __slots__ = ("key", "members", "rows")
+
+    def __init__(self, key):
+        self.key = key
+        self.members: dict[int, _Member] = {}
+        self.rows = 0
+
+    def oldest(self) -> _Member:
+        return next(iter(self.members.values()))
+
+    def take(self, max_rows: int) -> list[_Member]:
+        """Oldest members while they fit in `max_rows`; always at least one."""
+        taken: list[_Member] = []
+        rows = 0
+        for member in self.members.values():
+            if taken and rows + member.rows > max_rows:
+                break
+            taken.append(member)
+            rows += member.rows
+        for member in taken:
+            del self.members[id(member)]
+        self.rows -= rows
+        return taken
+
+
+class VariantBatcher:
+    """Queues one variant's requests and sends them in batches (see the module docstring).
+
+    `send(variant, request, timeout)` is the unbatched path (``infer_on_variant``); `bind` points
+    the batcher at the variant's state in the current routing table; `stats` (a `StatsBook`)
+    receives BatchSize and QueueTime per batch.
+    """
+
+    def __init__(self, policy: BatchingPolicy, send: Send, *, stats=None):
+        if not policy.enabled:
+            raise ValueError("a VariantBatcher needs max_batch_size > 1")
+        self.policy = policy
+        self._send = send
+        self._stats = stats
+        self._max_rows = policy.max_batch_size
+        self._delay_s = policy.max_delay_us / 1e6
+        self.variant = None
+        self._queues: dict[tuple, _Queue] = {}
+        self._queued_rows = 0
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._draining = False
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def in_flight(self) -> int:
+        """Batches sent and not yet answered."""
+        return self._in_flight
+
+    @property
+    def queued_rows(self) -> int:
+        """Rows waiting in the queues."""
+        return self._queued_rows
+
+    @property
+    def queued_requests(self) -> int:
+        """Requests waiting in the queues."""
+        return sum(len(q.members) for q in self._queues.values())
+
+    @property
+    def tasks(self) -> frozenset:
+        """The batch tasks still running (for tests and shutdown)."""
+        return frozenset(self._tasks)
+
+    def bind(self, variant) -> None:
+        """Send future batches to `variant` (the same variant in a newer routing table)."""
+        self.variant = variant
+        if self._queues:
+            self._pump()
+
+    def retire(self) -> None:
+        """The variant left the table or its batching changed: send everything queued now."""
+        self._draining = True
+        if self._queues:
+            self._pump()
+
+    # ------------------------------------------------------------ callers
+
+    async def submit(self, request, timeout: float):
+        """Run `request` (raw contents, for the variant's model) in a batch; its own rows come back.
+
+        Returns what `send` returns, with a response holding only this request's rows.
+        """
+        parts = batch_parts(request)
+        if parts is None:
+            return await self._send(self.variant, request, timeout)
+        key, arrays, rows = parts
+        loop = self._loop = asyncio.get_running_loop()
+        if self._queued_rows and self._queued_rows + rows > self.policy.queue_limit:
+            raise ModelNotReady(
+                f"Variant {self._name()} is over capacity: its batch queue is full ({self._queued_rows} rows "
+                f"queued, limit {self.policy.queue_limit}); retry later"
+            )
+        now = loop.time()
+        queue = self._queues.get(key)
+        if queue is None:
+            queue = self._queues[key] = _Queue(key)
+        member = _Member(request, arrays, rows, now + timeout, now, loop.create_future(), queue)
+        queue.members[id(member)] = member
+        queue.rows += rows
+        self._queued_rows += rows
+        self._pump()
+        try:
+            async with asyncio.timeout_at(member.deadline):
+                return await member.future
+        except TimeoutError:
+            if member.queue is not None:
+                raise ServiceUnavailable(
+                    f"Request to variant {self._name()} timed out after {timeout:.3f} s waiting for a batch"
+                ) from None
+            raise ModelError(
+                f"Received DEADLINE_EXCEEDED from model {self._model()} of variant {self._name()}: its batch did "
+                f"not finish within the request's deadline ({timeout:.3f} s)",
+                metadata={"OriginalStatusCode": "DEADLINE_EXCEEDED", "OriginalMessage": "Deadline Exceeded"},
+            ) from None
+        finally:
+            self._leave(member)
+
+    def _leave(self, member: _Member) -> None:
+        """A caller stopped waiting: take its request out of the queue if it is still there."""
+        if not member.future.done():
+            member.future.cancel()
+        queue = member.queue
+        if queue is None or queue.members.pop(id(member), None) is None:
+            return
+        member.queue = None
+        queue.rows -= member.rows
+        self._queued_rows -= member.rows
+        if not queue.members:
+            del self._queues[queue.key]
+        if self._queues:
+            self._pump()  # the oldest request may have changed: re-arm the timer
+        elif self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # ------------------------------------------------------------ batches
+
+    def _limit(self) -> int:
+        instances = len(self.variant.instances) if self.variant is not None else 0
+        return max(1, instances) * self.policy.max_batches_in_flight_per_instance
+
+    def _pump(self) -> None:
+        """Dispatch every ready batch the in-flight limit allows; arm the timer for the next one."""
+        loop = self._loop
+        if loop is None:
+            return
+        now = loop.time()
+        limit = self._limit()
+        while self._in_flight < limit and self._queues:
+            queue = self._ready_queue(now)
+            if queue is None:
+                break
+            members = queue.take(self._max_rows)
+            if not queue.members:
+                del self._queues[queue.key]
+            for member in members:
+                member.queue = None
+                self._queued_rows -= member.rows
+            self._dispatch(members, now)
+        self._arm_timer(now, limit)
+
+    def _ready_queue(self, now: float) -> _Queue | None:
+        """The ready queue whose oldest request waited longest (full, delay over, or draining)."""
+        best = None
+        for queue in self._queues.values():
+            oldest = queue.oldest()
+            ready = self._draining or queue.rows >= self._max_rows or now >= oldest.enqueued_at + self._delay_s
+            if ready and (best is None or oldest.enqueued_at < best.oldest().enqueued_at):
+                best = queue
+        return best
+
+    def _arm_timer(self, now: float, limit: int) -> None:
+        if not self._queues or self._in_flight >= limit:
+            # Nothing to wait for, or a finishing batch will pump again.
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            return
+        due = min(q.oldest().enqueued_at for q in self._queues.values()) + self._delay_s
+        if self._timer is not None and self._timer_at == due:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = due
+        self._timer = self._loop.call_at(due, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self._pump()
+
+    def _dispatch(self, members: list[_Member], now: float) -> None:
+        live = []
+        for member in members:
+            if member.future.done():
+                continue
+            if member.deadline <= now:
+                member.future.set_exception(
+                    ServiceUnavailable(
+                        f"Request to variant {self._name()} reached its deadline before its batch was sent"
+                    )
+                )
+                continue
+            live.append(member)
+        if not live:
+            return
+        self._in_flight += 1
+        task = self._loop.create_task(self._run(live, now))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, members: list[_Member], dispatched_at: float) -> None:
+        try:
+            await self._run_batch(members, dispatched_at)
+        except asyncio.CancelledError:  # the proxy is shutting down: no more batches
+            for member in members:
+                _fail(member, ServiceUnavailable(f"The proxy stopped before the batch of variant {self._name()} ran"))
+            self._in_flight -= 1
+            raise
+        self._in_flight -= 1
+        self._pump()
+
+    async def _run_batch(self, members: list[_Member], dispatched_at: float) -> None:
+        """Send one batch and settle each member's future with its rows or the batch's error."""
+        try:
+            self._record(members, dispatched_at)
+            if len(members) == 1:
+                request, offsets = members[0].request, None
+            else:
+                request, offsets = assemble([m.request for m in members], [m.arrays for m in members])
+            timeout = max(m.deadline for m in members) - self._loop.time()
+            result = await self._send(self.variant, request, max(timeout, 0.001))
+            if offsets is None:
+                _resolve(members[0], result)
+                return
+            requests = [m.request for m in members]
+            responses = split(result.response, offsets, requests, self._model(), self._name())
+            for member, response in zip(members, responses):
+                _resolve(member, dataclasses.replace(result, response=response))
+        except MveError as error:
+            for member in members:
+                _fail(member, _copy(error))
+        except Exception as error:  # noqa: BLE001 - a bug must fail the batch's callers, not hang them
+            log.exception("event=batch_failed endpoint=%s variant=%s", *self._names())
+            for member in members:
+                _fail(member, InternalFailure(f"batch of variant {self._name()} failed: {error}"))
+
+    def _record(self, members: list[_Member], dispatched_at: float) -> None:
+        if self._stats is None or self.variant is None:
+            return
+        queue_us = np.fromiter(((dispatched_at - m.enqueued_at) * 1e6 for m in members), float, len(members))
+        rows = sum(m.rows for m in members)
+        self._stats.record_batch(self.variant.endpoint_name, self.variant.name, rows, len(members), queue_us)
+
+    def _names(self) -> tuple[str, str]:
+        if self.variant is None:
+            return "", ""
+        return self.variant.endpoint_name, self.variant.name
+
+    def _name(self) -> str:
+        endpoint, variant = self._names()
+        return f"{variant} of endpoint {endpoint}"
+
+    def _model(self) -> str:
+        return self.variant.model_name if self.variant is not None else ""
+
+
+def _resolve(member: _Member, result) -> None:
+    if not member.future.done():
+        member.future.set_result(result)
+
+
+def _fail(member: _Member, error: BaseException) -> None:
+    if not member.future.done():
+        member.future.set_exception(error)
+
+
+def _copy(error: MveError) -> MveError:
+    """A fresh exception per caller, so tracebacks of different callers do not pile up on one."""
+    try:
+        return type(error)(error.message, reason=error.reason, metadata=error.metadata)
+    except TypeError:
+        return error
