@@ -6,7 +6,8 @@ Inference Protocol, model name = endpoint name) both pick a variant with the `Ro
 `StatsBook`, and name the variant that answered. A variant with batching on hands the request to
 its `VariantBatcher` instead, which sends it through the same `send` in a batch and gives back
 only its rows; a variant without batching goes straight to `send`. The gRPC servicers only
-convert protobuf to these calls.
+convert protobuf to these calls. `DataPlane.model_infer_bytes` serves ModelInfer on serialised
+bytes and forwards them untouched where it can (`mve.proxy.wire`).
 """
 
 from __future__ import annotations
@@ -17,10 +18,12 @@ from dataclasses import dataclass
 from functools import partial
 
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from mve import codecs, tensors
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, MveError, ValidationError
+from mve.proxy import wire
 from mve.proxy.batcher import VariantBatcher
 from mve.proxy.batches import BatchingPolicy
 from mve.proxy.router import Router, TensorSpec, VariantState
@@ -31,9 +34,9 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 MAX_INFERENCE_ID = 64
 MAX_CUSTOM_ATTRIBUTES = 1024
 MAX_ROUTING_KEY = 1024
+INVOKED_VARIANT_PARAM = wire.INVOKED_VARIANT_PARAM
 TARGET_VARIANT_PARAM = "target_variant"
 ROUTING_KEY_PARAM = "routing_key"
-INVOKED_VARIANT_PARAM = "invoked_production_variant"
 CUSTOM_ATTRIBUTES_PARAM = "custom_attributes"
 
 
@@ -149,17 +152,48 @@ class DataPlane:
         sticky; the response's ``invoked_production_variant`` parameter names the variant.
         """
         started = time.perf_counter()
-        endpoint_name = request.model_name
-        check_name(endpoint_name, "model_name (endpoint name)")
+        variant = self._pick_for_infer(request, request.ByteSize())
+        return await self._forward_message(request, variant, started, time_remaining)
+
+    async def model_infer_bytes(self, data: bytes, time_remaining: float | None = None) -> bytes:
+        """`model_infer` on a serialised request, answering serialised bytes.
+
+        When the request can go as it is (raw tensor contents, the variant not batched), its bytes
+        are forwarded with the variant's model name appended and the answer's bytes come back with
+        the endpoint and the variant appended (`mve.proxy.wire`): no tensor byte is decoded or
+        re-encoded on the way.
+        """
+        started = time.perf_counter()
+        try:
+            request = pb.ModelInferRequest.FromString(data)
+        except DecodeError:
+            raise ValidationError("the request is not a valid inference.ModelInferRequest") from None
+        variant = self._pick_for_infer(request, len(data))
+        if variant.batcher is not None or not wire.forwardable(request):
+            response = await self._forward_message(request, variant, started, time_remaining)
+            return response.SerializeToString()
+        try:
+            result = await self._send(variant, data + wire.request_tail(variant.model_name), self._timeout(time_remaining))
+        except MveError as error:
+            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            raise
+        self._record(variant, started, result.model_latency_us)
+        return result.response + wire.response_tail(variant.endpoint_name, variant.name)
+
+    def _pick_for_infer(self, request, size: int) -> VariantState:
+        """Validate an OIP request's endpoint, routing parameters and size; pick its variant."""
+        check_name(request.model_name, "model_name (endpoint name)")
         target = _string_param(request.parameters, TARGET_VARIANT_PARAM)
         routing_key = _string_param(request.parameters, ROUTING_KEY_PARAM)
         if target:
             check_name(target, "target_variant")
         _check_length(routing_key, MAX_ROUTING_KEY, "routing_key")
-        size = request.ByteSize()
         if size > codecs.MAX_BODY_BYTES:
             raise ValidationError(f"Request of {size} bytes is over the 6 MB limit ({codecs.MAX_BODY_BYTES} bytes)")
-        variant = self.router.pick(endpoint_name, target, routing_key)
+        return self.router.pick(request.model_name, target, routing_key)
+
+    async def _forward_message(self, request, variant: VariantState, started: float, time_remaining: float | None):
+        endpoint_name = request.model_name
         try:
             _to_raw_contents(request)
             request.model_name = variant.model_name

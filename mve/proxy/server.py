@@ -11,12 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, grpc_predict_v2_pb2_grpc, runtime_pb2, runtime_pb2_grpc
+from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.errors import ErrorInterceptor
 from mve.proxy.dataplane import DataPlane
 from mve.proxy.router import Router
 from mve.proxy.routes import RouteWatcher
-from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer
+from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
 from mve.proxy.settings import ProxySettings
 from mve.proxy.stats import StatsBook, report_stats_forever
 from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
@@ -51,7 +51,7 @@ class ProxyServer:
         s = self.settings
         self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
         runtime_pb2_grpc.add_EndpointRuntimeServicer_to_server(EndpointRuntimeServicer(self.dataplane), self.server)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(self.dataplane), self.server)
+        add_inference_service(InferenceServicer(self.dataplane), RawModelInfer(self.dataplane), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         services = (
             runtime_pb2.DESCRIPTOR.services_by_name["EndpointRuntime"].full_name,

@@ -3,15 +3,22 @@
 ``mve.v1.EndpointRuntime`` (InvokeEndpoint) and ``inference.GRPCInferenceService`` (the Open
 Inference Protocol, where model_name is the endpoint name). Errors are domain exceptions mapped to
 gRPC status by `mve.errors.ErrorInterceptor`.
+
+ModelInfer is registered on serialised bytes (`RawModelInfer`), so that the data plane can forward
+a request's tensor bytes without decoding and re-encoding them (`DataPlane.model_infer_bytes`).
 """
 
 from __future__ import annotations
+
+import grpc
 
 from mve import __version__
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve._proto import runtime_pb2, runtime_pb2_grpc
 from mve.proxy.dataplane import DataPlane, InvokeRequest
+
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
@@ -72,3 +79,33 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         """Run the request on a variant of the endpoint named by model_name."""
         return await self._dataplane.model_infer(request, context.time_remaining())
+
+
+class RawModelInfer:
+    """ModelInfer as a unary-unary behaviour on serialised bytes (`DataPlane.model_infer_bytes`)."""
+
+    def __init__(self, dataplane: DataPlane):
+        self._dataplane = dataplane
+
+    async def __call__(self, data: bytes, context) -> bytes:
+        return await self._dataplane.model_infer_bytes(data, context.time_remaining())
+
+
+def add_inference_service(servicer: InferenceServicer, model_infer: RawModelInfer, server) -> None:
+    """Register the Open Inference Protocol on `server`, with ModelInfer on raw bytes."""
+
+    def handler(method, request_type, response_type):
+        return grpc.unary_unary_rpc_method_handler(
+            method, request_deserializer=request_type.FromString, response_serializer=response_type.SerializeToString
+        )
+
+    handlers = {
+        "ServerLive": handler(servicer.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+        "ServerReady": handler(servicer.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+        "ModelReady": handler(servicer.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+        "ServerMetadata": handler(servicer.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+        "ModelMetadata": handler(servicer.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(INFERENCE_SERVICE, handlers),))
+    server.add_registered_method_handlers(INFERENCE_SERVICE, handlers)

@@ -3,8 +3,10 @@
 `UpstreamPool` keeps one grpc.aio channel per instance address and reuses it across routing tables;
 an address that leaves the table is closed with a grace period, so calls in flight finish first.
 
-`infer_on_variant` is the seam a per-variant batcher slots into later: it takes a ready
-``ModelInferRequest`` for the variant's model and returns the model server's response.
+`infer_on_variant` is the seam a per-variant batcher slots into: it takes a ready
+``ModelInferRequest`` for the variant's model and returns the model server's response. Given the
+request as serialised bytes instead, it sends them as they are and returns the response's bytes
+(the proxy's pass-through path: tensor bytes are never decoded or re-encoded).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from mve.proxy.router import Instance, TensorSpec, VariantState
 
 log = logging.getLogger(__name__)
 
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
 # Large enough for a 6 MB body as a tensor plus outputs of similar size.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -36,31 +40,40 @@ class UpstreamPool:
     def __init__(self, close_grace_s: float = 60.0):
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
+        self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._close_grace_s = close_grace_s
         self._closing: set[asyncio.Task] = set()
 
     def sync(self, addresses: set[str]) -> None:
         """Open channels for new addresses; close removed ones once their calls finish."""
         for address in addresses - self._channels.keys():
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = channel
-            self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
+            self._open(address)
         for address in self._channels.keys() - addresses:
             channel = self._channels.pop(address)
             del self._stubs[address]
+            del self._raw[address]
             task = asyncio.get_running_loop().create_task(channel.close(grace=self._close_grace_s))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
             log.info("event=upstream_closing address=%s", address)
 
+    def _open(self, address: str) -> None:
+        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channels[address] = channel
+        self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
+        self._raw[address] = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
+
     def stub(self, address: str) -> pb_grpc.GRPCInferenceServiceStub:
         """The stub for `address`, opening a channel if the table has not synced it yet."""
-        stub = self._stubs.get(address)
-        if stub is None:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            self._channels[address] = channel
-            stub = self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
-        return stub
+        if address not in self._stubs:
+            self._open(address)
+        return self._stubs[address]
+
+    def raw_model_infer(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """ModelInfer on `address` taking and returning serialised bytes."""
+        if address not in self._raw:
+            self._open(address)
+        return self._raw[address]
 
     @property
     def addresses(self) -> set[str]:
@@ -72,6 +85,7 @@ class UpstreamPool:
         channels = list(self._channels.values())
         self._channels.clear()
         self._stubs.clear()
+        self._raw.clear()
         await asyncio.gather(*(c.close(grace=grace) for c in channels), *self._closing, return_exceptions=True)
 
 
@@ -135,6 +149,8 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
 
 async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
     try:
+        if isinstance(request, bytes):
+            return await pool.raw_model_infer(instance.address)(request, timeout=timeout)
         return await pool.stub(instance.address).ModelInfer(request, timeout=timeout)
     except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
         raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error

@@ -1,0 +1,252 @@
+"""End to end: is the mve proxy worth its hop? Direct calls vs nginx vs the mve proxy, on loopback.
+
+The same request in every scenario: the example MLP (``input`` FP32 [rows, 16]), 1 row, in
+raw_input_contents, sent with the Open Inference Protocol's ModelInfer by a separate closed-loop
+load process (benchmarks/loadgen.py) at each concurrency:
+
+1. ``direct``: to one model server;
+2. ``nginx``: nginx ``split_clients`` 50/50 + ``grpc_pass`` over two model servers;
+3. ``mve``: the mve proxy, two variants 50/50 deployed through a real control plane (`Mesh` + SDK);
+4. ``mve_batched``: the same with proxy-side dynamic batching per variant (``Batching``).
+
+Every model server runs with the same ``--threads`` (instance type ml.cpu.small: 1 thread). Then
+the proxy's throughput by number of variants and by rows per request, the proxy's RSS after the
+load, and the targets as ratios of this run. Prints a table, writes benchmarks/results/e2e.json.
+
+    python benchmarks/bench_e2e.py            # ~4 minutes
+    python benchmarks/bench_e2e.py --quick    # < 90 s, shorter cells
+    python benchmarks/bench_e2e.py --smoke    # seconds of load: direct and mve only (the test runs this)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import grpc  # noqa: E402
+
+import mve  # noqa: E402
+from e2e_report import evaluate_targets, print_report  # noqa: E402
+from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
+from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
+from mve.examples import build_example_models  # noqa: E402
+from mve.mesh import Mesh  # noqa: E402
+from mve.supervise import Child  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "e2e.json"
+LOADGEN = Path(__file__).parent / "loadgen.py"
+THREADS = 1  # --threads of every model server; ml.cpu.small gives the control plane's the same
+INSTANCE_TYPE = "ml.cpu.small"
+
+MODES = {
+    #         cell s, warm-up s, max requests/cell, variants,   rows
+    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256)),
+    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256)),
+    "smoke": (0.5, 0.1, 200, (1,), (1, 16)),
+}
+
+
+def run_loadgen(target: str, model: str, *, concurrency: int, rows: int, mode: tuple) -> dict:
+    """One cell: the load process's JSON summary."""
+    seconds, warmup, max_requests = mode[:3]
+    command = [sys.executable, str(LOADGEN), "--target", target, "--model", model, "--rows", str(rows),
+               "--concurrency", str(concurrency), "--requests", str(max_requests), "--seconds", str(seconds),
+               "--warmup", str(warmup)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60)
+    if done.returncode != 0:
+        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_cells(target: str, model: str, concurrencies, mode: tuple, rows: int = 1) -> dict:
+    """Every concurrency against one target, printed as it goes."""
+    cells = {}
+    for concurrency in concurrencies:
+        cell = run_loadgen(target, model, concurrency=concurrency, rows=rows, mode=mode)
+        cells[str(concurrency)] = cell
+        print(f"  {model} @ {target} c={concurrency} rows={rows}: {cell['throughput_rps']:.0f} req/s "
+              f"p50 {cell['p50_ms']:.2f} ms p99 {cell['p99_ms']:.2f} ms errors {cell['errors']}", file=sys.stderr)
+    return cells
+
+
+def start_model_servers(model_path: Path, count: int, log) -> list[Child]:
+    """`count` model servers of the MLP, named ``mlp``, with THREADS threads each."""
+    servers = []
+    for index in range(count):
+        child = Child(f"model-server-{index}", lambda port: [
+            "model-server", "--model", str(model_path), "--model-name", "mlp", "--threads", str(THREADS),
+            "--port", str(port), "--log-level", "WARNING"], 0, log, dict(os.environ))
+        servers.append(child)
+        child.start(60.0)
+    return servers
+
+
+def run_baselines(model_path: Path, concurrencies, mode: tuple, log, with_nginx: bool) -> dict:
+    """``direct`` and (unless skipped) ``nginx`` over the same two model servers."""
+    from nginx_split import NginxSplit
+
+    servers = start_model_servers(model_path, 2, log)
+    scenarios = {}
+    try:
+        scenarios["direct"] = {"target": "model server", "cells": run_cells(servers[0].address, "mlp", concurrencies, mode)}
+        if with_nginx:
+            with NginxSplit([(s.address, 1.0) for s in servers], workers=os.cpu_count() or 1) as nginx:
+                scenarios["nginx"] = {"target": "nginx", "workers": nginx.workers,
+                                      "cells": run_cells(nginx.address, "mlp", concurrencies, mode)}
+        else:
+            scenarios["nginx"] = {"skipped": "--smoke runs direct and mve only"}
+    finally:
+        for server in servers:
+            server.stop(5.0)
+    return scenarios
+
+
+def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:
+    """Block until the proxy has the endpoint in its routing table with an instance."""
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(proxy) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        while time.monotonic() < deadline:
+            if stub.ModelReady(pb.ModelReadyRequest(name=endpoint), timeout=5).ready:
+                return
+            time.sleep(0.02)
+    raise TimeoutError(f"proxy {proxy} did not route {endpoint} within {timeout} s")
+
+
+def deploy(sm, proxy: str, endpoint: str, variants: int, batching: dict | None) -> None:
+    """An endpoint of `variants` equal-weight variants of the MLP, one instance each; waits until routable."""
+    spec = []
+    for index in range(variants):
+        variant = {"VariantName": f"Variant{index + 1}", "ModelName": "mlp", "InitialInstanceCount": 1,
+                   "InstanceType": INSTANCE_TYPE, "InitialVariantWeight": 1.0}
+        if batching:
+            variant["Batching"] = batching
+        spec.append(variant)
+    sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=spec)
+    sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.1, "MaxAttempts": 1200})
+    wait_routable(proxy, endpoint)
+
+
+def undeploy(sm, endpoint: str) -> None:
+    """Delete the endpoint (its model servers stop) and wait until it is gone."""
+    sm.delete_endpoint(EndpointName=endpoint)
+    sm.get_waiter("endpoint_deleted").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+
+
+def process_tree_rss_mb(pid: int) -> float:
+    """VmRSS of `pid` and all its descendants (proxy workers), in MB."""
+    total_kb, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        total_kb += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        pending.extend(int(child) for child in children)
+    return total_kb / 1024
+
+
+def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching: dict, proxy_args) -> dict:
+    """The mve scenarios and sweeps through a real control plane and proxy."""
+    out: dict = {"scenarios": {}}
+    with Mesh(work / "mesh", log_path=work / "mesh.log", proxy_args=tuple(proxy_args)) as mesh:
+        sm = mve.client("sagemaker", address=mesh.control_plane_address)
+        proxy = mesh.proxy_address
+        sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
+        deploy(sm, proxy, "mlp", 2, None)
+        out["scenarios"]["mve"] = {"target": "mve proxy", "cells": run_cells(proxy, "mlp", concurrencies, mode)}
+        deploy(sm, proxy, "mlp-batched", 2, batching)
+        out["scenarios"]["mve_batched"] = {"target": "mve proxy", "batching": batching,
+                                           "cells": run_cells(proxy, "mlp-batched", concurrencies, mode)}
+        out["proxy_rss_mb"] = process_tree_rss_mb(mesh.child_pids()["proxy"])
+        undeploy(sm, "mlp-batched")
+        top = max(concurrencies)
+        rows = {}
+        for count in mode[4]:
+            rows[str(count)] = run_cells(proxy, "mlp", [top], mode, rows=count)[str(top)]
+        out["rows_sweep"] = {"concurrency": top, "cells": rows}
+        undeploy(sm, "mlp")
+        variants = {}
+        for count in mode[3]:
+            name = f"mlp-v{count}"
+            deploy(sm, proxy, name, count, None)
+            variants[str(count)] = run_cells(proxy, name, [top], mode)[str(top)]
+            undeploy(sm, name)
+        out["variants_sweep"] = {"concurrency": top, "cells": variants}
+        out["proxy_rss_mb_end"] = process_tree_rss_mb(mesh.child_pids()["proxy"])
+    return out
+
+
+def proxy_batching_available() -> bool:
+    """Whether this checkout's proxy has the batcher (before it lands, Batching has no effect)."""
+    return (Path(mve.__file__).parent / "proxy" / "batcher.py").is_file()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="shorter cells, fewer variants (< 90 s)")
+    size.add_argument("--smoke", action="store_true", help="a few requests per cell, direct and mve only")
+    parser.add_argument("--concurrency", default="1,8,64", help="comma-separated client concurrencies")
+    parser.add_argument("--max-batch-size", type=int, default=32, choices=range(2, 1025), metavar="2-1024")
+    parser.add_argument("--max-delay-us", type=int, default=1000, choices=range(0, 1_000_001), metavar="0-1000000")
+    parser.add_argument("--proxy-arg", action="append", default=[], help="extra flag for `mve proxy` (repeatable)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    args = parser.parse_args(argv)
+    try:
+        concurrencies = sorted({int(c) for c in args.concurrency.split(",")})
+    except ValueError:
+        parser.error("--concurrency takes integers, e.g. 1,8,64")
+    if not concurrencies or not all(1 <= c <= 1024 for c in concurrencies):
+        parser.error("--concurrency values must be 1-1024")
+    mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    mode = MODES[mode_name]
+    batching = {"MaxBatchSize": args.max_batch_size, "MaxDelayMicroseconds": args.max_delay_us}
+    started = time.monotonic()
+
+    with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
+        work = Path(tmp)
+        model_path = build_example_models(work / "models")["mlp"]
+        with open(work / "servers.log", "a", buffering=1) as log:
+            scenarios = run_baselines(model_path, concurrencies, mode, log, with_nginx=not args.smoke)
+        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg)
+
+    results = {
+        "benchmark": "e2e",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {
+            "mode": mode_name, "concurrency": concurrencies, "cell_seconds": mode[0], "warmup_seconds": mode[1],
+            "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE, "request": "mlp, 1 row FP32, raw",
+            "batching": batching, "proxy_batching_available": proxy_batching_available(),
+            "proxy_args": args.proxy_arg,
+        },
+        "scenarios": {**scenarios, **mesh_results.pop("scenarios")},
+        **mesh_results,
+        "wall_seconds": None,
+    }
+    results["targets"] = evaluate_targets(results)
+    results["wall_seconds"] = time.monotonic() - started
+    print_report(results)
+    if not results["settings"]["proxy_batching_available"]:
+        print("note: this proxy has no batcher yet (mve/proxy/batcher.py); 'batching on' ran unbatched")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""The end-to-end benchmark's targets (ratios in one run) and its printed table."""
+
+from __future__ import annotations
+
+SCENARIO_LABELS = {
+    "direct": "direct (model server)",
+    "nginx": "nginx split_clients 50/50",
+    "mve": "mve proxy, batching off",
+    "mve_batched": "mve proxy, batching on",
+}
+
+# (name, what it compares, limit, direction)
+TARGET_C64_VS_DIRECT = 3.0
+TARGET_C64_VS_NGINX = 2.0
+TARGET_C1_P50 = 1.8
+TARGET_RSS_MB = 200.0
+
+
+def _cell(results: dict, scenario: str, concurrency: int) -> dict | None:
+    cells = results["scenarios"].get(scenario)
+    if not isinstance(cells, dict) or "cells" not in cells:
+        return None
+    return cells["cells"].get(str(concurrency))
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def evaluate_targets(results: dict) -> list[dict]:
+    """Each target with its measured value (None when a scenario did not run) and met/missed."""
+    targets = []
+
+    def add(name: str, value, limit: float, at_least: bool) -> None:
+        met = None if value is None else (value >= limit if at_least else value <= limit)
+        targets.append({"name": name, "value": value, "limit": limit, "at_least": at_least, "met": met})
+
+    top = max(results["settings"]["concurrency"])
+    low = min(results["settings"]["concurrency"])
+    batched, direct, nginx = (_cell(results, s, top) for s in ("mve_batched", "direct", "nginx"))
+    add(f"c={top} throughput: mve batched / direct",
+        _ratio(batched and batched["throughput_rps"], direct and direct["throughput_rps"]), TARGET_C64_VS_DIRECT, True)
+    add(f"c={top} throughput: mve batched / nginx",
+        _ratio(batched and batched["throughput_rps"], nginx and nginx["throughput_rps"]), TARGET_C64_VS_NGINX, True)
+    mve_low, direct_low = _cell(results, "mve", low), _cell(results, "direct", low)
+    add(f"c={low} p50 latency: mve / direct",
+        _ratio(mve_low and mve_low["p50_ms"], direct_low and direct_low["p50_ms"]), TARGET_C1_P50, False)
+    add("proxy RSS after the load (MB)", results.get("proxy_rss_mb"), TARGET_RSS_MB, False)
+    return targets
+
+
+def _fmt(value, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_report(results: dict, out=None) -> None:
+    """The scenario table, the sweeps and the targets, as plain text."""
+    import sys
+
+    write = (out or sys.stdout).write
+    write(f"{'scenario':<28} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}\n")
+    for scenario, label in SCENARIO_LABELS.items():
+        entry = results["scenarios"].get(scenario)
+        if entry is None:
+            continue
+        if "skipped" in entry:
+            write(f"{label:<28} skipped: {entry['skipped']}\n")
+            continue
+        for concurrency, cell in entry["cells"].items():
+            write(f"{label:<28} {concurrency:>5} {cell['throughput_rps']:>9.0f} {_fmt(cell['p50_ms'], '8.2f')} "
+                  f"{_fmt(cell['p99_ms'], '8.2f')} {cell['errors']:>7}\n")
+    for key, title, unit in (("variants_sweep", "variants", "variants"), ("rows_sweep", "rows/request", "rows")):
+        sweep = results.get(key)
+        if not sweep:
+            continue
+        write(f"\nmve proxy (batching off), c={sweep['concurrency']}, by {title}\n")
+        write(f"{unit:>9} {'req/s':>9} {'rows/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}\n")
+        for n, cell in sweep["cells"].items():
+            write(f"{n:>9} {cell['throughput_rps']:>9.0f} {cell['throughput_rps'] * cell['rows']:>10.0f} "
+                  f"{_fmt(cell['p50_ms'], '8.2f')} {_fmt(cell['p99_ms'], '8.2f')} {cell['errors']:>7}\n")
+    write("\ntargets (ratios in this run)\n")
+    for target in results["targets"]:
+        sign = ">=" if target["at_least"] else "<="
+        verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+        write(f"  {target['name']:<40} {_fmt(target['value'], '8.2f')}  ({sign} {target['limit']:g})  {verdict}\n")
