@@ -58,6 +58,13 @@ def print_report(results: dict, out=None) -> None:
     import sys
 
     write = (out or sys.stdout).write
+    settings = results.get("settings", {})
+    batching = settings.get("batching") or {}
+    if batching:
+        delay = batching.get("MaxDelayMicroseconds")
+        write(f"load: {settings.get('loadgen', 'loadgen')}; batching on = MaxBatchSize {batching.get('MaxBatchSize')}, "
+              f"MaxDelayMicroseconds {delay}{' (adaptive)' if delay == 0 else ''}"
+              f"{'; proxy ' + ' '.join(settings['proxy_args']) if settings.get('proxy_args') else ''}\n")
     write(f"{'scenario':<28} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}\n")
     for scenario, label in SCENARIO_LABELS.items():
         entry = results["scenarios"].get(scenario)

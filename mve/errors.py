@@ -213,26 +213,38 @@ def _wrap_stream(behavior):
     return handler
 
 
+def map_errors(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
+    """`handler` with its unary or server-streaming behaviour wrapped in the error mapping.
+
+    A behaviour (or the object of a bound method) with ``maps_errors = True`` raises no MveError
+    and is returned as it is: a hot path can map its errors itself and skip the extra coroutine.
+    """
+    if handler is None:
+        return None
+    kwargs = dict(
+        request_deserializer=handler.request_deserializer,
+        response_serializer=handler.response_serializer,
+    )
+    if handler.unary_unary is not None:
+        behavior = handler.unary_unary
+        if getattr(getattr(behavior, "__self__", behavior), "maps_errors", False):
+            return handler
+        return grpc.unary_unary_rpc_method_handler(_wrap_unary(behavior), **kwargs)
+    if handler.unary_stream is not None:
+        return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kwargs)
+    return handler
+
+
 class ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Maps MveError (and any unexpected exception) raised by an async handler to a gRPC status."""
 
     async def intercept_service(self, continuation, handler_call_details):
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return None
-        kwargs = dict(
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(_wrap_unary(handler.unary_unary), **kwargs)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kwargs)
-        return handler
+        return map_errors(await continuation(handler_call_details))
 
 
 __all__ = [
     "ErrorInterceptor",
+    "map_errors",
     "InternalFailure",
     "ModelError",
     "ModelNotReady",

@@ -25,14 +25,14 @@ slicing outputs back is `mve.proxy.batches` (`_fastroute.assemble_batch` / `spli
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
 import numpy as np
 
 from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable
-from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split
+from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split, split_bytes
+from mve.proxy.upstream import InferResult
 
 log = logging.getLogger(__name__)
 
@@ -42,16 +42,27 @@ Send = Callable[[object, object, float], Awaitable[object]]
 class _Member:
     """One caller's request waiting in (or sent with) a batch."""
 
-    __slots__ = ("request", "arrays", "rows", "deadline", "enqueued_at", "future", "queue")
+    __slots__ = ("request", "parts", "rows", "deadline", "enqueued_at", "future", "queue", "tail", "wire")
 
-    def __init__(self, request, arrays, rows, deadline, enqueued_at, future, queue):
+    def __init__(self, request, parts, rows, deadline, enqueued_at, future, queue, tail, wire):
         self.request = request
-        self.arrays = arrays
+        self.parts = parts
         self.rows = rows
         self.deadline = deadline
         self.enqueued_at = enqueued_at
         self.future = future
         self.queue = queue
+        self.tail = tail
+        self.wire = wire
+
+
+class _Expired(Exception):
+    """A caller's own deadline passed (set on its future by its timer)."""
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_exception(_Expired())
 
 
 class _Queue:
@@ -144,15 +155,23 @@ class VariantBatcher:
 
     # ------------------------------------------------------------ callers
 
-    async def submit(self, request, timeout: float):
+    async def submit(self, request, timeout: float, tail: bytes | None = None, wire: bytes | None = None):
         """Run `request` (raw contents, for the variant's model) in a batch; its own rows come back.
 
-        Returns what `send` returns, with a response holding only this request's rows.
+        Returns what `send` returns, with a response holding only this request's rows: a
+        ``ModelInferResponse``, or with `tail` (`wire.response_tail`) that response serialised with
+        `tail` appended (`batches.split_bytes`). `wire`, the request already serialised for the
+        variant's model, is what goes upstream if the request ends up alone in its batch (then the
+        answer's bytes are not decoded either).
         """
         parts = batch_parts(request)
         if parts is None:
-            return await self._send(self.variant, request, timeout)
-        key, arrays, rows = parts
+            result = await self._send(self.variant, request, timeout)
+            if tail is not None:
+                answer = result.response.SerializeToString() + tail
+                result = InferResult(answer, result.instance, result.model_latency_us)
+            return result
+        key, datas, rows = parts
         loop = self._loop = asyncio.get_running_loop()
         if self._queued_rows and self._queued_rows + rows > self.policy.queue_limit:
             raise ModelNotReady(
@@ -163,15 +182,18 @@ class VariantBatcher:
         queue = self._queues.get(key)
         if queue is None:
             queue = self._queues[key] = _Queue(key)
-        member = _Member(request, arrays, rows, now + timeout, now, loop.create_future(), queue)
+        future = loop.create_future()
+        forward = wire if tail is not None else None
+        member = _Member(request, datas, rows, now + timeout, now, future, queue, tail, forward)
         queue.members[id(member)] = member
         queue.rows += rows
         self._queued_rows += rows
         self._pump()
+        # One timer handle per caller (not asyncio.timeout_at: no Timeout object, no task lookup).
+        timer = loop.call_at(member.deadline, _expire, future)
         try:
-            async with asyncio.timeout_at(member.deadline):
-                return await member.future
-        except TimeoutError:
+            return await future
+        except _Expired:
             if member.queue is not None:
                 raise ServiceUnavailable(
                     f"Request to variant {self._name()} timed out after {timeout:.3f} s waiting for a batch"
@@ -182,7 +204,9 @@ class VariantBatcher:
                 metadata={"OriginalStatusCode": "DEADLINE_EXCEEDED", "OriginalMessage": "Deadline Exceeded"},
             ) from None
         finally:
-            self._leave(member)
+            timer.cancel()
+            if member.queue is not None:
+                self._leave(member)
 
     def _leave(self, member: _Member) -> None:
         """A caller stopped waiting: take its request out of the queue if it is still there."""
@@ -293,18 +317,22 @@ class VariantBatcher:
         try:
             self._record(members, dispatched_at)
             if len(members) == 1:
-                request, offsets = members[0].request, None
+                request, offsets = members[0].wire or members[0].request, None
             else:
-                request, offsets = assemble([m.request for m in members], [m.arrays for m in members])
+                request, offsets = assemble([m.request for m in members], [m.parts for m in members])
             timeout = max(m.deadline for m in members) - self._loop.time()
             result = await self._send(self.variant, request, max(timeout, 0.001))
             if offsets is None:
-                _resolve(members[0], result)
+                member = members[0]
+                if member.tail is not None:
+                    response = result.response
+                    if not isinstance(response, bytes):
+                        response = response.SerializeToString()
+                    response += member.tail
+                    result = InferResult(response, result.instance, result.model_latency_us)
+                _resolve(member, result)
                 return
-            requests = [m.request for m in members]
-            responses = split(result.response, offsets, requests, self._model(), self._name())
-            for member, response in zip(members, responses):
-                _resolve(member, dataclasses.replace(result, response=response))
+            self._settle(members, result, offsets)
         except MveError as error:
             for member in members:
                 _fail(member, _copy(error))
@@ -312,6 +340,26 @@ class VariantBatcher:
             log.exception("event=batch_failed endpoint=%s variant=%s", *self._names())
             for member in members:
                 _fail(member, InternalFailure(f"batch of variant {self._name()} failed: {error}"))
+
+    def _settle(self, members: list[_Member], result, offsets) -> None:
+        """Each member's own rows: as bytes for members with a tail, as a message for the others."""
+        instance, latency = result.instance, result.model_latency_us
+        raw = [i for i, m in enumerate(members) if m.tail is not None]
+        if raw:
+            tail = members[raw[0]].tail
+            requests = [m.request for m in members]
+            if len(raw) == len(members) and all(m.tail == tail for m in members):
+                answers = split_bytes(result.response, offsets, requests, tail, self._model(), self._name())
+            else:
+                answers = [
+                    own.SerializeToString() + m.tail if m.tail is not None else own
+                    for m, own in zip(members, split(result.response, offsets, requests, self._model(), self._name()))
+                ]
+        else:
+            answers = split(result.response, offsets, [m.request for m in members], self._model(), self._name())
+        for member, answer in zip(members, answers):
+            if not member.future.done():
+                member.future.set_result(InferResult(answer, instance, latency))
 
     def _record(self, members: list[_Member], dispatched_at: float) -> None:
         if self._stats is None or self.variant is None:

@@ -1,14 +1,16 @@
 """What a batch may be, and many compatible ModelInferRequests as one batch and back.
 
 `BatchingPolicy` holds a variant's validated batching knobs. `batch_parts` reads a request's
-compatibility key, input arrays and rows; `assemble` stacks the inputs of compatible requests along
-the first dimension (`_fastroute.assemble_batch`); `split` slices every output of the batch's
-response back by row offsets (`_fastroute.split_batch`).
+compatibility key, raw input bytes and rows; `assemble` stacks the inputs of compatible requests along
+the first dimension (concatenating their bytes); `split` slices every output of the batch's
+response back by row offsets (`_fastroute.split_batch`), and `split_bytes` does the same straight
+into serialised responses (byte slices and a cached header, no message per caller).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from math import prod
 
 import numpy as np
 
@@ -68,49 +70,72 @@ class BatchingPolicy:
 BATCHING_OFF = BatchingPolicy()
 
 
-def batch_parts(request) -> tuple[tuple, list[np.ndarray], int] | None:
-    """(compatibility key, input arrays, rows) of a raw-contents request; None if it cannot be batched.
+def batch_parts(request) -> tuple[tuple, list[bytes], int] | None:
+    """(compatibility key, raw bytes of each input, rows) of a raw-contents request; None if it cannot be batched.
 
     Unbatchable: no inputs, BYTES inputs, 0-d inputs, inputs that disagree on the first dimension,
     zero rows, or raw bytes that do not match a shape (the model server then says what is wrong).
+    Every input has a fixed-size datatype, so its rows are consecutive equal slices of its bytes.
     """
     raw = request.raw_input_contents
-    if not request.inputs or len(raw) != len(request.inputs):
+    inputs = request.inputs
+    if not inputs or len(raw) != len(inputs):
         return None
-    arrays = []
+    datas = []
     layout = []
     rows = -1
-    for tensor, data in zip(request.inputs, raw):
-        dtype = tensors.DATATYPE_TO_DTYPE.get(tensor.datatype)
+    for tensor, data in zip(inputs, raw):
+        datatype = tensor.datatype
+        dtype = _DTYPES.get(datatype)
         shape = tuple(tensor.shape)
-        if dtype is None or tensor.datatype == "BYTES" or not shape or shape[0] <= 0:
-            return None
-        if rows not in (-1, shape[0]) or any(d < 0 for d in shape):
+        if dtype is None or not shape or shape[0] <= 0 or rows not in (-1, shape[0]) or min(shape) < 0:
             return None
         rows = shape[0]
-        count = int(np.prod(shape))
-        if count * dtype.itemsize != len(data):
+        if prod(shape) * dtype.itemsize != len(data):
             return None
-        arrays.append(np.frombuffer(data, dtype=dtype).reshape(shape))
-        params = tuple(sorted((k, v.SerializeToString()) for k, v in tensor.parameters.items()))
-        layout.append((tensor.name, tensor.datatype, shape[1:], params))
-    outputs = tuple(o.SerializeToString(deterministic=True) for o in request.outputs)
-    parameters = tuple(sorted((k, v.SerializeToString()) for k, v in request.parameters.items()))
-    return (tuple(layout), outputs, parameters), arrays, rows
+        datas.append(data)
+        params = _sorted_params(tensor.parameters) if tensor.parameters else ()
+        layout.append((tensor.name, datatype, shape[1:], params))
+    outputs = tuple(o.SerializeToString(deterministic=True) for o in request.outputs) if request.outputs else ()
+    parameters = _sorted_params(request.parameters) if request.parameters else ()
+    return (tuple(layout), outputs, parameters), datas, rows
 
 
-def assemble(requests: list, arrays: list[list[np.ndarray]]):
-    """One request with the rows of every request (their `batch_parts` arrays), and the row offsets."""
+_DTYPES = {name: dtype for name, dtype in tensors.DATATYPE_TO_DTYPE.items() if name != "BYTES"}
+
+
+def _sorted_params(parameters) -> tuple:
+    return tuple(sorted((k, v.SerializeToString()) for k, v in parameters.items()))
+
+
+def row_offsets(rows: list[int]) -> np.ndarray:
+    """Row offsets (length N + 1, int64) of N consecutive parts of `rows` rows each."""
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(rows, out=offsets[1:])
+    return offsets
+
+
+def assemble(requests: list, parts: list[list[bytes]], model_name: str | None = None):
+    """One request with the rows of every request (their `batch_parts` bytes), and the row offsets.
+
+    Compatible requests share datatypes and trailing shapes, so stacking along the first dimension
+    is concatenating each input's bytes.
+    """
     first = requests[0]
-    batch = pb.ModelInferRequest(model_name=first.model_name, model_version=first.model_version)
-    batch.parameters.MergeFrom(first.parameters)
-    batch.outputs.extend(first.outputs)
-    offsets = None
+    batch = pb.ModelInferRequest(
+        model_name=first.model_name if model_name is None else model_name, model_version=first.model_version
+    )
+    if first.parameters:
+        batch.parameters.MergeFrom(first.parameters)
+    if first.outputs:
+        batch.outputs.extend(first.outputs)
+    rows = [r.inputs[0].shape[0] for r in requests]
+    total = sum(rows)
     for index, tensor in enumerate(first.inputs):
-        data, offsets = _fastroute.assemble_batch([own[index] for own in arrays])
-        batch.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=data.shape, parameters=tensor.parameters)
-        batch.raw_input_contents.append(data.tobytes())
-    return batch, offsets
+        batch.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=(total, *tensor.shape[1:]),
+                         parameters=tensor.parameters)
+        batch.raw_input_contents.append(b"".join(own[index] for own in parts))
+    return batch, row_offsets(rows)
 
 
 def split(response, offsets, requests: list, model: str, variant: str) -> list:
@@ -118,6 +143,20 @@ def split(response, offsets, requests: list, model: str, variant: str) -> list:
 
     ModelError when an output does not have one row per batched row (nothing to split by).
     """
+    outputs = _split_outputs(response, offsets, model, variant)
+    responses = []
+    for position, request in enumerate(requests):
+        own = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=request.id)
+        own.parameters.MergeFrom(response.parameters)
+        for tensor, parts in outputs:
+            part = parts[position]
+            own.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=part.shape, parameters=tensor.parameters)
+            own.raw_output_contents.append(tensors.numpy_to_raw(part))
+        responses.append(own)
+    return responses
+
+
+def _split_outputs(response, offsets, model: str, variant: str) -> list:
     total = int(offsets[-1])
     raw = response.raw_output_contents
     outputs = []
@@ -137,13 +176,64 @@ def split(response, offsets, requests: list, model: str, variant: str) -> list:
             f"model {model} of variant {variant} returned a response that cannot be split by rows: {error}",
             metadata={"OriginalStatusCode": "OK", "OriginalMessage": str(error)},
         ) from None
-    responses = []
+    return outputs
+
+
+def split_bytes(response, offsets, requests: list, tail: bytes, model: str, variant: str) -> list[bytes]:
+    """`split`, but each request's response as serialised bytes ending in `tail` (`wire.response_tail`).
+
+    Built from byte slices of the batch's raw outputs and one serialised header per distinct row
+    count, without a protobuf message per request. Falls back to `split` for typed or BYTES outputs.
+    """
+    raw = response.raw_output_contents
+    outputs = response.outputs
+    total = int(offsets[-1])
+    slices = []
+    for index, tensor in enumerate(outputs):
+        dtype = _DTYPES.get(tensor.datatype)
+        shape = tuple(tensor.shape)
+        if not raw or dtype is None or len(raw) != len(outputs) or not shape or min(shape) < 0:
+            return [own.SerializeToString() + tail for own in split(response, offsets, requests, model, variant)]
+        data = raw[index]
+        if shape[0] != total or prod(shape) * dtype.itemsize != len(data):
+            # Not splittable by rows: `split` raises the ModelError that says why.
+            return [own.SerializeToString() + tail for own in split(response, offsets, requests, model, variant)]
+        slices.append((data, len(data) // total if total else 0))
+    headers: dict[int, bytes] = {}
+    answers = []
+    bounds = offsets.tolist()
     for position, request in enumerate(requests):
-        own = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version, id=request.id)
-        own.parameters.MergeFrom(response.parameters)
-        for tensor, parts in outputs:
-            part = parts[position]
-            own.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=part.shape, parameters=tensor.parameters)
-            own.raw_output_contents.append(tensors.numpy_to_raw(part))
-        responses.append(own)
-    return responses
+        start, end = bounds[position], bounds[position + 1]
+        rows = end - start
+        header = headers.get(rows)
+        if header is None:
+            own = pb.ModelInferResponse(model_name=response.model_name, model_version=response.model_version)
+            own.parameters.MergeFrom(response.parameters)
+            for tensor in outputs:
+                own.outputs.add(name=tensor.name, datatype=tensor.datatype, shape=(rows, *tensor.shape[1:]),
+                                parameters=tensor.parameters)
+            header = headers[rows] = own.SerializeToString()
+        pieces = [header]
+        if request.id:
+            pieces.append(_length_delimited(_ID_TAG, request.id.encode()))
+        for data, row_bytes in slices:
+            pieces.append(_length_delimited(_RAW_OUTPUT_TAG, data[start * row_bytes:end * row_bytes]))
+        pieces.append(tail)
+        answers.append(b"".join(pieces))
+    return answers
+
+
+_ID_TAG = b"\x1a"  # ModelInferResponse.id: field 3, length-delimited
+_RAW_OUTPUT_TAG = b"\x32"  # ModelInferResponse.raw_output_contents: field 6, length-delimited
+
+
+def _length_delimited(tag: bytes, value: bytes) -> bytes:
+    size = len(value)
+    if size < 0x80:
+        return tag + bytes((size,)) + value
+    varint = bytearray()
+    while size >= 0x80:
+        varint.append((size & 0x7F) | 0x80)
+        size >>= 7
+    varint.append(size)
+    return tag + bytes(varint) + value

@@ -169,7 +169,10 @@ class DataPlane:
         except DecodeError:
             raise ValidationError("the request is not a valid inference.ModelInferRequest") from None
         variant = self._pick_for_infer(request, len(data))
-        if variant.batcher is not None or not wire.forwardable(request):
+        batcher = variant.batcher
+        if batcher is not None:
+            return await self._batch_bytes(data, request, batcher, variant, started, time_remaining)
+        if not wire.forwardable(request):
             response = await self._forward_message(request, variant, started, time_remaining)
             return response.SerializeToString()
         try:
@@ -179,6 +182,29 @@ class DataPlane:
             raise
         self._record(variant, started, result.model_latency_us)
         return result.response + wire.response_tail(variant.endpoint_name, variant.name)
+
+    async def _batch_bytes(
+        self, data: bytes, request, batcher, variant: VariantState, started: float, time_remaining
+    ) -> bytes:
+        """A batched variant's ModelInfer on bytes: the caller's rows come back already serialised."""
+        # Alone in its batch, a request already in raw contents goes upstream as its own bytes.
+        forward = data + wire.request_tail(variant.model_name) if wire.forwardable(request) else None
+        try:
+            _to_raw_contents(request)
+            request.model_name = variant.model_name
+            request.model_version = ""
+            parameters = request.parameters
+            if parameters:
+                for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
+                    if name in parameters:
+                        del parameters[name]
+            tail = wire.response_tail(variant.endpoint_name, variant.name)
+            result = await batcher.submit(request, self._timeout(time_remaining), tail, forward)
+        except MveError as error:
+            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            raise
+        self._record(variant, started, result.model_latency_us)
+        return result.response
 
     def _pick_for_infer(self, request, size: int) -> VariantState:
         """Validate an OIP request's endpoint, routing parameters and size; pick its variant."""

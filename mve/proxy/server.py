@@ -12,8 +12,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
-from mve.errors import ErrorInterceptor
 from mve.proxy.dataplane import DataPlane
+from mve.proxy.handlers import ErrorMappingServer
 from mve.proxy.router import Router
 from mve.proxy.routes import RouteWatcher
 from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
@@ -49,17 +49,19 @@ class ProxyServer:
     async def start(self) -> str:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
         s = self.settings
-        self.server = grpc.aio.server(interceptors=[ErrorInterceptor()], options=SERVER_OPTIONS)
-        runtime_pb2_grpc.add_EndpointRuntimeServicer_to_server(EndpointRuntimeServicer(self.dataplane), self.server)
-        add_inference_service(InferenceServicer(self.dataplane), RawModelInfer(self.dataplane), self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        # Errors are mapped by wrappers added at registration, not by an interceptor on every call.
+        registry = ErrorMappingServer(self.server)
+        runtime_pb2_grpc.add_EndpointRuntimeServicer_to_server(EndpointRuntimeServicer(self.dataplane), registry)
+        add_inference_service(InferenceServicer(self.dataplane), RawModelInfer(self.dataplane), registry)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
         services = (
             runtime_pb2.DESCRIPTOR.services_by_name["EndpointRuntime"].full_name,
             grpc_predict_v2_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(services, self.server)
+        reflection.enable_server_reflection(services, self.server)  # stream-stream: nothing to map
         try:
             port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         except RuntimeError:

@@ -11,6 +11,7 @@ import pytest
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, ModelNotReady, ServiceUnavailable, ValidationError
 from mve.proxy.batcher import VariantBatcher
+from mve.proxy import wire
 from mve.proxy.batches import BatchingPolicy
 from mve.proxy.stats import StatsBook
 from mve.proxy.upstream import InferResult
@@ -111,6 +112,35 @@ def test_a_full_batch_goes_at_once_and_each_caller_gets_its_own_rows():
         counters = stats.drain()[("ep", "v1")]
         assert (counters.batches, counters.batched_requests, counters.batched_rows) == (1, 4, 4)
         assert stats.batch_size[("ep", "v1")].count == 1 and stats.queue_time[("ep", "v1")].count == 4
+
+    run(main)
+
+
+def test_callers_with_a_response_tail_get_their_own_rows_as_serialised_bytes():
+    """The ModelInfer-on-bytes path: each caller's answer is bytes, parsed equal to the message path's."""
+
+    async def main():
+        tail = wire.response_tail("ep", "v1")
+        sizes = [1, 3, 1, 200]  # 200 rows: raw outputs over 127 bytes need a multi-byte length
+        tailed = batcher_for(FakeModel(), max_batch_size=256, max_delay_us=500_000)
+        plain = batcher_for(FakeModel(), max_batch_size=256, max_delay_us=500_000)
+        ids = ["", "r1", "r2", "r3"]
+        as_bytes = await asyncio.gather(
+            *(tailed.submit(request(n, 10 * i, rid=ids[i]), 5.0, tail) for i, n in enumerate(sizes))
+        )
+        as_messages = await asyncio.gather(
+            *(plain.submit(request(n, 10 * i, rid=ids[i]), 5.0) for i, n in enumerate(sizes))
+        )
+        for i, (got, expected) in enumerate(zip(as_bytes, as_messages)):
+            assert isinstance(got.response, bytes)
+            parsed = pb.ModelInferResponse.FromString(got.response)
+            assert parsed.id == ids[i] and parsed.model_name == "ep" and parsed.model_version == ""
+            assert parsed.parameters["invoked_production_variant"].string_param == "v1"
+            assert_own_rows(parsed, sizes[i], 10 * i)
+            expected = expected.response
+            expected.model_name = "ep"
+            expected.parameters["invoked_production_variant"].string_param = "v1"
+            assert parsed == expected
 
     run(main)
 
