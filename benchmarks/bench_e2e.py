@@ -11,7 +11,10 @@ load process (benchmarks/loadgen.py) at each concurrency:
 
 Every model server runs with the same ``--threads`` (instance type ml.cpu.small: 1 thread). Then
 the proxy's throughput by number of variants and by rows per request, the proxy's RSS after the
-load, and the targets as ratios of this run. Prints a table, writes benchmarks/results/e2e.json.
+load, the c=1 p50 of one model server and of the proxy in alternating rounds (the hop's cost, free
+of the machine's drift), the throughput of a grpc.aio server that does no work (the ceiling of any
+Python proxy here, benchmarks/noop_server.py), and the targets as ratios of this run. Prints a
+table, writes benchmarks/results/e2e.json.
 
     python benchmarks/bench_e2e.py            # ~4 minutes
     python benchmarks/bench_e2e.py --quick    # < 90 s, shorter cells
@@ -31,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -55,11 +59,12 @@ THREADS = 1  # --threads of every model server; ml.cpu.small gives the control p
 INSTANCE_TYPE = "ml.cpu.small"
 
 MODES = {
-    #         cell s, warm-up s, max requests/cell, variants,   rows
-    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256)),
-    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256)),
-    "smoke": (0.5, 0.1, 200, (1,), (1, 16)),
+    #         cell s, warm-up s, max requests/cell, variants,   rows,    c=1 hop rounds
+    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256), 5),
+    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256), 3),
+    "smoke": (0.5, 0.1, 200, (1,), (1, 16), 1),
 }
+NOOP_SERVER = Path(__file__).parent / "noop_server.py"
 
 
 LOAD_TOOL = "loadgen"  # or "h2load" (--loadgen): which closed-loop load process drives every cell
@@ -124,6 +129,47 @@ def run_baselines(model_path: Path, concurrencies, mode: tuple, log, with_nginx:
     return scenarios
 
 
+def run_noop_ceiling(concurrency: int, mode: tuple) -> dict:
+    """The same load against a grpc.aio server that does no work: the most any Python proxy can serve."""
+    process = subprocess.Popen([sys.executable, str(NOOP_SERVER)], stdout=subprocess.PIPE, text=True)
+    try:
+        address = json.loads(process.stdout.readline())["address"]
+        return {"target": "grpc.aio no-op server", "cells": run_cells(address, "mlp", [concurrency], mode)}
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def instance_addresses(control_plane: str, endpoint: str) -> list[str]:
+    """The model-server addresses of `endpoint`, from the control plane's routing table."""
+    from mve._proto import control_pb2, control_pb2_grpc
+
+    with grpc.insecure_channel(control_plane) as channel:
+        stream = control_pb2_grpc.EndpointControlStub(channel).WatchRoutes(
+            control_pb2.WatchRoutesRequest(proxy_id="bench-e2e"), timeout=10)
+        table = next(iter(stream))
+        stream.cancel()
+    for route in table.endpoints:
+        if route.endpoint_name == endpoint:
+            return [i.address for v in route.variants for i in v.instances]
+    raise LookupError(f"{endpoint} is not in the routing table")
+
+
+def interleaved_hop(model_server: str, proxy: str, endpoint: str, mode: tuple) -> dict:
+    """c=1 p50 to one model server and through the proxy to the same kind of server, in alternation.
+
+    Alternating rounds on the same processes keep the machine's drift out of the ratio, which
+    single cells measured minutes apart do not.
+    """
+    direct, via = [], []
+    for _ in range(mode[5]):
+        direct.append(run_loadgen(model_server, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
+        via.append(run_loadgen(proxy, endpoint, concurrency=1, rows=1, mode=mode)["p50_ms"])
+    ratio = statistics.median(via) / statistics.median(direct)
+    print(f"  c=1 p50 interleaved: direct {direct} ms, proxy {via} ms, ratio of medians {ratio:.2f}", file=sys.stderr)
+    return {"rounds": mode[5], "direct_p50_ms": direct, "mve_p50_ms": via, "ratio_of_medians": ratio}
+
+
 def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:
     """Block until the proxy has the endpoint in its routing table with an instance."""
     deadline = time.monotonic() + timeout
@@ -181,6 +227,7 @@ def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching:
         sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
         deploy(sm, proxy, "mlp", 2, None)
         out["scenarios"]["mve"] = {"target": "mve proxy", "cells": run_cells(proxy, "mlp", concurrencies, mode)}
+        out["c1_hop"] = interleaved_hop(instance_addresses(mesh.control_plane_address, "mlp")[0], proxy, "mlp", mode)
         deploy(sm, proxy, "mlp-batched", 2, batching)
         out["scenarios"]["mve_batched"] = {"target": "mve proxy", "batching": batching,
                                            "cells": run_cells(proxy, "mlp-batched", concurrencies, mode)}
@@ -245,6 +292,7 @@ def main(argv=None) -> int:
         with open(work / "servers.log", "a", buffering=1) as log:
             scenarios = run_baselines(model_path, concurrencies, mode, log, with_nginx=not args.smoke)
         mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg)
+    scenarios["noop"] = run_noop_ceiling(max(concurrencies), mode)
 
     results = {
         "benchmark": "e2e",
