@@ -218,6 +218,29 @@ def test_batches_in_flight_are_limited_per_instance_and_the_queue_grows_meanwhil
     run(main)
 
 
+def test_with_no_delay_an_idle_batcher_sends_a_request_from_the_callers_own_coroutine():
+    """Adaptive batching costs nothing at low load: no batch task, no queue, the caller's deadline."""
+
+    async def main():
+        model, stats = FakeModel(latency_s=0.01), StatsBook()
+        batcher = batcher_for(model, stats=stats, max_batch_size=8, max_delay_us=0)
+        alone = asyncio.ensure_future(batcher.submit(request(2, 5.0), 3.0))
+        await asyncio.sleep(0)
+        assert batcher.in_flight == 1 and not batcher.tasks and batcher.queued_rows == 0
+        queued = [asyncio.ensure_future(batcher.submit(request(1, 20 + i), 5.0)) for i in range(3)]
+        await asyncio.sleep(0)
+        assert batcher.queued_rows == 3  # the only slot is busy: these wait and go together
+        first, *rest = await asyncio.gather(alone, *queued)
+        assert [(rows, timeout) for _, rows, timeout in model.calls] == [(2, 3.0), (3, pytest.approx(5.0, abs=0.02))]
+        assert_own_rows(first.response, 2, 5.0)
+        for i, result in enumerate(rest):
+            assert_own_rows(result.response, 1, 20 + i)
+        counters = stats.drain()[("ep", "v1")]
+        assert (counters.batches, counters.batched_requests, counters.batched_rows) == (2, 4, 5)
+
+    run(main)
+
+
 def test_a_full_queue_refuses_requests_with_model_not_ready():
     async def main():
         model = FakeModel()
