@@ -31,29 +31,13 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 
 from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable
+from mve.proxy.batch_queue import KeyQueue, Member
 from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split, split_bytes
 from mve.proxy.upstream import InferResult
 
 log = logging.getLogger(__name__)
 
 Send = Callable[[object, object, float], Awaitable[object]]
-
-
-class _Member:
-    """One caller's request waiting in (or sent with) a batch."""
-
-    __slots__ = ("request", "parts", "rows", "deadline", "enqueued_at", "future", "queue", "tail", "wire")
-
-    def __init__(self, request, parts, rows, deadline, enqueued_at, future, queue, tail, wire):
-        self.request = request
-        self.parts = parts
-        self.rows = rows
-        self.deadline = deadline
-        self.enqueued_at = enqueued_at
-        self.future = future
-        self.queue = queue
-        self.tail = tail
-        self.wire = wire
 
 
 class _Expired(Exception):
@@ -66,34 +50,6 @@ _NO_QUEUE_TIME = np.zeros(1)
 def _expire(future: asyncio.Future) -> None:
     if not future.done():
         future.set_exception(_Expired())
-
-
-class _Queue:
-    """The members of one compatibility key, oldest first (a dict: ordered, O(1) removal)."""
-
-    __slots__ = ("key", "members", "rows")
-
-    def __init__(self, key):
-        self.key = key
-        self.members: dict[int, _Member] = {}
-        self.rows = 0
-
-    def oldest(self) -> _Member:
-        return next(iter(self.members.values()))
-
-    def take(self, max_rows: int) -> list[_Member]:
-        """Oldest members while they fit in `max_rows`; always at least one."""
-        taken: list[_Member] = []
-        rows = 0
-        for member in self.members.values():
-            if taken and rows + member.rows > max_rows:
-                break
-            taken.append(member)
-            rows += member.rows
-        for member in taken:
-            del self.members[id(member)]
-        self.rows -= rows
-        return taken
 
 
 class VariantBatcher:
@@ -113,7 +69,7 @@ class VariantBatcher:
         self._max_rows = policy.max_batch_size
         self._delay_s = policy.max_delay_us / 1e6
         self.variant = None
-        self._queues: dict[tuple, _Queue] = {}
+        self._queues: dict[tuple, KeyQueue] = {}
         self._queued_rows = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task] = set()
@@ -182,10 +138,10 @@ class VariantBatcher:
         now = loop.time()
         queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[key] = _Queue(key)
+            queue = self._queues[key] = KeyQueue(key)
         future = loop.create_future()
         forward = wire if tail is not None else None
-        member = _Member(request, datas, rows, now + timeout, now, future, queue, tail, forward)
+        member = Member(request, datas, rows, now + timeout, now, future, queue, tail, forward)
         queue.members[id(member)] = member
         queue.rows += rows
         self._queued_rows += rows
@@ -228,7 +184,7 @@ class VariantBatcher:
                 self._pump()
         return _with_tail(result, tail)
 
-    def _leave(self, member: _Member) -> None:
+    def _leave(self, member: Member) -> None:
         """A caller stopped waiting: take its request out of the queue if it is still there."""
         if not member.future.done():
             member.future.cancel()
@@ -272,7 +228,7 @@ class VariantBatcher:
             self._dispatch(members, now)
         self._arm_timer(now, limit)
 
-    def _ready_queue(self, now: float) -> _Queue | None:
+    def _ready_queue(self, now: float) -> KeyQueue | None:
         """The ready queue whose oldest request waited longest (full, delay over, or draining)."""
         best = None
         for queue in self._queues.values():
@@ -301,7 +257,7 @@ class VariantBatcher:
         self._timer = None
         self._pump()
 
-    def _dispatch(self, members: list[_Member], now: float) -> None:
+    def _dispatch(self, members: list[Member], now: float) -> None:
         live = []
         for member in members:
             if member.future.done():
@@ -321,7 +277,7 @@ class VariantBatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _run(self, members: list[_Member], dispatched_at: float) -> None:
+    async def _run(self, members: list[Member], dispatched_at: float) -> None:
         try:
             await self._run_batch(members, dispatched_at)
         except asyncio.CancelledError:  # the proxy is shutting down: no more batches
@@ -332,7 +288,7 @@ class VariantBatcher:
         self._in_flight -= 1
         self._pump()
 
-    async def _run_batch(self, members: list[_Member], dispatched_at: float) -> None:
+    async def _run_batch(self, members: list[Member], dispatched_at: float) -> None:
         """Send one batch and settle each member's future with its rows or the batch's error."""
         try:
             self._record(members, dispatched_at)
@@ -354,7 +310,7 @@ class VariantBatcher:
             for member in members:
                 _fail(member, InternalFailure(f"batch of variant {self._name()} failed: {error}"))
 
-    def _settle(self, members: list[_Member], result, offsets) -> None:
+    def _settle(self, members: list[Member], result, offsets) -> None:
         """Each member's own rows: as bytes for members with a tail, as a message for the others."""
         instance, latency = result.instance, result.model_latency_us
         raw = [i for i, m in enumerate(members) if m.tail is not None]
@@ -374,7 +330,7 @@ class VariantBatcher:
             if not member.future.done():
                 member.future.set_result(InferResult(answer, instance, latency))
 
-    def _record(self, members: list[_Member], dispatched_at: float) -> None:
+    def _record(self, members: list[Member], dispatched_at: float) -> None:
         if self._stats is None or self.variant is None:
             return
         queue_us = np.fromiter(((dispatched_at - m.enqueued_at) * 1e6 for m in members), float, len(members))
@@ -404,12 +360,12 @@ def _with_tail(result, tail: bytes | None):
     return InferResult(response + tail, result.instance, result.model_latency_us)
 
 
-def _resolve(member: _Member, result) -> None:
+def _resolve(member: Member, result) -> None:
     if not member.future.done():
         member.future.set_result(result)
 
 
-def _fail(member: _Member, error: BaseException) -> None:
+def _fail(member: Member, error: BaseException) -> None:
     if not member.future.done():
         member.future.set_exception(error)
 
