@@ -8,6 +8,7 @@ with `from_rpc_error`. No handler calls ``context.abort`` itself.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 
@@ -177,17 +178,36 @@ def from_rpc_error(error: grpc.RpcError) -> MveError:
     return err
 
 
+async def abort_with_error(context, error: Exception, where: str = "handler") -> None:
+    """End the call with `error`'s status: an MveError's own, anything else as InternalFailure.
+
+    An unexpected exception is logged with its traceback (the caller sees only its type). When the
+    call has ended already (its deadline passed or the caller cancelled while the error was on its
+    way), there is no one left to tell: the handler ends as cancelled, quietly.
+    """
+    if not isinstance(error, MveError):
+        log.error("unhandled error in %s", where, exc_info=error)
+        error = InternalFailure(f"internal failure: {type(error).__name__}")
+    try:
+        await context.abort_with_status(to_status(error))
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError: the call is over
+        raise asyncio.CancelledError from None
+
+
+def _where(behavior) -> str:
+    return getattr(behavior, "__qualname__", None) or type(behavior).__qualname__
+
+
 def _wrap_unary(behavior):
     async def handler(request, context):
         try:
             return await behavior(request, context)
-        except MveError as error:
-            await context.abort_with_status(to_status(error))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: report, don't crash
-            log.exception("unhandled error in %s", getattr(behavior, "__qualname__", behavior))
-            await context.abort_with_status(to_status(InternalFailure(f"internal failure: {type(error).__name__}")))
+            await abort_with_error(context, error, _where(behavior))
 
     return handler
 
@@ -202,13 +222,10 @@ def _wrap_stream(behavior):
         try:
             async for response in behavior(request, context):
                 yield response
-        except MveError as error:
-            await context.abort_with_status(to_status(error))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception as error:  # noqa: BLE001
-            log.exception("unhandled error in %s", getattr(behavior, "__qualname__", behavior))
-            await context.abort_with_status(to_status(InternalFailure(f"internal failure: {type(error).__name__}")))
+            await abort_with_error(context, error, _where(behavior))
 
     return handler
 
@@ -244,6 +261,7 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
 
 __all__ = [
     "ErrorInterceptor",
+    "abort_with_error",
     "map_errors",
     "InternalFailure",
     "ModelError",

@@ -10,18 +10,14 @@ a request's tensor bytes without decoding and re-encoding them (`DataPlane.model
 
 from __future__ import annotations
 
-import logging
-
 import grpc
 
 from mve import __version__
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve._proto import runtime_pb2, runtime_pb2_grpc
-from mve.errors import InternalFailure, MveError, to_status
+from mve.errors import abort_with_error
 from mve.proxy.dataplane import DataPlane, InvokeRequest
-
-log = logging.getLogger(__name__)
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
@@ -101,13 +97,10 @@ class RawModelInfer:
     async def __call__(self, data: bytes, context) -> bytes:
         try:
             return await self._model_infer_bytes(data, context.time_remaining())
-        except MveError as error:
-            await context.abort_with_status(to_status(error))
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: report, don't crash
-            log.exception("unhandled error in ModelInfer")
-            await context.abort_with_status(to_status(InternalFailure(f"internal failure: {type(error).__name__}")))
+            await abort_with_error(context, error, "ModelInfer")
 
 
 def add_inference_service(servicer: InferenceServicer, model_infer: RawModelInfer, server) -> None:

@@ -84,3 +84,15 @@ def test_unexpected_exception_is_internal_failure_without_internals():
 
 def test_successful_call_passes_through():
     assert asyncio.run(_call("ok")).status == health_pb2.HealthCheckResponse.SERVING
+
+
+class _EndedCall:
+    """A servicer context whose call ended (deadline or cancel) before the status could be sent."""
+
+    async def abort_with_status(self, status):
+        raise RuntimeError('Failed "execute_batch"')
+
+
+def test_an_error_for_a_call_that_already_ended_ends_the_handler_quietly_as_cancelled():
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(errors.abort_with_error(_EndedCall(), errors.ServiceUnavailable("timed out waiting for a batch")))
