@@ -194,6 +194,9 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
     async def CreateEndpointConfig(self, request, context):
         if request.shadow_production_variants:
             raise ValidationError("ShadowProductionVariants are not supported yet.")
+        if request.data_capture_config.enable_capture:
+            # Refused rather than stored and ignored: a config that says it captures must capture.
+            raise ValidationError("DataCaptureConfig.EnableCapture is not supported yet.")
         variants = [variant_from_proto(v, self._service) for v in request.production_variants]
         capture = json_format.MessageToDict(request.data_capture_config, preserving_proto_field_name=True)
         config = self._service.create_endpoint_config(

@@ -436,6 +436,16 @@ CASES = {
     "list sorted by an unknown field": (
         lambda s: s.ListModels(pb.ListModelsRequest(sort_by="Size")), INVALID, "ValidationException", "SortBy"
     ),
+    "data capture (not supported yet)": (
+        lambda s: s.CreateEndpointConfig(
+            pb.CreateEndpointConfigRequest(
+                endpoint_config_name="capture-config",
+                production_variants=[variant("A", "mlp")],
+                data_capture_config=pb.DataCaptureConfig(enable_capture=True, initial_sampling_percentage=10),
+            )
+        ),
+        INVALID, "ValidationException", "EnableCapture is not supported yet",
+    ),
     "update endpoint (not supported yet)": (
         lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(endpoint_name="ab", endpoint_config_name="ab-config")),
         INVALID, "ValidationException", "not supported yet",
