@@ -103,6 +103,13 @@ def _demo(args, console, stack: ExitStack) -> None:
     from mve.examples import build_example_models, load_eval_data
     from mve.mesh import Mesh
 
+    try:
+        import skl2onnx  # noqa: F401 - the example models are trained and converted at run time
+        import sklearn  # noqa: F401
+    except ModuleNotFoundError as error:
+        raise DemoError(f"the demo builds its models with scikit-learn and skl2onnx ({error.name} is missing): "
+                        "pip install 'mve[examples]'") from None
+
     if args.control_plane and args.endpoint_address:
         control_plane, proxy = args.control_plane, args.endpoint_address
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mve-demo-")))
