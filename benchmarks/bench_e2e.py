@@ -39,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -129,15 +130,21 @@ def run_baselines(model_path: Path, concurrencies, mode: tuple, log, with_nginx:
     return scenarios
 
 
-def run_noop_ceiling(concurrency: int, mode: tuple) -> dict:
-    """The same load against a grpc.aio server that does no work: the most any Python proxy can serve."""
-    process = subprocess.Popen([sys.executable, str(NOOP_SERVER)], stdout=subprocess.PIPE, text=True)
+@contextmanager
+def noop_server(*args: str):
+    """benchmarks/noop_server.py as a process; yields its address."""
+    process = subprocess.Popen([sys.executable, str(NOOP_SERVER), *args], stdout=subprocess.PIPE, text=True)
     try:
-        address = json.loads(process.stdout.readline())["address"]
-        return {"target": "grpc.aio no-op server", "cells": run_cells(address, "mlp", [concurrency], mode)}
+        yield json.loads(process.stdout.readline())["address"]
     finally:
         process.terminate()
         process.wait(10)
+
+
+def run_noop_ceiling(concurrency: int, mode: tuple) -> dict:
+    """The same load against a grpc.aio server that does no work: the most any Python proxy can serve."""
+    with noop_server() as address:
+        return {"target": "grpc.aio no-op server", "cells": run_cells(address, "mlp", [concurrency], mode)}
 
 
 def instance_addresses(control_plane: str, endpoint: str) -> list[str]:
@@ -156,18 +163,24 @@ def instance_addresses(control_plane: str, endpoint: str) -> list[str]:
 
 
 def interleaved_hop(model_server: str, proxy: str, endpoint: str, mode: tuple) -> dict:
-    """c=1 p50 to one model server and through the proxy to the same kind of server, in alternation.
+    """c=1 p50 to one model server, through a bare grpc.aio forwarder to it, and through the proxy.
 
-    Alternating rounds on the same processes keep the machine's drift out of the ratio, which
-    single cells measured minutes apart do not.
+    Alternating rounds on the same processes keep the machine's drift out of the ratios, which
+    single cells measured minutes apart do not. The forwarder (benchmarks/noop_server.py
+    --forward) is the floor of any hop through grpc.aio.
     """
-    direct, via = [], []
-    for _ in range(mode[5]):
-        direct.append(run_loadgen(model_server, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
-        via.append(run_loadgen(proxy, endpoint, concurrency=1, rows=1, mode=mode)["p50_ms"])
+    direct, bare, via = [], [], []
+    with noop_server("--forward", model_server) as forwarder:
+        for _ in range(mode[5]):
+            direct.append(run_loadgen(model_server, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
+            bare.append(run_loadgen(forwarder, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
+            via.append(run_loadgen(proxy, endpoint, concurrency=1, rows=1, mode=mode)["p50_ms"])
     ratio = statistics.median(via) / statistics.median(direct)
-    print(f"  c=1 p50 interleaved: direct {direct} ms, proxy {via} ms, ratio of medians {ratio:.2f}", file=sys.stderr)
-    return {"rounds": mode[5], "direct_p50_ms": direct, "mve_p50_ms": via, "ratio_of_medians": ratio}
+    floor = statistics.median(bare) / statistics.median(direct)
+    print(f"  c=1 p50 interleaved: direct {direct} ms, forwarder {bare} ms, proxy {via} ms, "
+          f"ratios of medians {ratio:.2f} (forwarder {floor:.2f})", file=sys.stderr)
+    return {"rounds": mode[5], "direct_p50_ms": direct, "forwarder_p50_ms": bare, "mve_p50_ms": via,
+            "ratio_of_medians": ratio, "forwarder_ratio_of_medians": floor}
 
 
 def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:

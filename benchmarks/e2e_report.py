@@ -99,6 +99,10 @@ def print_report(results: dict, out=None) -> None:
         write(f"\nceiling: a grpc.aio server doing nothing serves {noop['throughput_rps']:.0f} req/s at "
               f"c={_top(results)}, {noop['throughput_rps'] / direct['throughput_rps']:.2f}x direct; no Python "
               f"proxy on these cores can pass that\n")
+    hop = results.get("c1_hop")
+    if hop and "forwarder_ratio_of_medians" in hop:
+        write(f"floor: through a bare grpc.aio forwarder the c=1 p50 is {hop['forwarder_ratio_of_medians']:.2f}x "
+              f"direct (mve: {hop['ratio_of_medians']:.2f}x), alternating rounds on the same model server\n")
     write("\ntargets (ratios in this run)\n")
     for target in results["targets"]:
         sign = ">=" if target["at_least"] else "<="

@@ -38,8 +38,8 @@ def test_smoke_run_writes_every_scenario_sweep_and_target(tmp_path):
     # The no-op grpc.aio ceiling and the interleaved c=1 hop measurement ran.
     assert results["scenarios"]["noop"]["cells"]["8"]["requests"] > 0
     hop = results["c1_hop"]
-    assert len(hop["direct_p50_ms"]) == len(hop["mve_p50_ms"]) == hop["rounds"] >= 1
-    assert hop["ratio_of_medians"] > 0
+    assert len(hop["direct_p50_ms"]) == len(hop["forwarder_p50_ms"]) == len(hop["mve_p50_ms"]) == hop["rounds"] >= 1
+    assert hop["ratio_of_medians"] > 0 and hop["forwarder_ratio_of_medians"] > 0
     # Both variants of the mve endpoint answered (the proxy names the variant in every response).
     assert set(results["scenarios"]["mve"]["cells"]["8"]["variants"]) <= {"Variant1", "Variant2"}
     assert set(results["variants_sweep"]["cells"]) == {"1"}
