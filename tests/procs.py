@@ -122,3 +122,15 @@ def run_mve(args: list[str], timeout: float = 60.0, env: dict | None = None) -> 
     return subprocess.run(
         [sys.executable, "-m", "mve", *args], capture_output=True, text=True, timeout=timeout, env=full_env
     )
+
+
+def wait_until(predicate, timeout: float = 15.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy (returned), or fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)

@@ -15,6 +15,7 @@ from mve._proto import control_pb2_grpc as pb_grpc
 from mve._proto import grpc_predict_v2_pb2 as v2
 from mve._proto import grpc_predict_v2_pb2_grpc as v2_grpc
 from mve.tensors import numpy_to_raw, raw_to_numpy
+from procs import wait_until
 
 
 def control_stub(address: str) -> pb_grpc.EndpointControlStub:
@@ -53,17 +54,6 @@ def wait_status(stub, name: str, statuses=("InService", "Failed"), timeout: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"endpoint {name} still {response.endpoint_status} after {timeout} s")
         time.sleep(0.05)
-
-
-def wait_until(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_deleted(stub, name: str, timeout: float = 30.0) -> None:

@@ -15,7 +15,8 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-from test_proxy import FakeControlPlane, wait_until
+from procs import wait_until
+from test_proxy import FakeControlPlane
 
 import mve
 from mve._proto import control_pb2, runtime_pb2, runtime_pb2_grpc

@@ -31,12 +31,11 @@ from control_plane_helpers import (
     variant_instances,
     wait_deleted,
     wait_status,
-    wait_until,
 )
 from mve._proto import control_pb2 as pb
 from mve.errors import reason_of
 from mve.examples import load_eval_data
-from procs import start_service
+from procs import start_service, wait_until
 
 pytestmark = pytest.mark.integration
 

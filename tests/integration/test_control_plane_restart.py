@@ -22,9 +22,9 @@ from control_plane_helpers import (
     variant,
     variant_instances,
     wait_status,
-    wait_until,
 )
 from mve._proto import control_pb2 as pb
+from procs import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import mve
 from mve.sdk import ClientError
 from mve.examples import load_eval_data
 from mve.mesh import Mesh
-from procs import run_mve, start_service
+from procs import run_mve, start_service, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,16 +33,6 @@ def _gone(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return True
-
-
-def _wait_for(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _group_members(pgid: int) -> list[int]:
@@ -69,7 +59,7 @@ def test_mve_up_runs_until_sigterm_and_leaves_nothing(tmp_path):
             assert sm.list_endpoints()["Endpoints"] == []
         service.process.send_signal(signal.SIGTERM)
         assert service.process.wait(30) == 0
-        _wait_for(lambda: all(_gone(pid) for pid in children.values()), 10, "the children to exit")
+        wait_until(lambda: all(_gone(pid) for pid in children.values()), 10, what="the children to exit")
     finally:
         service.stop()
 
@@ -90,7 +80,7 @@ def test_mesh_restarts_a_crashed_proxy_on_the_same_port(tmp_path):
         proxy_address = mesh.proxy_address
         old_pid = mesh.child_pids()["proxy"]
         os.kill(old_pid, signal.SIGKILL)
-        _wait_for(lambda: mesh.child_pids().get("proxy") not in (None, old_pid), 30, "a new proxy")
+        wait_until(lambda: mesh.child_pids().get("proxy") not in (None, old_pid), 30, what="a new proxy")
         assert mesh.proxy_address == proxy_address
         with mve.client("sagemaker-runtime", address=proxy_address) as smr:
             # The restarted proxy answers: an unknown endpoint is the service's error, not a connection error.
@@ -119,8 +109,8 @@ def test_a_crashed_control_plane_comes_back_and_the_endpoint_keeps_serving(tmp_p
         # The proxy serves on its last routing table while the control plane is away.
         answer = smr.invoke_endpoint(EndpointName="e", Body=body.getvalue(), ContentType="application/x-npy")
         assert answer["InvokedProductionVariant"] == "AllTraffic"
-        new_pid = _wait_for(lambda: mesh.child_pids().get("control-plane") not in (None, old_pid)
-                            and mesh.child_pids()["control-plane"], 30, "a new control plane")
+        new_pid = wait_until(lambda: mesh.child_pids().get("control-plane") not in (None, old_pid)
+                            and mesh.child_pids()["control-plane"], 30, what="a new control plane")
         sm.close()
         with mve.client("sagemaker", address=mesh.control_plane_address) as sm:
             sm.get_waiter("endpoint_in_service").wait(EndpointName="e", WaiterConfig=FAST)

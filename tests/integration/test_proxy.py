@@ -27,6 +27,7 @@ from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve.errors import reason_of
 from mve.examples import load_eval_data
+from procs import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -75,16 +76,6 @@ class FakeControlPlane(control_pb2_grpc.EndpointControlServicer):
     def ReportStats(self, request, context):
         self.reports.append(request)
         return control_pb2.ReportStatsResponse()
-
-
-def wait_until(condition, timeout: float = 15.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Mesh:
