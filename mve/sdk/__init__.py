@@ -1,6 +1,7 @@
 """The boto3-shaped Python SDK: clients for the control plane and the proxy.
 
-``mve.client("sagemaker")`` talks to the control plane (``mve.v1.EndpointControl``) and
+``mve.client("sagemaker")`` talks to the control plane (``mve.v1.EndpointControl``),
+``mve.client("cloudwatch")`` to the control plane's metrics and alarms (``mve.v1.CloudWatch``) and
 ``mve.client("sagemaker-runtime")`` to a proxy (``mve.v1.EndpointRuntime``), with boto3's method
 names, parameter names, response shapes and exceptions.
 """

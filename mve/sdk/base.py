@@ -22,6 +22,8 @@ class BaseClient:
     """A synchronous client over one gRPC channel; every call has a deadline of `timeout` seconds."""
 
     service_name = ""
+    # The parameter shapes this client's operations are validated against (None: SageMaker's).
+    _shapes: dict | None = None
 
     def __init__(self, address: str, timeout: float):
         if not timeout > 0:
@@ -39,7 +41,7 @@ class BaseClient:
 
     def _call(self, operation: str, method, params: dict, build):
         """Validate `params`, send ``build(params)`` through `method`, return (response, request id)."""
-        shapes.validate(operation, params)
+        shapes.validate(operation, params, self._shapes)
         request = build(params)
         request_id = new_request_id()
         try:

@@ -1,17 +1,19 @@
 """``mve.client(service_name, address=...)``: make a boto3-shaped client for the control plane or a proxy.
 
     sm = mve.client("sagemaker", address="127.0.0.1:7070")          # control plane
+    cw = mve.client("cloudwatch", address="127.0.0.1:7070")         # control plane: metrics, alarms
     smr = mve.client("sagemaker-runtime", address="127.0.0.1:8080")  # a proxy
 
-The address defaults to $MVE_CONTROL_PLANE (sagemaker) or $MVE_ENDPOINT (sagemaker-runtime), then
-127.0.0.1:7070 / 127.0.0.1:8080. Calls have deadlines: 30 s (control plane) and 60 s (runtime)
-unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
+The address defaults to $MVE_CONTROL_PLANE (sagemaker, cloudwatch) or $MVE_ENDPOINT
+(sagemaker-runtime), then 127.0.0.1:7070 / 127.0.0.1:8080. Calls have deadlines: 30 s (control
+plane) and 60 s (runtime) unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
 """
 
 from __future__ import annotations
 
 import os
 
+from mve.sdk.cloudwatch import CloudWatchClient
 from mve.sdk.control import SageMakerClient
 from mve.sdk.runtime import SageMakerRuntimeClient
 
@@ -21,6 +23,7 @@ DEFAULT_ENDPOINT = "127.0.0.1:8080"
 SERVICES = {
     "sagemaker": (SageMakerClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
     "sagemaker-runtime": (SageMakerRuntimeClient, "MVE_ENDPOINT", DEFAULT_ENDPOINT),
+    "cloudwatch": (CloudWatchClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
 }
 
 
@@ -31,7 +34,7 @@ def default_address(service_name: str) -> str:
 
 
 def client(service_name: str, address: str | None = None, *, timeout: float | None = None, **kwargs):
-    """A boto3-shaped client: "sagemaker" (control plane) or "sagemaker-runtime" (proxy).
+    """A boto3-shaped client: "sagemaker" or "cloudwatch" (control plane), "sagemaker-runtime" (proxy).
 
     Unknown service names raise ValueError. boto3's ``region_name`` and credential keywords are
     accepted and ignored, so that code written for boto3 runs unchanged.

@@ -8,6 +8,7 @@ botocore words it, so that code written for boto3 gets the same failures here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 
 from mve.sdk.exceptions import ParamValidationError
 
@@ -46,6 +47,8 @@ INTEGER = Scalar((int,))
 DOUBLE = Scalar((float, int))
 BOOLEAN = Scalar((bool,))
 BLOB = Scalar((bytes, bytearray, str, object))  # object: any file-like with read()
+# A datetime (naive means UTC), epoch seconds, or an ISO 8601 string, as botocore takes timestamps.
+TIMESTAMP = Scalar((datetime, str, int, float))
 
 
 def struct(required: tuple[str, ...] = (), **members) -> Structure:
@@ -173,6 +176,12 @@ def _check(shape, value, path: str, problems: list[str]) -> None:
             if not isinstance(key, str):
                 problems.append(f"Invalid type for parameter {path} key {key!r}, valid types: {str}")
             _check(shape.value, item, f"{path}.{key}", problems)
+    elif shape is TIMESTAMP:
+        if not _is_timestamp(value):
+            problems.append(
+                f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
+                f"valid types: {datetime}, timestamp-string, epoch seconds"
+            )
     elif shape is BLOB:
         if not isinstance(value, (bytes, bytearray, str)) and not callable(getattr(value, "read", None)):
             problems.append(
@@ -187,6 +196,37 @@ def _check(shape, value, path: str, problems: list[str]) -> None:
                 f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
                 f"valid types: {_type_names(shape.types)}"
             )
+
+
+def parse_timestamp(value) -> datetime | None:
+    """`value` as an aware datetime, as botocore reads timestamps; None if it is not one.
+
+    A naive datetime or an ISO string without an offset is UTC; numbers (and numeric strings) are
+    epoch seconds.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            try:
+                parsed = datetime.fromisoformat(value.strip())
+            except ValueError:
+                return None
+            return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(value, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    return None
+
+
+def _is_timestamp(value) -> bool:
+    return parse_timestamp(value) is not None
 
 
 def _check_members(shape: Structure, value: dict, path: str, problems: list[str]) -> None:
@@ -204,12 +244,15 @@ def _check_members(shape: Structure, value: dict, path: str, problems: list[str]
         _check(shape.members[name], item, f"{prefix}{name}", problems)
 
 
-def validate(operation: str, params: dict) -> None:
-    """Raise `ParamValidationError` listing every problem of `params` for `operation`."""
+def validate(operation: str, params: dict, operations: dict[str, Structure] | None = None) -> None:
+    """Raise `ParamValidationError` listing every problem of `params` for `operation`.
+
+    `operations` is the table of shapes to look `operation` up in (default: SageMaker's, `OPERATIONS`).
+    """
     problems: list[str] = []
-    _check_members(OPERATIONS[operation], params, "", problems)
+    _check_members((operations or OPERATIONS)[operation], params, "", problems)
     if problems:
         raise ParamValidationError("\n".join(problems))
 
 
-__all__ = ["OPERATIONS", "ListOf", "MapOf", "Scalar", "Structure", "validate"]
+__all__ = ["OPERATIONS", "TIMESTAMP", "parse_timestamp", "ListOf", "MapOf", "Scalar", "Structure", "validate"]

@@ -28,14 +28,18 @@ class Waiter:
     """Polls ``describe(**kwargs)`` until `accept` says success or failure.
 
     `accept(response, error)` returns "success", "failure: <reason>" or None (keep polling).
-    `sleep` is injectable so that tests do not wait.
+    `delay` and `max_attempts` are the defaults WaiterConfig overrides. `sleep` is injectable so
+    that tests do not wait.
     """
 
-    def __init__(self, name: str, describe: Callable[..., dict], accept, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, name: str, describe: Callable[..., dict], accept, sleep: Callable[[float], None] = time.sleep,
+                 delay: float = DEFAULT_DELAY_S, max_attempts: int = DEFAULT_MAX_ATTEMPTS):
         self.name = name
         self._describe = describe
         self._accept = accept
         self._sleep = sleep
+        self._delay = delay
+        self._max_attempts = max_attempts
 
     def wait(self, WaiterConfig: dict | None = None, **kwargs) -> None:  # noqa: N803 - boto3's name
         """Poll until done; raise `WaiterError` on a failure state or when attempts run out."""
@@ -43,8 +47,8 @@ class Waiter:
         unknown = set(config) - {"Delay", "MaxAttempts"}
         if unknown:
             raise ValueError(f"WaiterConfig takes Delay and MaxAttempts, not {', '.join(sorted(unknown))}")
-        delay = float(config.get("Delay", DEFAULT_DELAY_S))
-        attempts = int(config.get("MaxAttempts", DEFAULT_MAX_ATTEMPTS))
+        delay = float(config.get("Delay", self._delay))
+        attempts = int(config.get("MaxAttempts", self._max_attempts))
         if delay < 0 or attempts < 1:
             raise ValueError(f"WaiterConfig needs Delay >= 0 and MaxAttempts >= 1, got {config}")
         last: dict | None = None
@@ -112,16 +116,23 @@ def waiter_for(name: str, describe: Callable[..., dict], exceptions=None, sleep=
 
 
 class Paginator:
-    """Follows NextToken across a list_* call: ``paginate(**kwargs)`` yields each page."""
+    """Follows NextToken across a list_* call: ``paginate(**kwargs)`` yields each page.
 
-    def __init__(self, list_method: Callable[..., dict]):
+    `limit_key` is the parameter PageSize sets (MaxResults for SageMaker, MaxRecords or
+    MaxDatapoints for CloudWatch); None where the operation has none, and then PageSize is refused.
+    """
+
+    def __init__(self, list_method: Callable[..., dict], limit_key: str | None = "MaxResults"):
         self._list = list_method
+        self._limit_key = limit_key
 
     def paginate(self, PaginationConfig: dict | None = None, **kwargs) -> Iterator[dict]:  # noqa: N803
         """Yield pages until the service returns no NextToken (PageSize and StartingToken honoured)."""
         config = dict(PaginationConfig or {})
         if "PageSize" in config:
-            kwargs["MaxResults"] = config["PageSize"]
+            if self._limit_key is None:
+                raise ValueError("PageSize parameter is not supported for the pagination interface for this operation.")
+            kwargs[self._limit_key] = config["PageSize"]
         token = config.get("StartingToken")
         while True:
             page = self._list(**kwargs, **({"NextToken": token} if token else {}))
