@@ -609,6 +609,54 @@ cdef class LatencyHistogram:
         if o.max > self._h.max:
             self._h.max = o.max
 
+    def add_sparse(self, index, counts, double total, double smallest, double largest):
+        """Add recordings given as buckets: ``counts[i]`` values in bucket ``index[i]``.
+
+        `total`, `smallest` and `largest` are the exact sum, min and max of those values (as a
+        report from another histogram carries them). Used to rebuild a histogram from
+        ``sparse()`` output; ValueError for a bucket out of range, a negative count or
+        arrays of different lengths, and nothing is added then.
+        """
+        idx = np.ascontiguousarray(index, dtype=np.int64).reshape(-1)
+        cnt = np.ascontiguousarray(counts, dtype=np.int64).reshape(-1)
+        if idx.shape[0] != cnt.shape[0]:
+            raise ValueError(f"index has {idx.shape[0]} buckets but counts has {cnt.shape[0]}")
+        if idx.shape[0] and (idx.min() < 0 or idx.max() >= MVE_HIST_BUCKETS):
+            raise ValueError(f"bucket index out of range [0, {MVE_HIST_BUCKETS})")
+        if cnt.shape[0] and cnt.min() < 0:
+            raise ValueError("bucket counts must be >= 0")
+        cdef const int64_t[::1] i = idx
+        cdef const int64_t[::1] c = cnt
+        cdef Py_ssize_t k
+        cdef int64_t added = 0
+        for k in range(i.shape[0]):
+            self._h.counts[i[k]] += c[k]
+            added += c[k]
+        if added == 0:
+            return
+        self._h.count += added
+        self._h.sum += total
+        if smallest < self._h.min:
+            self._h.min = smallest
+        if largest > self._h.max:
+            self._h.max = largest
+
+    def sparse(self):
+        """(index, counts) of the buckets that counted something: int64 arrays, ascending index."""
+        counts = self.bucket_counts()
+        index = np.flatnonzero(counts)
+        return index.astype(np.int64), counts[index]
+
+    @property
+    def min(self):
+        """The smallest recorded latency (exact); NaN when nothing was recorded."""
+        return self._h.min if self._h.count else NAN
+
+    @property
+    def max(self):
+        """The largest recorded latency (exact); NaN when nothing was recorded."""
+        return self._h.max if self._h.count else NAN
+
     def reset(self):
         """Forget every recording."""
         memset(&self._h, 0, sizeof(mve_hist))

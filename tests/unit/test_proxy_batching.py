@@ -111,7 +111,7 @@ def test_invoke_endpoint_and_model_infer_share_batches_and_get_their_own_rows_ba
         assert list(third.outputs[0].shape) == [3, 3]
         np.testing.assert_array_equal(np.frombuffer(third.raw_output_contents[0], np.float32).reshape(3, 3), 2 * c)
         report = stats_request("p", stats.drain()).variants[0]
-        assert (report.invocations, report.batches, report.batched_requests, report.batched_rows) == (3, 1, 3, 6)
+        assert (report.invocations, report.batch_size.count, report.batch_size.sum, report.queue_time_us.count) == (3, 1, 6, 3)
 
     run(main)
 
