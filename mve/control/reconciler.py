@@ -11,6 +11,11 @@ ones (all at once, each within its variant's startup timeout) and settles the st
 - InService: a crashed instance leaves the routing table at once and is replaced (retrying with
   back-off if the replacement fails);
 - Deleting: stop every process, delete the record.
+
+With a `tracer` (tracing on) each pass is a ``mve.reconcile`` span, a child of the span of the API
+call that asked for it (`kick` notes the caller's span; passes asked for by several calls link to
+the others), and each instance start and stop is a ``mve.launch_instance`` / ``mve.stop_instance``
+span inside it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Reconciler:
         drain_s: float = 1.0,
         clock: Callable[[], float] = time.time,
         cores: int | None = None,
+        tracer=None,
     ):
         self._store = store
         self._provider = provider
@@ -72,9 +78,16 @@ class Reconciler:
         self._retries: dict[str, int] = {}
         self._busy: set[str] = set()
         self._closing = False
+        self._tracer = tracer
+        self._kicked_by: dict[str, list] = {}  # endpoint -> span contexts of the calls that asked for a pass
         provider.on_exit = self._instance_exited
 
     # ------------------------------------------------------------ entry points
+
+    @property
+    def provider(self):
+        """The instance provider that runs this control plane's model servers."""
+        return self._provider
 
     async def recover(self) -> None:
         """After a (re)start: adopt live model servers of the stored endpoints, drop the rest, resume."""
@@ -109,6 +122,10 @@ class Reconciler:
             return
         wake = self._wake.setdefault(endpoint_name, asyncio.Event())
         wake.set()
+        if self._tracer is not None:
+            from opentelemetry import trace
+
+            self._kicked_by.setdefault(endpoint_name, []).append(trace.get_current_span().get_span_context())
         worker = self._workers.get(endpoint_name)
         if worker is not None and not worker.done() and not preempt:
             return
@@ -152,11 +169,11 @@ class Reconciler:
                 if endpoint is None:
                     return
                 if endpoint.status == EndpointStatus.DELETING:
-                    await self._delete(endpoint)
+                    await self._traced_pass(endpoint, self._delete)
                     return
                 try:
                     if endpoint.status != EndpointStatus.FAILED:
-                        await self._converge(endpoint)
+                        await self._traced_pass(endpoint, self._converge)
                 except Exception:  # noqa: BLE001 - a bug must not kill the worker
                     log.exception("event=reconcile_error endpoint=%s", name)
                 finally:
@@ -165,6 +182,24 @@ class Reconciler:
             self._busy.discard(name)
             if self._workers.get(name) is asyncio.current_task():
                 del self._workers[name]
+
+    async def _traced_pass(self, endpoint: EndpointRecord, step) -> None:
+        """`step(endpoint)`, inside a ``mve.reconcile`` span when tracing (see the module docstring)."""
+        if self._tracer is None:
+            await step(endpoint)
+            return
+        from opentelemetry import context as otel_context
+        from opentelemetry import trace
+
+        kicks = [k for k in self._kicked_by.pop(endpoint.name, ()) if k.is_valid]
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(kicks[0])) if kicks else otel_context.Context()
+        with self._tracer.start_as_current_span(
+            "mve.reconcile",
+            context=parent,
+            links=[trace.Link(k) for k in kicks[1:]],
+            attributes={"mve.endpoint": endpoint.name, "mve.endpoint_status": endpoint.status},
+        ):
+            await step(endpoint)
 
     async def _converge(self, endpoint: EndpointRecord) -> None:
         config = self._store.get_config(endpoint.config_name)
@@ -305,6 +340,21 @@ class Reconciler:
 
     async def _launch(self, endpoint_name: str, spec: VariantSpec) -> str:
         instance_id = f"{spec.variant_name}-{secrets.token_hex(3)}"
+        if self._tracer is None:
+            return await self._start_instance(endpoint_name, spec, instance_id)
+        with self._tracer.start_as_current_span(
+            "mve.launch_instance",
+            attributes={
+                "mve.endpoint": endpoint_name,
+                "mve.variant": spec.variant_name,
+                "mve.instance": instance_id,
+                "mve.model": spec.model_name,
+                "mve.instance_type": spec.instance_type,
+            },
+        ):
+            return await self._start_instance(endpoint_name, spec, instance_id)
+
+    async def _start_instance(self, endpoint_name: str, spec: VariantSpec, instance_id: str) -> str:
         launch = self._launch_spec(endpoint_name, spec, instance_id)
         handle = await self._provider.spawn(launch)
         record = InstanceRecord(
@@ -325,6 +375,10 @@ class Reconciler:
             self._store.delete_instance(endpoint_name, instance_id)
             raise
         record.status = InstanceStatus.IN_SERVICE
+        if self._tracer is not None:
+            from opentelemetry import trace
+
+            trace.get_current_span().set_attributes({"mve.instance_address": record.address, "mve.pid": handle.pid})
         self._store.put_instance(record)
         self._routes.publish()
         log.info(
@@ -344,6 +398,20 @@ class Reconciler:
         self._routes.publish()
 
     async def _stop_instance(self, record: InstanceRecord) -> None:
+        if self._tracer is None:
+            await self._stop_instance_now(record)
+            return
+        with self._tracer.start_as_current_span(
+            "mve.stop_instance",
+            attributes={
+                "mve.endpoint": record.endpoint_name,
+                "mve.variant": record.variant_name,
+                "mve.instance": record.instance_id,
+            },
+        ):
+            await self._stop_instance_now(record)
+
+    async def _stop_instance_now(self, record: InstanceRecord) -> None:
         handle = self._provider.get(record.instance_id)
         if handle is not None:
             await self._provider.stop(handle)

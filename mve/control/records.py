@@ -145,19 +145,3 @@ class InstanceRecord:
     status: str
     started_at: float
     log_path: str = ""
-
-
-@dataclass
-class VariantStatsRecord:
-    """The latest counters a proxy reported for a variant."""
-
-    proxy_id: str
-    endpoint_name: str
-    variant_name: str
-    invocations: int
-    invocation_4xx_errors: int
-    invocation_5xx_errors: int
-    invocation_model_errors: int
-    model_latency_us_sum: float
-    overhead_latency_us_sum: float
-    reported_at: float

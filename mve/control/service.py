@@ -13,7 +13,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Sequence, TypeVar
 
+from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
+from mve.control.metric_catalog import check_report_counts, report_samples, variant_dimensions
+from mve.control.metric_store import MetricStore
 from mve.control.reconciler import Reconciler
 from mve.control.records import (
     EndpointConfigRecord,
@@ -22,7 +25,6 @@ from mve.control.records import (
     ModelRecord,
     VariantSpec,
     VariantState,
-    VariantStatsRecord,
 )
 from mve.control.routes import RoutePublisher
 from mve.control.store import Store
@@ -108,6 +110,8 @@ class ControlService:
         reconciler: Reconciler,
         limits: Limits = Limits(),
         clock: Callable[[], float] = time.time,
+        metrics: MetricStore | None = None,
+        alarms: AlarmBook | None = None,
     ):
         self.store = store
         self.artifacts = artifacts
@@ -115,6 +119,8 @@ class ControlService:
         self.reconciler = reconciler
         self.limits = limits
         self._clock = clock
+        self.metrics = metrics
+        self.alarms = alarms
 
     # ------------------------------------------------------------ models
 
@@ -369,16 +375,31 @@ class ControlService:
 
     # ------------------------------------------------------------ proxies
 
-    def report_stats(self, stats: Sequence[VariantStatsRecord]) -> None:
-        """Keep the latest counters a proxy reported."""
-        if len(stats) > 10_000:
+    def report_stats(self, proxy_id: str, incarnation: str, sequence: int, interval_end: float, variants) -> bool:
+        """Add a proxy's report (``VariantStats`` messages) to the metric store, exactly once.
+
+        Returns False when this (incarnation, sequence) was applied before and so changed nothing.
+        """
+        if not 1 <= len(proxy_id) <= 256:
+            raise ValidationError("ReportStats needs a proxy_id of 1-256 characters.")
+        if not 1 <= len(incarnation) <= 64:
+            raise ValidationError("ReportStats needs an incarnation of 1-64 characters.")
+        if sequence < 1:
+            raise ValidationError("ReportStats needs a sequence number of 1 or more.")
+        if len(variants) > 10_000:
             raise ValidationError("A stats report may carry at most 10000 variants.")
-        for record in stats:
-            if not record.proxy_id or len(record.proxy_id) > 256:
-                raise ValidationError("ReportStats needs a proxy_id of 1-256 characters.")
-            validate_name(record.endpoint_name, "VariantStats.EndpointName")
-            validate_name(record.variant_name, "VariantStats.VariantName")
-        self.store.put_stats(list(stats))
+        items = []
+        for v in variants:
+            validate_name(v.endpoint_name, "VariantStats.EndpointName")
+            validate_name(v.variant_name, "VariantStats.VariantName")
+            problem = check_report_counts(v)
+            if problem:
+                raise ValidationError(f"VariantStats of {v.endpoint_name}/{v.variant_name}: {problem}")
+            dimensions = variant_dimensions(v.endpoint_name, v.variant_name)
+            items.extend((spec, dimensions, samples) for spec, samples in report_samples(v))
+        if self.metrics is None:
+            return True
+        return self.metrics.apply_report(proxy_id, incarnation, sequence, interval_end, items)
 
 
 __all__ = ["ControlService", "WeightAndCapacity", "arn"]

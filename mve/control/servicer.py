@@ -7,6 +7,8 @@ turns them into gRPC status.
 
 from __future__ import annotations
 
+import time
+
 from google.protobuf import json_format
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -19,7 +21,6 @@ from mve.control.records import (
     ModelRecord,
     TensorSpec,
     VariantSpec,
-    VariantStatsRecord,
 )
 from mve.control.service import ControlService, WeightAndCapacity
 from mve.control.validation import validate_list_query, validate_variant
@@ -287,22 +288,8 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
             yield table
 
     async def ReportStats(self, request, context):
-        reported_at = request.interval_end.ToNanoseconds() / 1e9 if request.HasField("interval_end") else 0.0
+        interval_end = request.interval_end.ToNanoseconds() / 1e9 if request.HasField("interval_end") else time.time()
         self._service.report_stats(
-            [
-                VariantStatsRecord(
-                    proxy_id=request.proxy_id,
-                    endpoint_name=v.endpoint_name,
-                    variant_name=v.variant_name,
-                    invocations=v.invocations,
-                    invocation_4xx_errors=v.invocation_4xx_errors,
-                    invocation_5xx_errors=v.invocation_5xx_errors,
-                    invocation_model_errors=v.invocation_model_errors,
-                    model_latency_us_sum=v.model_latency_us_sum,
-                    overhead_latency_us_sum=v.overhead_latency_us_sum,
-                    reported_at=reported_at,
-                )
-                for v in request.variants
-            ]
+            request.proxy_id, request.incarnation, request.sequence, interval_end, request.variants
         )
         return pb.ReportStatsResponse()

@@ -25,7 +25,6 @@ from mve.control.records import (
     TensorSpec,
     VariantSpec,
     VariantState,
-    VariantStatsRecord,
 )
 from mve.errors import ResourceAlreadyExists
 
@@ -49,9 +48,7 @@ CREATE TABLE IF NOT EXISTS instances (
     endpoint_name TEXT NOT NULL, variant_name TEXT NOT NULL, instance_id TEXT NOT NULL,
     pid INTEGER NOT NULL, address TEXT NOT NULL, status TEXT NOT NULL, started REAL NOT NULL,
     log_path TEXT NOT NULL, PRIMARY KEY (endpoint_name, instance_id));
-CREATE TABLE IF NOT EXISTS variant_stats (
-    proxy_id TEXT NOT NULL, endpoint_name TEXT NOT NULL, variant_name TEXT NOT NULL, body TEXT NOT NULL,
-    PRIMARY KEY (proxy_id, endpoint_name, variant_name));
+DROP TABLE IF EXISTS variant_stats;
 """
 
 
@@ -79,8 +76,6 @@ class Store:
     def put_instance(self, instance: InstanceRecord) -> None: ...
     def delete_instance(self, endpoint_name: str, instance_id: str) -> None: ...
     def list_instances(self, endpoint_name: str | None = None) -> list[InstanceRecord]: ...
-    def put_stats(self, stats: list[VariantStatsRecord]) -> None: ...
-    def list_stats(self, endpoint_name: str | None = None) -> list[VariantStatsRecord]: ...
     def close(self) -> None: ...
 
 
@@ -335,20 +330,3 @@ class SqliteStore(Store):
         )
         return [InstanceRecord(*r) for r in rows.fetchall()]
 
-    # ------------------------------------------------------------ stats
-
-    def put_stats(self, stats: list[VariantStatsRecord]) -> None:
-        """Keep the latest report per proxy and variant."""
-        with self._tx() as db:
-            db.executemany(
-                "INSERT OR REPLACE INTO variant_stats VALUES (?, ?, ?, ?)",
-                [(s.proxy_id, s.endpoint_name, s.variant_name, json.dumps(asdict(s))) for s in stats],
-            )
-
-    def list_stats(self, endpoint_name: str | None = None) -> list[VariantStatsRecord]:
-        """The latest reports, for one endpoint or all."""
-        if endpoint_name is None:
-            rows = self._db.execute("SELECT body FROM variant_stats")
-        else:
-            rows = self._db.execute("SELECT body FROM variant_stats WHERE endpoint_name=?", (endpoint_name,))
-        return [VariantStatsRecord(**json.loads(r[0])) for r in rows.fetchall()]

@@ -479,15 +479,26 @@ def test_health_and_reflection_are_served(plane):
 
 
 def test_report_stats_is_accepted_and_checked(stub):
-    stub.ReportStats(
-        pb.ReportStatsRequest(
-            proxy_id="proxy-1", variants=[pb.VariantStats(endpoint_name="ab", variant_name="A", invocations=5)]
+    def report(**fields):
+        request = pb.ReportStatsRequest(
+            proxy_id="proxy-1", incarnation="i-1", sequence=1,
+            variants=[pb.VariantStats(endpoint_name="ab", variant_name="A", invocations=5)],
         )
+        for name, value in fields.items():
+            setattr(request, name, value)
+        return lambda: stub.ReportStats(request)
+
+    report()()
+    report()()  # the same report again: accepted, counted once (tests/unit/test_metric_store.py)
+    for bad in ({"proxy_id": ""}, {"incarnation": ""}, {"sequence": 0}):
+        code, reason, _ = _code_and_reason(report(**bad))
+        assert (code, reason) == (INVALID, "ValidationException"), bad
+    lying = pb.ReportStatsRequest(
+        proxy_id="p", incarnation="i-2", sequence=1,
+        variants=[pb.VariantStats(endpoint_name="ab", variant_name="A", invocations=1, invocation_5xx_errors=3)],
     )
-    code, reason, _ = _code_and_reason(
-        lambda: stub.ReportStats(pb.ReportStatsRequest(variants=[pb.VariantStats(endpoint_name="ab", variant_name="A")]))
-    )
-    assert (code, reason) == (INVALID, "ValidationException")
+    code, reason, message = _code_and_reason(lambda: stub.ReportStats(lying))
+    assert (code, reason) == (INVALID, "ValidationException") and "above invocations" in message
 
 
 def test_bad_flags_are_refused_with_the_flag_named(tmp_path):

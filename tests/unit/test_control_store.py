@@ -13,7 +13,6 @@ from mve.control.records import (
     TensorSpec,
     VariantSpec,
     VariantState,
-    VariantStatsRecord,
 )
 from mve.control.store import SqliteStore
 from mve.errors import ResourceAlreadyExists
@@ -119,7 +118,6 @@ def test_everything_survives_a_reopen_and_route_versions_keep_increasing(tmp_pat
     first.insert_config(config())
     first.insert_endpoint(endpoint())
     first.put_instance(InstanceRecord("e", "A", "A-1", 100, "127.0.0.1:1", "InService", 5.0, "/log"))
-    first.put_stats([VariantStatsRecord("p1", "e", "A", 10, 1, 0, 0, 100.0, 5.0, 6.0)])
     versions = [first.next_route_version(), first.next_route_version()]
     plane_id = first.control_plane_id()
     first.close()
@@ -129,7 +127,6 @@ def test_everything_survives_a_reopen_and_route_versions_keep_increasing(tmp_pat
     assert second.get_config("c") == config()
     assert second.get_endpoint("e") == endpoint()
     assert second.list_instances("e")[0].log_path == "/log"
-    assert second.list_stats("e")[0].invocations == 10
     assert second.control_plane_id() == plane_id
     assert second.next_route_version() > max(versions)
     second.close()
@@ -139,10 +136,3 @@ def test_store_uses_wal_mode(tmp_path):
     store = SqliteStore(tmp_path / "mve.db")
     assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     store.close()
-
-
-def test_latest_stats_per_proxy_and_variant_replace_older_ones(store):
-    store.put_stats([VariantStatsRecord("p1", "e", "A", 10, 0, 0, 0, 1.0, 1.0, 1.0)])
-    store.put_stats([VariantStatsRecord("p1", "e", "A", 3, 0, 0, 0, 1.0, 1.0, 2.0)])
-    store.put_stats([VariantStatsRecord("p2", "e", "A", 7, 0, 0, 0, 1.0, 1.0, 2.0)])
-    assert sorted((s.proxy_id, s.invocations) for s in store.list_stats("e")) == [("p1", 3), ("p2", 7)]

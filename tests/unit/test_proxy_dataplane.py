@@ -195,9 +195,21 @@ def test_model_infer_moves_typed_contents_to_raw_and_names_the_variant():
 
 def test_stats_requests_carry_every_counter():
     stats = StatsBook()
-    stats.record_success("ep", "v1", 100.0, 20.0)
-    stats.record_error("ep", "v1", ModelError("x"))
-    request = stats_request("proxy-1", stats.drain())
+    stats.record_success("ep", "v1", 100.0, 20.0, instances=2)
+    stats.record_success("ep", "v1", 300.0, 40.0, instances=4)
+    stats.record_error("ep", "v1", ModelError("x", metadata={"OriginalStatusCode": "INTERNAL"}), instances=4)
+    stats.record_error("ep", "v1", ModelError("x", metadata={"OriginalStatusCode": "INVALID_ARGUMENT"}), instances=4)
+    request = stats_request("proxy-1", stats.drain(), incarnation="abc", sequence=7)
+    assert (request.proxy_id, request.incarnation, request.sequence) == ("proxy-1", "abc", 7)
     (variant,) = request.variants
-    assert (variant.invocations, variant.invocation_model_errors, variant.model_latency_us_sum) == (2, 1, 100.0)
+    assert (variant.invocations, variant.invocation_model_errors) == (4, 2)
+    # The model's INTERNAL is a 5xx, its INVALID_ARGUMENT a 4xx (SageMaker counts by the model's status).
+    assert (variant.invocation_5xx_errors, variant.invocation_4xx_errors) == (1, 1)
+    latency = variant.model_latency_us
+    assert (latency.count, latency.sum, latency.min, latency.max) == (2, 400.0, 100.0, 300.0)
+    assert sum(latency.histogram.count) == 2
+    per_instance = variant.invocations_per_instance
+    assert (per_instance.count, per_instance.sum, per_instance.min, per_instance.max) == (4, 0.5 + 0.75, 0.25, 0.5)
     assert stats.drain() == {}
+    totals = stats.snapshot()[("ep", "v1")]
+    assert totals.invocations == 4 and totals.model_latency.count == 2
