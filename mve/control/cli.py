@@ -39,6 +39,15 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--stop-grace-seconds", dest="stop_grace_s", type=float, help="SIGTERM to SIGKILL grace (default 10)"
     )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        help="Prometheus text on http://METRICS_HOST:PORT/metrics; 0 for a free port, -1 to turn it off "
+        "(default 9465; env MVE_CONTROL_PLANE_METRICS_PORT)",
+    )
+    parser.add_argument(
+        "--metrics-host", help="address the metrics port binds (default: --host; env MVE_CONTROL_PLANE_METRICS_HOST)"
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
 

@@ -13,6 +13,8 @@ validated once at start.
 | drain_s | --drain-seconds | MVE_DRAIN_S | 1.0 | 0-60: how long a removed instance keeps serving before SIGTERM |
 | stop_grace_s | --stop-grace-seconds | MVE_STOP_GRACE_S | 10.0 | 0-300 |
 | log_level | --log-level | MVE_LOG_LEVEL | INFO | DEBUG, INFO, WARNING, ERROR |
+| metrics_port | --metrics-port | MVE_CONTROL_PLANE_METRICS_PORT | 9465 | 0-65535 (0: a free port), -1: no Prometheus exporter |
+| metrics_host | --metrics-host | MVE_CONTROL_PLANE_METRICS_HOST | (--host) | |
 
 ``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
 for tests that need a startup timeout to fire quickly.
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_METRICS_PORT = 9465
+METRICS_OFF = -1
 
 
 class SettingsError(ValueError):
@@ -47,6 +51,18 @@ class ControlPlaneSettings:
     drain_s: float = 1.0
     stop_grace_s: float = 10.0
     log_level: str = "INFO"
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_host: str = ""  # "": the --host the control plane binds
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Whether the Prometheus exporter runs (``--metrics-port`` is not -1)."""
+        return self.metrics_port != METRICS_OFF
+
+    @property
+    def effective_metrics_host(self) -> str:
+        """The address the exporter binds: ``--metrics-host``, else ``--host``."""
+        return self.metrics_host.strip() or self.host
 
     @property
     def db_path(self) -> Path:
@@ -76,6 +92,8 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("drain_s", "MVE_DRAIN_S", float),
     ("stop_grace_s", "MVE_STOP_GRACE_S", float),
     ("log_level", "MVE_LOG_LEVEL", lambda s: s.upper()),
+    ("metrics_port", "MVE_CONTROL_PLANE_METRICS_PORT", int),
+    ("metrics_host", "MVE_CONTROL_PLANE_METRICS_HOST", str),
 )
 
 
@@ -121,5 +139,11 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         raise SettingsError(f"--stop-grace-seconds must be 0-300, got {s.stop_grace_s}")
     if s.log_level not in LOG_LEVELS:
         raise SettingsError(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {s.log_level}")
+    if not METRICS_OFF <= s.metrics_port <= 65535:
+        raise SettingsError(
+            f"--metrics-port must be 0-65535 (0 picks a free port, -1 turns the exporter off), got {s.metrics_port}"
+        )
+    if s.metrics_port != 0 and s.metrics_port == s.port and s.effective_metrics_host == s.host:
+        raise SettingsError(f"--metrics-port must differ from --port, both are {s.port}")
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")

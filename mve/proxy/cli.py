@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mve.proxy.settings import DEFAULT_CONTROL_PLANE, env_default
+from mve.proxy.settings import DEFAULT_CONTROL_PLANE, DEFAULT_METRICS_PORT, env_default
 
 
 def register(subparsers) -> None:
@@ -16,7 +16,8 @@ def register(subparsers) -> None:
         description=(
             "Serve mve.v1.EndpointRuntime/InvokeEndpoint and the Open Inference Protocol for every "
             "endpoint in the routing table the control plane streams (WatchRoutes). Flags default "
-            "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S."
+            "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S, MVE_STATS_INTERVAL_S, "
+            "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -28,6 +29,10 @@ def register(subparsers) -> None:
                         help="longest wait for a model's answer (default 60)")
     parser.add_argument("--stats-interval", type=float, default=None, metavar="SECONDS",
                         help="how often counters are reported to the control plane (default 1)")
+    parser.add_argument("--metrics-port", type=int, default=None,
+                        help=f"Prometheus text on http://METRICS_HOST:PORT/metrics; 0 for a free port, "
+                        f"-1 to turn it off (default {DEFAULT_METRICS_PORT})")
+    parser.add_argument("--metrics-host", default=None, help="address the metrics port binds (default: --host)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -48,6 +53,8 @@ def settings_from_args(args: argparse.Namespace):
         proxy_id=pick(args.proxy_id, "PROXY_ID", defaults.proxy_id),
         model_timeout_s=pick(args.model_timeout, "MODEL_TIMEOUT_S", defaults.model_timeout_s),
         stats_interval_s=pick(args.stats_interval, "STATS_INTERVAL_S", defaults.stats_interval_s),
+        metrics_port=pick(args.metrics_port, "PROXY_METRICS_PORT", defaults.metrics_port),
+        metrics_host=pick(args.metrics_host, "PROXY_METRICS_HOST", defaults.metrics_host),
     ).validate()
 
 

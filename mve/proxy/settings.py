@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from mve.errors import ValidationError
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
+DEFAULT_METRICS_PORT = 9464
+METRICS_OFF = -1  # --metrics-port -1: no Prometheus exporter
 
 
 def parse_address(value: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -37,6 +39,9 @@ class ProxySettings:
     resubscribe_min_s: float = 0.1
     resubscribe_max_s: float = 2.0
     grace_s: float = 5.0
+    # Prometheus text on http://METRICS_HOST:METRICS_PORT/metrics; 0 picks a free port, -1 turns it off.
+    metrics_port: int = DEFAULT_METRICS_PORT
+    metrics_host: str = ""  # "": the --host the proxy binds
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -52,7 +57,23 @@ class ProxySettings:
         _check_range("resubscribe_min_s", self.resubscribe_min_s, 0.001, 60.0)
         _check_range("resubscribe_max_s", self.resubscribe_max_s, self.resubscribe_min_s, 600.0)
         _check_range("--grace", self.grace_s, 0.0, 600.0)
+        if not METRICS_OFF <= self.metrics_port <= 65535:
+            raise ValidationError(
+                f"--metrics-port must be 0-65535 (0 picks a free port, -1 turns the exporter off), got {self.metrics_port}"
+            )
+        if self.metrics_port != 0 and self.metrics_port == self.port and self.effective_metrics_host == self.host:
+            raise ValidationError(f"--metrics-port must differ from --port, both are {self.port}")
         return self
+
+    @property
+    def metrics_enabled(self) -> bool:
+        """Whether the Prometheus exporter runs (``--metrics-port`` is not -1)."""
+        return self.metrics_port != METRICS_OFF
+
+    @property
+    def effective_metrics_host(self) -> str:
+        """The address the exporter binds: ``--metrics-host``, else ``--host``."""
+        return self.metrics_host.strip() or self.host
 
     @property
     def effective_proxy_id(self) -> str:
