@@ -16,6 +16,7 @@ COMMAND_MODULES = (
     "mve.control.cli",  # control-plane
     "mve.proxy.cli",  # proxy
     "mve.commands",  # models, endpoint-configs, endpoints, invoke, ...
+    "mve.commands_metrics",  # metrics (CloudWatch verbs), top
     "mve.mesh",  # up
     "mve.demo",  # demo
 )

@@ -10,6 +10,9 @@ SUBCOMMANDS = [
     ["model-server"], ["control-plane"], ["proxy"], ["up"], ["demo"], ["invoke"],
     ["models", "list"], ["endpoint-configs", "create"], ["endpoints", "list"],
     ["endpoint", "describe"], ["endpoint", "update-weights"],
+    ["metrics", "get-metric-statistics"], ["metrics", "get-metric-data"], ["metrics", "list-metrics"],
+    ["metrics", "put-metric-alarm"], ["metrics", "describe-alarms"], ["metrics", "delete-alarms"],
+    ["metrics", "describe-alarm-history"], ["top"],
 ]
 
 
@@ -19,7 +22,7 @@ def test_help_lists_every_subcommand(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for name in ("model-server", "control-plane", "proxy", "models", "endpoint-configs", "endpoint",
-                 "invoke", "up", "demo"):
+                 "invoke", "up", "demo", "metrics", "top"):
         assert name in out
 
 
