@@ -79,9 +79,14 @@ def _pump(stream, lines: list[str], ready: queue.Queue) -> None:
     ready.put(None)
 
 
+# Tests run many proxies and control planes side by side: their Prometheus exporters take free
+# ports unless a test says otherwise (the defaults, 9464 and 9465, would collide).
+TEST_ENV = {"MVE_PROXY_METRICS_PORT": "0", "MVE_CONTROL_PLANE_METRICS_PORT": "0"}
+
+
 def start_service(args: list[str], timeout: float = 60.0, env: dict | None = None) -> Service:
     """Run ``python -m mve *args`` and wait for its ready line (raises with its output if none)."""
-    full_env = dict(os.environ)
+    full_env = {**TEST_ENV, **os.environ}
     full_env.setdefault("PYTHONUNBUFFERED", "1")
     if env:
         full_env.update(env)
@@ -116,7 +121,7 @@ def start_service(args: list[str], timeout: float = 60.0, env: dict | None = Non
 
 def run_mve(args: list[str], timeout: float = 60.0, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m mve *args`` to completion and capture its output."""
-    full_env = dict(os.environ)
+    full_env = {**TEST_ENV, **os.environ}
     if env:
         full_env.update(env)
     return subprocess.run(

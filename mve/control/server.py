@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 from mve._proto import control_pb2, control_pb2_grpc
 from mve.control.artifacts import ArtifactStore
 from mve.control.instances import LocalInstanceProvider
+from mve.control.prometheus import ControlPlaneCollector
 from mve.control.reconciler import Reconciler
 from mve.control.routes import RoutePublisher
 from mve.control.service import ControlService
@@ -26,6 +27,7 @@ from mve.control.settings import ControlPlaneSettings
 from mve.control.store import SqliteStore
 from mve.control.validation import Limits
 from mve.errors import ErrorInterceptor
+from mve.prometheus import MetricsServer, loop_reader
 from mve.ready import announce_ready
 
 log = logging.getLogger(__name__)
@@ -76,12 +78,26 @@ async def serve(settings: ControlPlaneSettings) -> int:
         log.error("event=bind_failed host=%s port=%d", settings.host, settings.port)
         return 1
     await server.start()
+    # Before recover() starts any model server, so that a busy metrics port fails fast with nothing to undo.
+    exporter = None
+    if settings.metrics_enabled:
+        collector = ControlPlaneCollector(
+            service.store, service.routes, getattr(service, "alarms", None), read=loop_reader(asyncio.get_running_loop())
+        )
+        exporter = MetricsServer(collector, "control-plane")
+        try:
+            exporter.start(settings.effective_metrics_host, settings.metrics_port)
+        except OSError as error:
+            log.error("event=bind_failed what=metrics error=%r", str(error))
+            await server.stop(grace=0)
+            service.store.close()
+            return 1
     await service.reconciler.recover()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
     log.info("event=control_plane_ready address=%s data_dir=%s", address, settings.data_dir)
-    announce_ready("control-plane", address)
+    announce_ready("control-plane", address, metrics_address=exporter.address if exporter else "")
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,6 +108,8 @@ async def serve(settings: ControlPlaneSettings) -> int:
     log.info("event=control_plane_stopping")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if exporter is not None:
+        await asyncio.to_thread(exporter.stop)
     await server.stop(grace=1.0)
     await service.reconciler.shutdown(settings.stop_grace_s)
     service.store.close()

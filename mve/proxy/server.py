@@ -12,13 +12,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
+from mve.prometheus import MetricsServer, loop_reader
 from mve.proxy.dataplane import DataPlane
 from mve.proxy.handlers import ErrorMappingServer
+from mve.proxy.prometheus import ProxyCollector
 from mve.proxy.router import Router
 from mve.proxy.routes import RouteWatcher
 from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
 from mve.proxy.settings import ProxySettings
-from mve.proxy.stats import StatsBook, report_stats_forever
+from mve.proxy.stats import StatsBook, StatsReporter
 from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
 
@@ -45,6 +47,8 @@ class ProxyServer:
         self.address = ""
         self._control_channel: grpc.aio.Channel | None = None
         self._tasks: list[asyncio.Task] = []
+        self.reporter: StatsReporter | None = None
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> str:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
@@ -82,16 +86,32 @@ class ProxyServer:
             control, self.router, self.pool, proxy_id,
             backoff_min_s=s.resubscribe_min_s, backoff_max_s=s.resubscribe_max_s,
         )
+        self.reporter = StatsReporter(self.stats, control, proxy_id, s.stats_interval_s)
         self._tasks = [
             asyncio.create_task(watcher.run(), name="watch-routes"),
-            asyncio.create_task(report_stats_forever(self.stats, control, proxy_id, s.stats_interval_s), name="stats"),
+            asyncio.create_task(self.reporter.run_forever(), name="stats"),
         ]
+        if s.metrics_enabled:
+            collector = ProxyCollector(self.stats, self.router, read=loop_reader(asyncio.get_running_loop()))
+            self.metrics = MetricsServer(collector, "proxy")
+            try:
+                self.metrics.start(s.effective_metrics_host, s.metrics_port)
+            except OSError:
+                await self.stop()
+                raise
         log.info("event=proxy_started address=%s control_plane=%s proxy_id=%s", self.address, s.control_plane, proxy_id)
         return self.address
+
+    @property
+    def metrics_address(self) -> str:
+        """``host:port`` of the Prometheus exporter ("" when it is off)."""
+        return self.metrics.address if self.metrics is not None else ""
 
     async def stop(self) -> None:
         """Stop taking requests, let those in flight finish (grace), then close everything."""
         await self.health.enter_graceful_shutdown()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if self.server is not None:
             await self.server.stop(self.settings.grace_s)
         for task in self._tasks:
@@ -99,6 +119,11 @@ class ProxyServer:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.reporter is not None:
+            # The last interval's counts go out before the channel closes (best effort, bounded).
+            self.reporter.take_interval()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.reporter.send_pending(), timeout=2.0)
         await self.pool.close(grace=0)
         if self._control_channel is not None:
             await self._control_channel.close()
@@ -113,7 +138,7 @@ async def serve(settings: ProxySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    announce_ready("proxy", proxy.address)
+    announce_ready("proxy", proxy.address, metrics_address=proxy.metrics_address)
     await stop.wait()
     log.info("event=proxy_stopping")
     await proxy.stop()
