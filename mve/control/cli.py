@@ -66,6 +66,13 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"mve control-plane: error: {error}", file=sys.stderr)
         return 2
+    from mve.tracing import TracingConfigError, tracing_config
+
+    try:
+        tracing_config()  # OTEL_* checked now: a bad value stops the start, it is never ignored
+    except TracingConfigError as error:
+        print(f"mve control-plane: error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         stream=sys.stderr,
         level=settings.log_level,

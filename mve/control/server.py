@@ -29,6 +29,7 @@ from mve.control.validation import Limits
 from mve.errors import ErrorInterceptor
 from mve.prometheus import MetricsServer, loop_reader
 from mve.ready import announce_ready
+from mve.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_n
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def build_service(settings: ControlPlaneSettings) -> ControlService:
+def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService:
     """The control plane's parts, wired together on the settings' data dir."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.db_path)
@@ -44,7 +45,7 @@ def build_service(settings: ControlPlaneSettings) -> ControlService:
     provider = LocalInstanceProvider(
         settings.log_dir, command_prefix=settings.model_server_prefix, stop_grace_s=settings.stop_grace_s
     )
-    reconciler = Reconciler(store, provider, routes, drain_s=settings.drain_s)
+    reconciler = Reconciler(store, provider, routes, drain_s=settings.drain_s, tracer=tracer)
     limits = Limits(
         max_instances_per_variant=settings.max_instances_per_variant,
         min_startup_timeout_s=settings.min_startup_timeout_s,
@@ -55,9 +56,15 @@ def build_service(settings: ControlPlaneSettings) -> ControlService:
 
 async def serve(settings: ControlPlaneSettings) -> int:
     """Serve until SIGTERM/SIGINT; returns the exit code."""
-    service = build_service(settings)
+    tracing = setup_tracing("mve-control-plane")
+    interceptors = [ErrorInterceptor()]
+    if tracing is not None:
+        from mve.control.tracing import TracingInterceptor
+
+        interceptors.append(TracingInterceptor(tracing.tracer))  # inside: it sees the domain errors
+    service = build_service(settings, tracing.tracer if tracing is not None else None)
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=interceptors,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -113,5 +120,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     await server.stop(grace=1.0)
     await service.reconciler.shutdown(settings.stop_grace_s)
     service.store.close()
+    if tracing is not None:
+        await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=control_plane_stopped")
     return 0

@@ -53,6 +53,13 @@ def run(args) -> int:
     except SettingsError as error:
         print(f"mve model-server: error: {error}", file=sys.stderr)
         return 2
+    from mve.tracing import TracingConfigError, tracing_config
+
+    try:
+        tracing_config()  # OTEL_* checked now: a bad value stops the start, it is never ignored
+    except TracingConfigError as error:
+        print(f"mve model-server: error: {error}", file=sys.stderr)
+        return 2
     from mve.modelserver.server import serve
 
     return serve(settings)

@@ -19,6 +19,7 @@ from mve.modelserver.runtime import ModelLoadError, OnnxModel
 from mve.modelserver.servicer import InferenceServicer
 from mve.modelserver.settings import ModelServerSettings
 from mve.ready import announce_ready
+from mve.tracing import setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,8 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
             ("grpc.so_reuseport", 0),
         ],
     )
-    servicer = InferenceServicer(model, settings.model_name, executor)
+    tracing = setup_tracing("mve-model-server")
+    servicer = InferenceServicer(model, settings.model_name, executor, tracer=tracing.tracer if tracing else None)
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -91,6 +93,7 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
 
     host = "127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    servicer.address = (host, port)
     log.info("event=serving model=%s address=%s device=%s threads=%d", settings.model_name, address,
              ":".join(map(str, settings.device)), settings.threads)
     announce_ready("model-server", address)
@@ -104,6 +107,8 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
     cancel = loop.call_later(settings.grace_period_s, _grace_period_over, model, settings.model_name)
     await server.stop(settings.grace_period_s)
     cancel.cancel()
+    if tracing is not None:
+        await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=stopped model=%s", settings.model_name)
     return 0
 

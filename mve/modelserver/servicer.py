@@ -17,16 +17,27 @@ from mve.modelserver.runtime import MODEL_VERSION, PLATFORM, OnnxModel
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "mve-model-server"
+INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """Serves one `OnnxModel` under `model_name`; inference runs on `executor`, off the event loop."""
+    """Serves one `OnnxModel` under `model_name`; inference runs on `executor`, off the event loop.
 
-    def __init__(self, model: OnnxModel, model_name: str, executor: Executor):
+    With a `tracer` (tracing on), each ModelInfer runs in a SERVER span joined to the caller's
+    W3C ``traceparent`` metadata (the proxy's span, or a batch's); without one, ModelInfer is the
+    plain method and no span is ever made.
+    """
+
+    def __init__(self, model: OnnxModel, model_name: str, executor: Executor, *, tracer=None):
         self.model = model
         self.model_name = model_name
         self.executor = executor
         self.ready = True
+        self.tracer = tracer
+        self.address: tuple[str, int] | None = None  # (host, port) once bound, for the spans
+        if tracer is not None:
+            # Registration reads the bound method, so the untraced path has no extra check or frame.
+            self.ModelInfer = self._traced_model_infer
 
     def _check_model(self, name: str, version: str, *, allow_empty: bool = False) -> None:
         if name != self.model_name and not (allow_empty and name == ""):
@@ -75,3 +86,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 (time.perf_counter() - started) * 1e6,
             )
         return encode_response(request, self.model_name, MODEL_VERSION, names, arrays)
+
+    async def _traced_model_infer(self, request, context):
+        from opentelemetry.trace import SpanKind
+
+        from mve.tracing import extract
+
+        attributes = {
+            "rpc.system": "grpc",
+            "rpc.service": INFERENCE_SERVICE,
+            "rpc.method": "ModelInfer",
+            "mve.model": self.model_name,
+        }
+        if self.address is not None:
+            attributes["server.address"], attributes["server.port"] = self.address
+        with self.tracer.start_as_current_span(
+            f"{INFERENCE_SERVICE}/ModelInfer",
+            context=extract(context.invocation_metadata()),
+            kind=SpanKind.SERVER,
+            attributes=attributes,
+        ) as span:
+            if span.is_recording():
+                shapes = [f"{t.name}{list(t.shape)}".replace(" ", "") for t in request.inputs]
+                span.set_attribute("mve.input_shapes", shapes)
+                if request.inputs and request.inputs[0].shape:
+                    span.set_attribute("mve.batch_size", int(request.inputs[0].shape[0]))
+                if request.id:
+                    span.set_attribute("mve.inference_id", request.id)
+            started = time.perf_counter()
+            response = await InferenceServicer.ModelInfer(self, request, context)
+            if span.is_recording():
+                span.set_attribute("mve.model_latency_us", int((time.perf_counter() - started) * 1e6))
+            return response

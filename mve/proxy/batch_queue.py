@@ -6,7 +6,7 @@ from __future__ import annotations
 class Member:
     """One caller's request waiting in (or sent with) a batch."""
 
-    __slots__ = ("request", "parts", "rows", "deadline", "enqueued_at", "future", "queue", "tail", "wire")
+    __slots__ = ("request", "parts", "rows", "deadline", "enqueued_at", "future", "queue", "tail", "wire", "span")
 
     def __init__(self, request, parts, rows, deadline, enqueued_at, future, queue, tail, wire):
         self.request = request
@@ -18,6 +18,7 @@ class Member:
         self.queue = queue
         self.tail = tail
         self.wire = wire
+        self.span = None  # the caller's span, when the proxy traces
 
 
 class KeyQueue:

@@ -57,10 +57,12 @@ class VariantBatcher:
 
     `send(variant, request, timeout)` is the unbatched path (``infer_on_variant``); `bind` points
     the batcher at the variant's state in the current routing table; `stats` (a `StatsBook`)
-    receives BatchSize and QueueTime per batch.
+    receives BatchSize and QueueTime per batch; with `tracer` (tracing on) each caller's span gets
+    its batch size and queue time, and a batch carries its members' trace context upstream
+    (`mve.proxy.spans`).
     """
 
-    def __init__(self, policy: BatchingPolicy, send: Send, *, stats=None):
+    def __init__(self, policy: BatchingPolicy, send: Send, *, stats=None, tracer=None):
         if not policy.enabled:
             raise ValueError("a VariantBatcher needs max_batch_size > 1")
         self.policy = policy
@@ -77,6 +79,12 @@ class VariantBatcher:
         self._timer_at = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
+        self._tracer = tracer
+        self._spans = None
+        if tracer is not None:
+            from mve.proxy import spans
+
+            self._spans = spans
 
     # ------------------------------------------------------------ state
 
@@ -142,6 +150,8 @@ class VariantBatcher:
         future = loop.create_future()
         forward = wire if tail is not None else None
         member = Member(request, datas, rows, now + timeout, now, future, queue, tail, forward)
+        if self._spans is not None:
+            member.span = self._spans.get_current_span()
         queue.members[id(member)] = member
         queue.rows += rows
         self._queued_rows += rows
@@ -176,6 +186,8 @@ class VariantBatcher:
         try:
             if self._stats is not None and self.variant is not None:
                 self._stats.record_batch(self.variant.endpoint_name, self.variant.name, rows, 1, _NO_QUEUE_TIME)
+            if self._spans is not None:
+                self._spans.batched_alone(rows)
             forward = wire if tail is not None and wire is not None else request
             result = await self._send(self.variant, forward, timeout)
         finally:
@@ -297,7 +309,12 @@ class VariantBatcher:
             else:
                 request, offsets = assemble([m.request for m in members], [m.parts for m in members])
             timeout = max(m.deadline for m in members) - self._loop.time()
-            result = await self._send(self.variant, request, max(timeout, 0.001))
+            if self._spans is None:
+                result = await self._send(self.variant, request, max(timeout, 0.001))
+            else:
+                result = await self._spans.send_batch(
+                    self._tracer, self._send, self.variant, request, max(timeout, 0.001), members, dispatched_at
+                )
             if offsets is None:
                 _resolve(members[0], _with_tail(result, members[0].tail))
                 return

@@ -66,13 +66,22 @@ def run(args: argparse.Namespace) -> int:
     from mve.errors import ValidationError
 
     logging.basicConfig(
-        level=args.log_level, stream=sys.stderr,
+        level="INFO" if args.log_level == "DEBUG" else args.log_level, stream=sys.stderr,
         format="ts=%(asctime)s level=%(levelname)s service=proxy logger=%(name)s %(message)s",
     )
+    # DEBUG is for mve's own loggers (the per-request lines); grpc's and asyncio's DEBUG is noise.
+    logging.getLogger("mve").setLevel(args.log_level)
     try:
         settings = settings_from_args(args)
     except ValidationError as error:
         print(f"mve proxy: error: {error.message}", file=sys.stderr)
+        return 2
+    from mve.tracing import TracingConfigError, tracing_config
+
+    try:
+        tracing_config()  # OTEL_* checked now: a bad value stops the start, it is never ignored
+    except TracingConfigError as error:
+        print(f"mve proxy: error: {error}", file=sys.stderr)
         return 2
     from mve.proxy.server import serve
 

@@ -12,6 +12,7 @@ bytes and forwards them untouched where it can (`mve.proxy.wire`).
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ INVOKED_VARIANT_PARAM = wire.INVOKED_VARIANT_PARAM
 TARGET_VARIANT_PARAM = "target_variant"
 ROUTING_KEY_PARAM = "routing_key"
 CUSTOM_ATTRIBUTES_PARAM = "custom_attributes"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,16 +83,27 @@ def _check_length(value: str, limit: int, field: str) -> None:
 class DataPlane:
     """Routes invocations to variants and their instances, and counts them."""
 
-    def __init__(self, router: Router, pool: UpstreamPool, stats: StatsBook, *, model_timeout_s: float = 60.0, send=None):
+    def __init__(
+        self, router: Router, pool: UpstreamPool, stats: StatsBook, *, model_timeout_s: float = 60.0, send=None,
+        tracer=None,
+    ):
         self.router = router
         self.pool = pool
         self.stats = stats
         self.model_timeout_s = model_timeout_s
         self._send = send or partial(infer_on_variant, pool)
+        # With tracing off (None) no span, context or trace metadata is ever made (`mve.proxy.spans`).
+        self.tracer = tracer
+        self.address: tuple[str, int] | None = None  # (host, port) the proxy serves on, for its spans
+        self._spans = None
+        if tracer is not None:
+            from mve.proxy import spans
+
+            self._spans = spans
         router.set_batcher_factory(self._new_batcher)
 
     def _new_batcher(self, policy: BatchingPolicy) -> VariantBatcher:
-        return VariantBatcher(policy, self._send, stats=self.stats)
+        return VariantBatcher(policy, self._send, stats=self.stats, tracer=self.tracer)
 
     def _infer(self, variant: VariantState, request, timeout: float):
         """The awaitable that runs `request`: straight to `send`, or through the variant's batcher."""
@@ -118,6 +132,8 @@ class DataPlane:
         accept = codecs.response_content_type(content_type, request.accept)
         codecs.check_body_size(request.body)
         variant = self.router.pick(request.endpoint_name, request.target_variant, request.routing_key)
+        if self._spans is not None:
+            self._spans.picked(variant, request.target_variant, request.routing_key, request.inference_id)
         timeout = self._timeout(time_remaining)
         try:
             spec = await self._single_input(variant, timeout)
@@ -138,6 +154,8 @@ class DataPlane:
             raise
         attributes = result.response.parameters.get(CUSTOM_ATTRIBUTES_PARAM)
         self._record(variant, started, result.model_latency_us)
+        if self._spans is not None or log.isEnabledFor(logging.DEBUG):
+            self._observed("InvokeEndpoint", variant, result, request.inference_id, started)
         return InvokeResult(
             body=body,
             content_type=accept,
@@ -181,6 +199,8 @@ class DataPlane:
             self.stats.record_error(variant.endpoint_name, variant.name, error)
             raise
         self._record(variant, started, result.model_latency_us)
+        if self._spans is not None or log.isEnabledFor(logging.DEBUG):
+            self._observed("ModelInfer", variant, result, request.id, started)
         return result.response + wire.response_tail(variant.endpoint_name, variant.name)
 
     async def _batch_bytes(
@@ -204,6 +224,8 @@ class DataPlane:
             self.stats.record_error(variant.endpoint_name, variant.name, error)
             raise
         self._record(variant, started, result.model_latency_us)
+        if self._spans is not None or log.isEnabledFor(logging.DEBUG):
+            self._observed("ModelInfer", variant, result, request.id, started)
         return result.response
 
     def _pick_for_infer(self, request, size: int) -> VariantState:
@@ -216,7 +238,10 @@ class DataPlane:
         _check_length(routing_key, MAX_ROUTING_KEY, "routing_key")
         if size > codecs.MAX_BODY_BYTES:
             raise ValidationError(f"Request of {size} bytes is over the 6 MB limit ({codecs.MAX_BODY_BYTES} bytes)")
-        return self.router.pick(request.model_name, target, routing_key)
+        variant = self.router.pick(request.model_name, target, routing_key)
+        if self._spans is not None:
+            self._spans.picked(variant, target, routing_key, request.id)
+        return variant
 
     async def _forward_message(self, request, variant: VariantState, started: float, time_remaining: float | None):
         endpoint_name = request.model_name
@@ -236,7 +261,23 @@ class DataPlane:
         response.model_version = ""
         response.parameters[INVOKED_VARIANT_PARAM].string_param = variant.name
         self._record(variant, started, result.model_latency_us)
+        if self._spans is not None or log.isEnabledFor(logging.DEBUG):
+            self._observed("ModelInfer", variant, result, request.id, started)
         return response
+
+    def _observed(self, method: str, variant: VariantState, result, inference_id: str, started: float) -> None:
+        """The answering instance on the current span, and the request's DEBUG log line with its trace id."""
+        trace_id = ""
+        if self._spans is not None:
+            self._spans.answered(result)
+            trace_id = self._spans.current_trace_id()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "event=request method=%s endpoint=%s variant=%s instance=%s inference_id=%s trace_id=%s "
+                "latency_us=%d model_latency_us=%d",
+                method, variant.endpoint_name, variant.name, result.instance.instance_id, inference_id or "-",
+                trace_id or "-", (time.perf_counter() - started) * 1e6, result.model_latency_us,
+            )
 
     def _record(self, variant: VariantState, started: float, model_latency_us: float) -> None:
         total_us = (time.perf_counter() - started) * 1e6

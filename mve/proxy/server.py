@@ -23,6 +23,7 @@ from mve.proxy.settings import ProxySettings
 from mve.proxy.stats import StatsBook, StatsReporter
 from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
+from mve.tracing import Tracing, setup_tracing
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +37,17 @@ SERVER_OPTIONS = [
 class ProxyServer:
     """A running proxy; `start` binds and starts the background tasks, `stop` drains and closes."""
 
-    def __init__(self, settings: ProxySettings, *, seed: int | None = None):
+    def __init__(self, settings: ProxySettings, *, seed: int | None = None, tracing: Tracing | None = None):
         self.settings = settings
+        self.tracing = tracing
         self.router = Router(seed=seed)
         self.pool = UpstreamPool(close_grace_s=settings.model_timeout_s)
         self.stats = StatsBook()
-        self.dataplane = DataPlane(self.router, self.pool, self.stats, model_timeout_s=settings.model_timeout_s)
+        self.dataplane = DataPlane(
+            self.router, self.pool, self.stats, model_timeout_s=settings.model_timeout_s,
+            tracer=tracing.tracer if tracing is not None else None,
+        )
+        self.pool.tracing = tracing is not None
         self.health = health.aio.HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.address = ""
@@ -76,6 +82,7 @@ class ProxyServer:
         # A wildcard bind is announced as loopback, an address a client on this machine can dial.
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "[::]") else s.host
         self.address = f"{host}:{port}"
+        self.dataplane.address = (host, port)
         for name in ("", *services[:2]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
@@ -127,12 +134,14 @@ class ProxyServer:
         await self.pool.close(grace=0)
         if self._control_channel is not None:
             await self._control_channel.close()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # flush the spans still queued
         log.info("event=proxy_stopped address=%s", self.address)
 
 
 async def serve(settings: ProxySettings) -> None:
     """Run a proxy until SIGTERM or SIGINT, announcing readiness once it serves."""
-    proxy = ProxyServer(settings)
+    proxy = ProxyServer(settings, tracing=setup_tracing("mve-proxy"))
     await proxy.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

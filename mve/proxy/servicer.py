@@ -20,6 +20,14 @@ from mve.errors import abort_with_error
 from mve.proxy.dataplane import DataPlane, InvokeRequest
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["EndpointRuntime"].full_name
+
+
+def server_span(dataplane: DataPlane, service: str, method: str, context):
+    """The call's SERVER span (tracing on only), joined to the caller's ``traceparent``."""
+    from mve.proxy.spans import server_span as span
+
+    return span(dataplane.tracer, service, method, context, dataplane.address)
 
 
 class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
@@ -30,7 +38,7 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
 
     async def InvokeEndpoint(self, request, context):
         """Invoke an endpoint with a body in application/x-npy, application/json or text/csv."""
-        result = await self._dataplane.invoke_endpoint(
+        invoke = self._dataplane.invoke_endpoint(
             InvokeRequest(
                 endpoint_name=request.endpoint_name,
                 body=request.body,
@@ -43,6 +51,11 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
             ),
             context.time_remaining(),
         )
+        if self._dataplane.tracer is None:
+            result = await invoke
+        else:
+            with server_span(self._dataplane, RUNTIME_SERVICE, "InvokeEndpoint", context):
+                result = await invoke
         return runtime_pb2.InvokeEndpointResponse(
             body=result.body,
             content_type=result.content_type,
@@ -79,7 +92,11 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         """Run the request on a variant of the endpoint named by model_name."""
-        return await self._dataplane.model_infer(request, context.time_remaining())
+        dataplane = self._dataplane
+        if dataplane.tracer is not None:
+            with server_span(dataplane, INFERENCE_SERVICE, "ModelInfer", context):
+                return await dataplane.model_infer(request, context.time_remaining())
+        return await dataplane.model_infer(request, context.time_remaining())
 
 
 class RawModelInfer:
@@ -92,10 +109,14 @@ class RawModelInfer:
     maps_errors = True
 
     def __init__(self, dataplane: DataPlane):
+        self._dataplane = dataplane
         self._model_infer_bytes = dataplane.model_infer_bytes
 
     async def __call__(self, data: bytes, context) -> bytes:
         try:
+            if self._dataplane.tracer is not None:
+                with server_span(self._dataplane, INFERENCE_SERVICE, "ModelInfer", context):
+                    return await self._model_infer_bytes(data, context.time_remaining())
             return await self._model_infer_bytes(data, context.time_remaining())
         except (grpc.aio.AbortError, grpc.RpcError):
             raise

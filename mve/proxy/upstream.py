@@ -22,6 +22,7 @@ from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve.errors import ModelError, ModelNotReady, ValidationError
 from mve.proxy.router import Instance, TensorSpec, VariantState
+from mve.tracing import outgoing_metadata
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class UpstreamPool:
         self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._close_grace_s = close_grace_s
         self._closing: set[asyncio.Task] = set()
+        # True when the proxy traces: each call then carries the current span's W3C traceparent.
+        self.tracing = False
 
     def sync(self, addresses: set[str]) -> None:
         """Open channels for new addresses; close removed ones once their calls finish."""
@@ -148,11 +151,24 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
 
 
 async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
+    if pool.tracing:
+        return await _traced_call(pool, instance, request, timeout)
     try:
         if isinstance(request, bytes):
             return await pool.raw_model_infer(instance.address)(request, timeout=timeout)
         return await pool.stub(instance.address).ModelInfer(request, timeout=timeout)
     except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
+        raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
+
+
+async def _traced_call(pool: UpstreamPool, instance: Instance, request, timeout: float):
+    """`_call` with the current span's trace context in the call's metadata (``traceparent``)."""
+    metadata = outgoing_metadata()
+    try:
+        if isinstance(request, bytes):
+            return await pool.raw_model_infer(instance.address)(request, timeout=timeout, metadata=metadata)
+        return await pool.stub(instance.address).ModelInfer(request, timeout=timeout, metadata=metadata)
+    except grpc.aio.UsageError as error:
         raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
 
 

@@ -51,6 +51,7 @@ class FakePool:
     def __init__(self, behaviours):
         self.behaviours = behaviours
         self.calls = []
+        self.tracing = False  # UpstreamPool.tracing: no trace metadata on calls
 
     def stub(self, address):
         return FakeStub(self, address)

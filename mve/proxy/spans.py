@@ -1,0 +1,139 @@
+"""The proxy's spans: one SERVER span per call, and one CLIENT span per batch of several callers.
+
+Imported only when tracing is on (`mve.tracing.setup_tracing` returned a tracer): with tracing off
+the proxy never builds a span, attaches a context or writes trace metadata.
+
+- ``mve.v1.EndpointRuntime/InvokeEndpoint`` and ``inference.GRPCInferenceService/ModelInfer``
+  (kind SERVER): the caller's W3C ``traceparent`` is its parent. It names the endpoint, the
+  variant, the routing reason (target, sticky or weight), the instance, and for a batched
+  variant the batch's size and this request's queue time.
+- A batch of one goes upstream with its caller's span as the model server's parent. A batch of
+  several is one upstream call: its ``inference.GRPCInferenceService/ModelInfer`` span (kind
+  CLIENT) is a child of the first sampled member's span, links to every member's span, and each
+  member's span links back to it. The model server's span is its child.
+
+Attribute names: OpenTelemetry's RPC semantic conventions (rpc.system, rpc.service, rpc.method,
+server.address, server.port) and ``mve.*`` for the rest (docs/observability.md lists them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import Link, SpanKind
+
+from mve.tracing import extract
+
+INFERENCE_SERVICE = "inference.GRPCInferenceService"
+RUNTIME_SERVICE = "mve.v1.EndpointRuntime"
+
+get_current_span = trace.get_current_span
+
+
+def server_span(tracer, service: str, method: str, grpc_context, address: tuple[str, int] | None):
+    """The SERVER span of one call, current while the handler runs, joined to the caller's trace."""
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+    if address is not None:
+        attributes["server.address"], attributes["server.port"] = address
+    return tracer.start_as_current_span(
+        f"{service}/{method}",
+        context=extract(grpc_context.invocation_metadata()),
+        kind=SpanKind.SERVER,
+        attributes=attributes,
+    )
+
+
+def picked(variant, target_variant: str, routing_key: str, inference_id: str = "") -> None:
+    """Name the endpoint, the variant and why it was picked on the current span."""
+    span = trace.get_current_span()
+    if not span.is_recording():
+        return
+    reason = "target" if target_variant else "sticky" if routing_key else "weight"
+    span.set_attributes(
+        {"mve.endpoint": variant.endpoint_name, "mve.variant": variant.name, "mve.routing_reason": reason}
+    )
+    if inference_id:
+        span.set_attribute("mve.inference_id", inference_id)
+
+
+def answered(result) -> None:
+    """Name the instance that answered, and its model latency, on the current span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes(_instance_attributes(result))
+
+
+def _instance_attributes(result) -> dict:
+    return {
+        "mve.instance": result.instance.instance_id,
+        "mve.instance_address": result.instance.address,
+        "mve.model_latency_us": int(result.model_latency_us),
+    }
+
+
+def batched_alone(rows: int) -> None:
+    """A request sent as a batch of one at once: batch size and no queue time on the current span."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({"mve.batch_size": rows, "mve.batch_requests": 1, "mve.queue_time_us": 0})
+
+
+async def send_batch(tracer, send, variant, request, timeout: float, members, dispatched_at: float):
+    """`send` one batch with the trace context of its members (see the module docstring)."""
+    rows = sum(m.rows for m in members)
+    for member in members:
+        span = member.span
+        if span is not None and span.is_recording():
+            span.set_attributes(
+                {
+                    "mve.batch_size": rows,
+                    "mve.batch_requests": len(members),
+                    "mve.queue_time_us": int((dispatched_at - member.enqueued_at) * 1e6),
+                }
+            )
+    if len(members) == 1:
+        parent = members[0].span
+        token = otel_context.attach(trace.set_span_in_context(parent)) if parent is not None else None
+        try:
+            return await send(variant, request, timeout)
+        finally:
+            if token is not None:
+                otel_context.detach(token)
+    spans = [m.span for m in members if m.span is not None]
+    sampled = [s for s in spans if s.get_span_context().trace_flags.sampled]
+    parent = sampled[0] if sampled else (spans[0] if spans else None)
+    links = [Link(s.get_span_context()) for s in spans if s.get_span_context().is_valid]
+    with tracer.start_as_current_span(
+        f"{INFERENCE_SERVICE}/ModelInfer",
+        context=trace.set_span_in_context(parent) if parent is not None else otel_context.Context(),
+        kind=SpanKind.CLIENT,
+        links=links,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": INFERENCE_SERVICE,
+            "rpc.method": "ModelInfer",
+            "mve.endpoint": variant.endpoint_name,
+            "mve.variant": variant.name,
+            "mve.batch_size": rows,
+            "mve.batch_requests": len(members),
+        },
+    ) as batch_span:
+        if batch_span.is_recording():
+            for span in sampled:
+                with contextlib.suppress(Exception):  # a member's span may have ended (caller gone)
+                    span.add_link(batch_span.get_span_context(), {"mve.link": "batch"})
+        result = await send(variant, request, timeout)
+        if batch_span.is_recording():
+            host, _, port = result.instance.address.rpartition(":")
+            batch_span.set_attributes(_instance_attributes(result))
+            if port.isdigit():
+                batch_span.set_attributes({"server.address": host.strip("[]"), "server.port": int(port)})
+        return result
+
+
+def current_trace_id() -> str:
+    """The current span's trace id in hex ("" without one): what a DEBUG log line carries."""
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
