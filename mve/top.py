@@ -149,7 +149,8 @@ def fetch(sm, cw, endpoint: str, window: int, now: float | None = None) -> tuple
     return top_figures(description, data, window), start, end
 
 
-def run_top(sm, cw, endpoint: str, *, window: int, interval: float, once: bool, as_json: bool, console=None) -> int:
+def run_top(sm, cw, endpoint: str, *, window: int, interval: float, once: bool, as_json: bool, console=None,
+            sleep=time.sleep) -> int:
     """Show the table until Ctrl-C (or one frame with `once`). Errors of the first refresh propagate;
     later ones are shown under the last good figures and the view keeps refreshing."""
     from rich.console import Console
@@ -169,7 +170,7 @@ def run_top(sm, cw, endpoint: str, *, window: int, interval: float, once: bool, 
         return 0
     with Live(render(figures, start, end), console=console, auto_refresh=False) as live:
         while True:
-            time.sleep(interval)
+            sleep(interval)
             error = None
             try:
                 figures, start, end = fetch(sm, cw, endpoint, window)

@@ -237,3 +237,40 @@ def test_all_pages_joins_metric_data_per_id():
     merged = all_pages(Pages(), "get_metric_data", {})
     assert [(r["Id"], r["Values"]) for r in merged["MetricDataResults"]] == [("a", [1.0, 2.0]), ("b", [3.0])]
     assert "NextToken" not in merged and merged["Messages"] == []
+
+
+def test_live_view_refreshes_and_shows_a_failed_refresh_under_the_last_figures():
+    import io as _io
+
+    from rich.console import Console
+
+    import mve.top
+    from mve.sdk import EndpointConnectionError
+
+    class Fakes:
+        calls = 0
+
+        def describe_endpoint(self, EndpointName):  # noqa: N803 - boto3's name
+            self.calls += 1
+            if self.calls == 3:
+                raise EndpointConnectionError("127.0.0.1:7070")
+            return DESCRIPTION
+
+        def get_metric_data(self, **params):
+            return {"MetricDataResults": [_result("v0_inv", 10.0)]}
+
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        if len(sleeps) == 3:
+            raise KeyboardInterrupt
+
+    fakes, screen = Fakes(), _io.StringIO()
+    console = Console(file=screen, width=200, force_terminal=False)
+    with pytest.raises(KeyboardInterrupt):
+        mve.top.run_top(fakes, fakes, "ab", window=10, interval=0.5, once=False, as_json=False, console=console,
+                        sleep=sleep)
+    assert sleeps == [0.5, 0.5, 0.5] and fakes.calls == 3
+    text = screen.getvalue()
+    assert "refresh failed: Could not connect" in text and "Variant1" in text
