@@ -51,6 +51,8 @@ class Mesh:
         host: str = "127.0.0.1",
         control_plane_port: int = 0,
         proxy_port: int = 0,
+        control_plane_metrics_port: int = 0,
+        proxy_metrics_port: int = 0,
         max_restarts: int = 5,
         ready_timeout_s: float = 60.0,
         grace_s: float = 10.0,
@@ -62,6 +64,10 @@ class Mesh:
         for name, port in (("control_plane_port", control_plane_port), ("proxy_port", proxy_port)):
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0-65535 (0 picks a free port), got {port}")
+        for name, port in (("control_plane_metrics_port", control_plane_metrics_port),
+                           ("proxy_metrics_port", proxy_metrics_port)):
+            if not -1 <= port <= 65535:
+                raise ValueError(f"{name} must be 0-65535 (0 picks a free port, -1 turns it off), got {port}")
         if not 0 <= max_restarts <= 100:
             raise ValueError(f"max_restarts must be 0-100, got {max_restarts}")
         if not 0 < grace_s <= 600 or not 0 < ready_timeout_s <= 600:
@@ -75,6 +81,7 @@ class Mesh:
         self._env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
         self._control_plane_port = control_plane_port
         self._proxy_port = proxy_port
+        self._metrics_ports = {"control-plane": control_plane_metrics_port, "proxy": proxy_metrics_port}
         self._control_plane_args = tuple(control_plane_args)
         self._proxy_args = tuple(proxy_args)
         self._children: list[Child] = []
@@ -94,6 +101,22 @@ class Mesh:
     def proxy_address(self) -> str:
         """HOST:PORT of the proxy (mve.v1.EndpointRuntime and the Open Inference Protocol)."""
         return self._children[1].address if len(self._children) > 1 else ""
+
+    @property
+    def control_plane_metrics_address(self) -> str:
+        """HOST:PORT of the control plane's Prometheus /metrics ("" when off)."""
+        return self._children[0].ready_event.get("metrics_address", "") if self._children else ""
+
+    @property
+    def proxy_metrics_address(self) -> str:
+        """HOST:PORT of the proxy's Prometheus /metrics ("" when off)."""
+        return self._children[1].ready_event.get("metrics_address", "") if len(self._children) > 1 else ""
+
+    def _metrics_args(self, child: Child) -> list[str]:
+        # A restarted child keeps the metrics port it had bound, as it keeps its gRPC port.
+        bound = child.ready_event.get("metrics_address", "")
+        port = int(bound.rsplit(":", 1)[1]) if bound else self._metrics_ports[child.name]
+        return ["--metrics-port", str(port)]
 
     def child_pids(self) -> dict[str, int]:
         """Process id of each running and ready child, by name ("control-plane", "proxy")."""
@@ -123,13 +146,13 @@ class Mesh:
         control_plane = self._child(
             "control-plane",
             lambda port: ["control-plane", "--data-dir", str(self.data_dir), "--host", self.host,
-                          "--port", str(port), *self._control_plane_args],
+                          "--port", str(port), *self._metrics_args(control_plane), *self._control_plane_args],
             self._control_plane_port,
         )
         proxy = self._child(
             "proxy",
             lambda port: ["proxy", "--control-plane", control_plane.address, "--host", self.host,
-                          "--port", str(port), *self._proxy_args],
+                          "--port", str(port), *self._metrics_args(proxy), *self._proxy_args],
             self._proxy_port,
         )
         try:
@@ -204,16 +227,20 @@ def run_up(args) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     mesh = Mesh(args.data_dir, host=args.host, control_plane_port=args.control_plane_port,
-                proxy_port=args.proxy_port, max_restarts=args.max_restarts)
+                proxy_port=args.proxy_port, control_plane_metrics_port=args.control_plane_metrics_port,
+                proxy_metrics_port=args.proxy_metrics_port, max_restarts=args.max_restarts)
     try:
         mesh.start()
     except MeshError as error:
         print(f"mve up: {error}", file=sys.stderr)
         return 1
     print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE)", file=sys.stderr)
+    print(f"  metrics      {_metrics_url(mesh.control_plane_metrics_address)}", file=sys.stderr)
     print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT)", file=sys.stderr)
+    print(f"  metrics      {_metrics_url(mesh.proxy_metrics_address)}", file=sys.stderr)
     print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
     announce_ready("mesh", mesh.proxy_address, control_plane=mesh.control_plane_address,
+                   control_plane_metrics=mesh.control_plane_metrics_address, proxy_metrics=mesh.proxy_metrics_address,
                    data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids())
     while not stop.wait(0.2):
         if mesh.done.is_set():
@@ -238,6 +265,12 @@ def register(subparsers) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface both services bind (default 127.0.0.1)")
     parser.add_argument("--control-plane-port", type=_port, default=7070, help="control plane port (default 7070; 0 = free)")
     parser.add_argument("--proxy-port", type=_port, default=8080, help="proxy port (default 8080; 0 = free)")
+    parser.add_argument("--control-plane-metrics-port", type=_metrics_port,
+                        default=_env_port("MVE_CONTROL_PLANE_METRICS_PORT", 9465),
+                        help="control plane Prometheus port (default $MVE_CONTROL_PLANE_METRICS_PORT or 9465; "
+                        "0 = free, -1 = off)")
+    parser.add_argument("--proxy-metrics-port", type=_metrics_port, default=_env_port("MVE_PROXY_METRICS_PORT", 9464),
+                        help="proxy Prometheus port (default $MVE_PROXY_METRICS_PORT or 9464; 0 = free, -1 = off)")
     parser.add_argument("--max-restarts", type=int, default=5, choices=range(0, 101), metavar="0-100",
                         help="restarts of a crashing child before giving up (default 5)")
     parser.set_defaults(func=run_up)
@@ -253,3 +286,27 @@ def _port(text: str) -> int:
     if not 0 <= port <= 65535:
         raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
     return port
+
+
+def _metrics_url(address: str) -> str:
+    return f"http://{address}/metrics   (Prometheus)" if address else "off"
+
+
+def _metrics_port(text: str) -> int:
+    import argparse
+
+    if text.strip() == "-1":
+        return -1
+    try:
+        return _port(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"metrics port must be 0-65535 or -1 (off), got {text!r}") from None
+
+
+def _env_port(name: str, default: int) -> int:
+    """The metrics port default: $name when it is an integer, else `default` (the child validates)."""
+    raw = os.environ.get(name, "").strip()
+    try:
+        return int(raw) if raw else default
+    except ValueError:
+        return default

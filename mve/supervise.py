@@ -42,6 +42,7 @@ class Child:
         self._make_args = make_args
         self.port = port
         self.address = ""
+        self.ready_event: dict = {}  # the child's last ready line
         self.process: subprocess.Popen | None = None
         self.restarts = 0
         self.started_at = 0.0
@@ -83,6 +84,7 @@ class Child:
             state = f"exited with code {code}" if code is not None else f"not ready after {timeout:g} s"
             raise MeshError(f"{self.name} {state}; see its log output")
         self.address = event["address"]
+        self.ready_event = event
         self.port = int(self.address.rsplit(":", 1)[1])
         self.ready = True
         log.info("event=child_ready child=%s address=%s pid=%d", self.name, self.address, self.process.pid)
