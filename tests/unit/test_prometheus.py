@@ -334,3 +334,37 @@ def test_control_plane_metrics_settings(tmp_path):
     assert not load_settings({"data_dir": tmp_path, "metrics_port": -1}, env={}).metrics_enabled
     with pytest.raises(SettingsError, match="--metrics-port must be 0-65535"):
         load_settings({"data_dir": tmp_path, "metrics_port": 70000}, env={})
+
+
+def test_scrapes_from_another_thread_never_see_a_counter_go_back_while_the_loop_records_and_drains():
+    book, router = StatsBook(), Router(seed=1)
+    loop = asyncio.new_event_loop()
+
+    async def traffic(stop: asyncio.Event):
+        i = 0
+        while not stop.is_set():
+            book.record_success("ep", "a", 100.0, 10.0)
+            i += 1
+            if i % 50 == 0:
+                book.drain()  # what the reporter does every interval
+            if i % 10 == 0:
+                await asyncio.sleep(0)
+
+    stop = asyncio.Event()
+    thread = threading.Thread(target=loop.run_until_complete, args=(traffic(stop),), daemon=True)
+    thread.start()
+    try:
+        collector = ProxyCollector(book, router, read=loop_reader(loop))
+        seen = []
+        for _ in range(30):
+            families = scrape(collector)
+            count = value(families["mve_invocations"], "_total", endpoint="ep", variant="a") if samples(
+                families["mve_invocations"], "_total") else 0
+            if count:
+                assert value(families["mve_model_latency_seconds"], "_count", endpoint="ep", variant="a") == count
+            seen.append(count)
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(5)
+        loop.close()
+    assert seen == sorted(seen) and seen[-1] > 0
