@@ -48,6 +48,18 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--metrics-host", help="address the metrics port binds (default: --host; env MVE_CONTROL_PLANE_METRICS_HOST)"
     )
+    parser.add_argument(
+        "--metrics-retention-days", dest="metrics_retention_days", type=float,
+        help="keep one-minute metric points this many days, 1-455 (default 15; one-second points: 3 hours)",
+    )
+    parser.add_argument(
+        "--alarm-interval", dest="alarm_interval_s", type=float,
+        help="seconds between evaluations of every alarm, 0.1-60 (default 1)",
+    )
+    parser.add_argument(
+        "--utilization-interval", dest="utilization_interval_s", type=float,
+        help="seconds between CPU/memory samples of each model server, 0.1-60 (default 1)",
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
 

@@ -15,9 +15,13 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mve._proto import control_pb2, control_pb2_grpc
+from mve._proto import control_pb2, control_pb2_grpc, metrics_pb2, metrics_pb2_grpc
+from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
+from mve.control.cloudwatch import CloudWatchService
+from mve.control.cloudwatch_servicer import CloudWatchServicer
 from mve.control.instances import LocalInstanceProvider
+from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
 from mve.control.reconciler import Reconciler
 from mve.control.routes import RoutePublisher
@@ -25,6 +29,7 @@ from mve.control.service import ControlService
 from mve.control.servicer import EndpointControlServicer
 from mve.control.settings import ControlPlaneSettings
 from mve.control.store import SqliteStore
+from mve.control.utilization import UtilizationSampler
 from mve.control.validation import Limits
 from mve.errors import ErrorInterceptor
 from mve.prometheus import MetricsServer, loop_reader
@@ -34,6 +39,8 @@ from mve.tracing import setup_tracing
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_name
+CLOUDWATCH_NAME = metrics_pb2.DESCRIPTOR.services_by_name["CloudWatch"].full_name
+COMPACT_INTERVAL_S = 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
@@ -51,7 +58,39 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
         min_startup_timeout_s=settings.min_startup_timeout_s,
         default_startup_timeout_s=settings.default_startup_timeout_s,
     )
-    return ControlService(store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits)
+    metrics = MetricStore(settings.metrics_db_path, retention_s=settings.metrics_retention_days * 86400)
+    alarms = AlarmBook(metrics)
+    return ControlService(
+        store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits, metrics=metrics, alarms=alarms
+    )
+
+
+def _running_instances(provider: LocalInstanceProvider):
+    """(endpoint, variant, pid) of every model server the provider runs now."""
+    return [
+        (p.spec.endpoint_name, p.spec.variant_name, p.pid)
+        for p in provider.processes()
+        if p.returncode is None and not p.stopping
+    ]
+
+
+async def _compact_forever(metrics: MetricStore) -> None:
+    while True:
+        await asyncio.sleep(COMPACT_INTERVAL_S)
+        try:
+            metrics.compact()
+        except Exception:  # noqa: BLE001 - compaction is retried next time; the error is logged
+            log.exception("event=metrics_compact_failed")
+
+
+def _background_tasks(service: ControlService, settings: ControlPlaneSettings) -> list[asyncio.Task]:
+    """Alarm evaluation, utilisation sampling and metric compaction, running until cancelled."""
+    sampler = UtilizationSampler(service.metrics, lambda: _running_instances(service.reconciler.provider))
+    return [
+        asyncio.create_task(service.alarms.run_forever(settings.alarm_interval_s), name="alarms"),
+        asyncio.create_task(sampler.run_forever(settings.utilization_interval_s), name="utilization"),
+        asyncio.create_task(_compact_forever(service.metrics), name="metrics-compact"),
+    ]
 
 
 async def serve(settings: ControlPlaneSettings) -> int:
@@ -71,10 +110,13 @@ async def serve(settings: ControlPlaneSettings) -> int:
         ],
     )
     control_pb2_grpc.add_EndpointControlServicer_to_server(EndpointControlServicer(service), server)
+    metrics_pb2_grpc.add_CloudWatchServicer_to_server(
+        CloudWatchServicer(CloudWatchService(service.metrics, service.alarms)), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CLOUDWATCH_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -105,6 +147,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     address = f"{settings.host}:{port}"
     log.info("event=control_plane_ready address=%s data_dir=%s", address, settings.data_dir)
     announce_ready("control-plane", address, metrics_address=exporter.address if exporter else "")
+    tasks = _background_tasks(service, settings)
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -118,8 +161,12 @@ async def serve(settings: ControlPlaneSettings) -> int:
     if exporter is not None:
         await asyncio.to_thread(exporter.stop)
     await server.stop(grace=1.0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
     await service.reconciler.shutdown(settings.stop_grace_s)
     service.store.close()
+    service.metrics.close()
     if tracing is not None:
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=control_plane_stopped")

@@ -15,6 +15,9 @@ validated once at start.
 | log_level | --log-level | MVE_LOG_LEVEL | INFO | DEBUG, INFO, WARNING, ERROR |
 | metrics_port | --metrics-port | MVE_CONTROL_PLANE_METRICS_PORT | 9465 | 0-65535 (0: a free port), -1: no Prometheus exporter |
 | metrics_host | --metrics-host | MVE_CONTROL_PLANE_METRICS_HOST | (--host) | |
+| metrics_retention_days | --metrics-retention-days | MVE_METRICS_RETENTION_DAYS | 15 | 1-455: how long one-minute metric points are kept (one-second points: 3 hours) |
+| alarm_interval_s | --alarm-interval | MVE_ALARM_INTERVAL_S | 1.0 | 0.1-60: how often every alarm is evaluated |
+| utilization_interval_s | --utilization-interval | MVE_UTILIZATION_INTERVAL_S | 1.0 | 0.1-60: how often each model server's CPU and memory are sampled |
 
 ``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
 for tests that need a startup timeout to fire quickly.
@@ -53,6 +56,9 @@ class ControlPlaneSettings:
     log_level: str = "INFO"
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the control plane binds
+    metrics_retention_days: float = 15.0
+    alarm_interval_s: float = 1.0
+    utilization_interval_s: float = 1.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -68,6 +74,11 @@ class ControlPlaneSettings:
     def db_path(self) -> Path:
         """``<data-dir>/mve.db``."""
         return self.data_dir / "mve.db"
+
+    @property
+    def metrics_db_path(self) -> Path:
+        """``<data-dir>/metrics.db``: metric points, alarms and their history."""
+        return self.data_dir / "metrics.db"
 
     @property
     def artifact_dir(self) -> Path:
@@ -94,6 +105,9 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("log_level", "MVE_LOG_LEVEL", lambda s: s.upper()),
     ("metrics_port", "MVE_CONTROL_PLANE_METRICS_PORT", int),
     ("metrics_host", "MVE_CONTROL_PLANE_METRICS_HOST", str),
+    ("metrics_retention_days", "MVE_METRICS_RETENTION_DAYS", float),
+    ("alarm_interval_s", "MVE_ALARM_INTERVAL_S", float),
+    ("utilization_interval_s", "MVE_UTILIZATION_INTERVAL_S", float),
 )
 
 
@@ -145,5 +159,11 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         )
     if s.metrics_port != 0 and s.metrics_port == s.port and s.effective_metrics_host == s.host:
         raise SettingsError(f"--metrics-port must differ from --port, both are {s.port}")
+    if not 1 <= s.metrics_retention_days <= 455:
+        raise SettingsError(f"--metrics-retention-days must be 1-455, got {s.metrics_retention_days}")
+    if not 0.1 <= s.alarm_interval_s <= 60:
+        raise SettingsError(f"--alarm-interval must be 0.1-60 seconds, got {s.alarm_interval_s}")
+    if not 0.1 <= s.utilization_interval_s <= 60:
+        raise SettingsError(f"--utilization-interval must be 0.1-60 seconds, got {s.utilization_interval_s}")
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")

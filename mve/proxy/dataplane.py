@@ -150,7 +150,7 @@ class DataPlane:
             outputs = _outputs(result.response, variant)
             body = codecs.encode(outputs, accept)
         except MveError as error:
-            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
         attributes = result.response.parameters.get(CUSTOM_ATTRIBUTES_PARAM)
         self._record(variant, started, result.model_latency_us)
@@ -196,7 +196,7 @@ class DataPlane:
         try:
             result = await self._send(variant, data + wire.request_tail(variant.model_name), self._timeout(time_remaining))
         except MveError as error:
-            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
         self._record(variant, started, result.model_latency_us)
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
@@ -221,7 +221,7 @@ class DataPlane:
             tail = wire.response_tail(variant.endpoint_name, variant.name)
             result = await batcher.submit(request, self._timeout(time_remaining), tail, forward)
         except MveError as error:
-            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
         self._record(variant, started, result.model_latency_us)
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
@@ -254,7 +254,7 @@ class DataPlane:
                     del request.parameters[name]
             result = await self._infer(variant, request, self._timeout(time_remaining))
         except MveError as error:
-            self.stats.record_error(variant.endpoint_name, variant.name, error)
+            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
         response = result.response
         response.model_name = endpoint_name
@@ -282,7 +282,11 @@ class DataPlane:
     def _record(self, variant: VariantState, started: float, model_latency_us: float) -> None:
         total_us = (time.perf_counter() - started) * 1e6
         self.stats.record_success(
-            variant.endpoint_name, variant.name, model_latency_us, max(total_us - model_latency_us, 0.0)
+            variant.endpoint_name,
+            variant.name,
+            model_latency_us,
+            max(total_us - model_latency_us, 0.0),
+            len(variant.instances),
         )
 
     @property
