@@ -89,7 +89,8 @@ class BatchMesh:
         """(batches, batched requests) the proxy has reported for `variant` so far."""
         key = (EP, variant)
         rows = [v for r in list(self.cp.reports) for v in r.variants if (v.endpoint_name, v.variant_name) == key]
-        return sum(v.batches for v in rows), sum(v.batched_requests for v in rows)
+        # One BatchSize sample per batch sent, one QueueTime sample per request that went in one.
+        return sum(v.batch_size.count for v in rows), sum(v.queue_time_us.count for v in rows)
 
     def expected(self, x: np.ndarray) -> np.ndarray:
         """The model's unbatched answer, from onnxruntime in this process."""
