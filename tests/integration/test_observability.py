@@ -179,6 +179,9 @@ def test_metrics_prometheus_and_an_alarm_agree_with_the_requests_sent(mesh):
     summaries = [h["HistorySummary"] for h in history["AlarmHistoryItems"]]
     assert summaries[-2:] == ["Alarm updated from OK to ALARM", "Alarm updated from ALARM to OK"]
     assert "Threshold Crossed" in cw.describe_alarms(StateValue="OK")["MetricAlarms"][0]["StateReason"]
+    control_plane = scrape(cp.ready["metrics_address"])
+    assert control_plane['mve_alarm_state{alarm="a-errors",state="OK"}'] == 1
+    assert control_plane['mve_alarm_state{alarm="a-errors",state="ALARM"}'] == 0
 
     for _ in range(40):  # a known mix on B too
         traffic.send("B", good=True)
