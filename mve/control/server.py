@@ -140,6 +140,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
             log.error("event=bind_failed what=metrics error=%r", str(error))
             await server.stop(grace=0)
             service.store.close()
+            service.metrics.close()
             return 1
     await service.reconciler.recover()
     for name in ("", SERVICE_NAME):
