@@ -6,7 +6,10 @@ each other as ``mve._proto.<name>_pb2`` while the proto packages (``inference``,
 and so the wire names stay as the protocol defines them.
 """
 
+import os
 import shutil
+import subprocess
+import sysconfig
 import tempfile
 from pathlib import Path
 
@@ -77,6 +80,17 @@ class DevelopWithProtos(develop):
         super().run()
 
 
+def have_nghttp2() -> bool:
+    """Whether the C compiler finds libnghttp2's header (Debian: libnghttp2-dev)."""
+    compiler = (sysconfig.get_config_var("CC") or "cc").split()
+    try:
+        done = subprocess.run([*compiler, "-E", "-x", "c", "-"], input="#include <nghttp2/nghttp2.h>\n",
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.returncode == 0
+
+
 extensions = [
     Extension(
         "mve._fastroute",
@@ -86,6 +100,14 @@ extensions = [
         extra_compile_args=["-O3"],
     )
 ]
+# The native HTTP/2 transport (docs/transport.md) is optional: built only where libnghttp2's
+# headers are; without it everything else builds and the proxy runs on grpc.aio.
+if have_nghttp2():
+    extensions.append(Extension("mve._h2transport", ["mve/_h2transport.pyx"], libraries=["nghttp2"],
+                                extra_compile_args=["-O3"]))
+elif not os.environ.get("MVE_QUIET_BUILD"):
+    print("note: nghttp2/nghttp2.h not found: building without mve._h2transport, the optional native "
+          "HTTP/2 transport (sudo apt-get install libnghttp2-dev, then rebuild)")
 
 setup(
     ext_modules=cythonize(
