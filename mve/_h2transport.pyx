@@ -540,7 +540,7 @@ cdef class H2Server:
     """
 
     cdef Server* srv
-    cdef readonly int port
+    cdef int _port
     cdef bint serving
     cdef bint finished
 
@@ -562,7 +562,7 @@ cdef class H2Server:
             sock.bind((host, port))
             sock.listen(backlog)
             sock.setblocking(False)
-            self.port = sock.getsockname()[1]
+            self._port = sock.getsockname()[1]
         except BaseException:
             sock.close()
             raise
@@ -705,6 +705,11 @@ cdef class H2Server:
         cdef uint64_t one = 1
         if self.srv.stop_fd >= 0:
             write(self.srv.stop_fd, &one, sizeof(one))
+
+    @property
+    def port(self):
+        """The bound TCP port."""
+        return self._port
 
     @property
     def stats(self):
