@@ -4,14 +4,24 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: demo test build bench clean
+.PHONY: demo test build bench clean nghttp2-headers
 
-$(VENV)/.installed: pyproject.toml setup.py
+$(VENV)/.installed: pyproject.toml setup.py | nghttp2-headers
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "setuptools>=68" wheel "cython>=3.0" "numpy>=1.26" "grpcio-tools>=1.60"
 	$(PY) -m pip install -q --no-build-isolation -e '.[test]'
 	touch $@
+
+# libnghttp2's headers, for the optional native HTTP/2 transport (docs/transport.md): installed with
+# apt-get when missing and we are root; otherwise a note, and everything else builds without it.
+nghttp2-headers:
+	@if [ -f /usr/include/nghttp2/nghttp2.h ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing libnghttp2-dev (apt-get) for the native HTTP/2 transport"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libnghttp2-dev) >/dev/null \
+	    || echo "note: apt-get could not install libnghttp2-dev: building without the native HTTP/2 transport"; \
+	else echo "note: no libnghttp2 headers: building without the native HTTP/2 transport (sudo apt-get install libnghttp2-dev)"; fi
 
 # Rebuild the Cython extension and the gRPC stubs in place (incremental, seconds).
 build: $(VENV)/.installed
@@ -28,4 +38,4 @@ bench: build
 	$(PY) benchmarks/bench_mesh.py
 
 clean:
-	rm -rf build $(VENV) mve/_fastroute.c mve/*.so mve/_proto/*_pb2*.py mve/_proto/*_pb2.pyi
+	rm -rf build $(VENV) mve/_fastroute.c mve/_h2transport.c mve/*.so mve/_proto/*_pb2*.py mve/_proto/*_pb2.pyi
