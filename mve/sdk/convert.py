@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from mve._proto import control_pb2 as pb
+from mve.sdk.deployment_convert import deployment_config_from_dict, deployment_config_to_dict, is_set
 
 # ---------------------------------------------------------------- requests
 
@@ -102,6 +103,23 @@ def _desired(spec: dict) -> pb.DesiredWeightAndCapacity:
     return desired
 
 
+def _update_endpoint(params: dict) -> pb.UpdateEndpointRequest:
+    request = pb.UpdateEndpointRequest(
+        endpoint_name=params["EndpointName"],
+        endpoint_config_name=params["EndpointConfigName"],
+        retain_all_variant_properties=params.get("RetainAllVariantProperties", False),
+        exclude_retained_variant_properties=[
+            pb.VariantPropertyType(variant_property_type=p["VariantPropertyType"])
+            for p in params.get("ExcludeRetainedVariantProperties", ())
+        ],
+        retain_deployment_config=params.get("RetainDeploymentConfig", False),
+    )
+    if "DeploymentConfig" in params:
+        request.deployment_config.SetInParent()  # sent even when empty: the caller passed one
+        request.deployment_config.MergeFrom(deployment_config_from_dict(params["DeploymentConfig"]))
+    return request
+
+
 REQUEST_BUILDERS = {
     "CreateModel": _create_model,
     "DescribeModel": lambda p: pb.DescribeModelRequest(model_name=p["ModelName"]),
@@ -116,11 +134,7 @@ REQUEST_BUILDERS = {
     ),
     "DescribeEndpoint": lambda p: pb.DescribeEndpointRequest(endpoint_name=p["EndpointName"]),
     "ListEndpoints": lambda p: _list_request(pb.ListEndpointsRequest, p, status_equals=p.get("StatusEquals", "")),
-    "UpdateEndpoint": lambda p: pb.UpdateEndpointRequest(
-        endpoint_name=p["EndpointName"],
-        endpoint_config_name=p["EndpointConfigName"],
-        retain_all_variant_properties=p.get("RetainAllVariantProperties", False),
-    ),
+    "UpdateEndpoint": _update_endpoint,
     "UpdateEndpointWeightsAndCapacities": lambda p: pb.UpdateEndpointWeightsAndCapacitiesRequest(
         endpoint_name=p["EndpointName"],
         desired_weights_and_capacities=[_desired(d) for d in p["DesiredWeightsAndCapacities"]],
@@ -243,6 +257,13 @@ def _describe_endpoint_config(r: pb.DescribeEndpointConfigResponse) -> dict:
     return out
 
 
+def _pending_deployment_summary(summary: pb.PendingDeploymentSummary) -> dict:
+    out = {"EndpointConfigName": summary.endpoint_config_name}
+    _put(out, "ProductionVariants", [_variant_summary(v) for v in summary.production_variants])
+    out.update(_time(summary, "start_time"))
+    return out
+
+
 def _describe_endpoint(r: pb.DescribeEndpointResponse) -> dict:
     out = {
         "EndpointName": r.endpoint_name,
@@ -255,6 +276,10 @@ def _describe_endpoint(r: pb.DescribeEndpointResponse) -> dict:
     _put(out, "FailureReason", r.failure_reason)
     out.update(_time(r, "creation_time"))
     out.update(_time(r, "last_modified_time"))
+    if is_set(r, "last_deployment_config"):
+        out["LastDeploymentConfig"] = deployment_config_to_dict(r.last_deployment_config)
+    if is_set(r, "pending_deployment_summary"):
+        out["PendingDeploymentSummary"] = _pending_deployment_summary(r.pending_deployment_summary)
     return out
 
 

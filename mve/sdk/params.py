@@ -1,8 +1,11 @@
 """Parameter shapes of each operation, and their validation before any call (as botocore does).
 
 A shape is a small tree of `Scalar`, `Structure`, `ListOf` and `MapOf`. `validate` collects every
-problem (missing required, unknown, wrong type) into one `ParamValidationError`, worded as
-botocore words it, so that code written for boto3 gets the same failures here.
+problem (missing required, unknown, wrong type, below a minimum) into one `ParamValidationError`,
+worded as botocore words it, so that code written for boto3 gets the same failures here.
+
+Like botocore, only minimums are checked here (a number's value, a string's or list's length):
+botocore leaves maximums and enum values to the service, and so does mve's server.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from mve.sdk.exceptions import ParamValidationError
 
 @dataclass(frozen=True)
 class Scalar:
-    """A leaf value accepted as one of `types`."""
+    """A leaf value accepted as one of `types`; `min` is the least value (a string's least length)."""
 
     types: tuple[type, ...]
+    min: float | None = None
 
 
 @dataclass(frozen=True)
@@ -30,9 +34,10 @@ class Structure:
 
 @dataclass(frozen=True)
 class ListOf:
-    """A list or tuple of `member`."""
+    """A list or tuple of `member`, with at least `min` items where `min` is given."""
 
     member: object
+    min: int | None = None
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,11 @@ BOOLEAN = Scalar((bool,))
 BLOB = Scalar((bytes, bytearray, str, object))  # object: any file-like with read()
 # A datetime (naive means UTC), epoch seconds, or an ISO 8601 string, as botocore takes timestamps.
 TIMESTAMP = Scalar((datetime, str, int, float))
+
+
+def integer(min: int) -> Scalar:
+    """An integer parameter of at least `min` (botocore's ``"min"`` on an integer shape)."""
+    return Scalar((int,), min)
 
 
 def struct(required: tuple[str, ...] = (), **members) -> Structure:
@@ -79,6 +89,38 @@ DATA_CAPTURE_CONFIG = struct(
     DestinationS3Uri=STRING,
     CaptureOptions=ListOf(struct(("CaptureMode",), CaptureMode=STRING)),
     CaptureContentTypeHeader=struct(CsvContentTypes=ListOf(STRING), JsonContentTypes=ListOf(STRING)),
+)
+
+
+# UpdateEndpoint's deployment guardrails, with the minimums of botocore's SageMaker model
+# (the maximums, such as WaitIntervalInSeconds <= 3600, are the server's to check, as in SageMaker).
+CAPACITY_SIZE = struct(("Type", "Value"), Type=STRING, Value=integer(1))
+WAIT_INTERVAL_IN_SECONDS = integer(0)
+MAXIMUM_EXECUTION_TIMEOUT_IN_SECONDS = integer(600)
+
+DEPLOYMENT_CONFIG = struct(
+    BlueGreenUpdatePolicy=struct(
+        ("TrafficRoutingConfiguration",),
+        TrafficRoutingConfiguration=struct(
+            ("Type", "WaitIntervalInSeconds"),
+            Type=STRING,
+            WaitIntervalInSeconds=WAIT_INTERVAL_IN_SECONDS,
+            CanarySize=CAPACITY_SIZE,
+            LinearStepSize=CAPACITY_SIZE,
+        ),
+        TerminationWaitInSeconds=integer(0),
+        MaximumExecutionTimeoutInSeconds=MAXIMUM_EXECUTION_TIMEOUT_IN_SECONDS,
+    ),
+    RollingUpdatePolicy=struct(
+        ("MaximumBatchSize", "WaitIntervalInSeconds"),
+        MaximumBatchSize=CAPACITY_SIZE,
+        WaitIntervalInSeconds=WAIT_INTERVAL_IN_SECONDS,
+        MaximumExecutionTimeoutInSeconds=MAXIMUM_EXECUTION_TIMEOUT_IN_SECONDS,
+        RollbackMaximumBatchSize=CAPACITY_SIZE,
+    ),
+    AutoRollbackConfiguration=struct(
+        Alarms=ListOf(struct(AlarmName=Scalar((str,), 1)), min=1),
+    ),
 )
 
 
@@ -121,6 +163,9 @@ OPERATIONS: dict[str, Structure] = {
         EndpointName=STRING,
         EndpointConfigName=STRING,
         RetainAllVariantProperties=BOOLEAN,
+        ExcludeRetainedVariantProperties=ListOf(struct(("VariantPropertyType",), VariantPropertyType=STRING)),
+        DeploymentConfig=DEPLOYMENT_CONFIG,
+        RetainDeploymentConfig=BOOLEAN,
     ),
     "UpdateEndpointWeightsAndCapacities": struct(
         ("EndpointName", "DesiredWeightsAndCapacities"),
@@ -164,6 +209,8 @@ def _check(shape, value, path: str, problems: list[str]) -> None:
                 f"valid types: {list}, {tuple}"
             )
             return
+        if shape.min is not None and len(value) < shape.min:
+            problems.append(f"Invalid length for parameter {path}, value: {len(value)}, valid min length: {shape.min}")
         for index, item in enumerate(value):
             _check(shape.member, item, f"{path}[{index}]", problems)
     elif isinstance(shape, MapOf):
@@ -196,6 +243,17 @@ def _check(shape, value, path: str, problems: list[str]) -> None:
                 f"Invalid type for parameter {path}, value: {value!r}, type: {type(value)}, "
                 f"valid types: {_type_names(shape.types)}"
             )
+        elif shape.min is not None:
+            _check_min(shape, value, path, problems)
+
+
+def _check_min(shape: Scalar, value, path: str, problems: list[str]) -> None:
+    """botocore's range check: a string's length, or a number's value, against the shape's min."""
+    if isinstance(value, str):
+        if len(value) < shape.min:
+            problems.append(f"Invalid length for parameter {path}, value: {len(value)}, valid min length: {shape.min}")
+    elif value < shape.min:
+        problems.append(f"Invalid value for parameter {path}, value: {value}, valid min value: {shape.min}")
 
 
 def parse_timestamp(value) -> datetime | None:
