@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from contextvars import ContextVar
+from random import getrandbits
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -96,6 +99,105 @@ def tracing_config(env: Mapping[str, str] | None = None) -> TracingConfig | None
     return TracingConfig(names, protocol, sampler, ratio)
 
 
+class Tracer:
+    """The SDK's tracer, and what `ServerSpan` needs to settle an unsampled call without it.
+
+    `head_sampling` is None where every root is sampled (always_on samplers): there the SDK decides.
+    """
+
+    def __init__(self, sdk_tracer, head_sampling: "_HeadSampling | None"):
+        self._sdk = sdk_tracer
+        self.head_sampling = head_sampling
+
+    def start_span(self, *args, **kwargs):
+        return self._sdk.start_span(*args, **kwargs)
+
+    def start_as_current_span(self, *args, **kwargs):
+        return self._sdk.start_as_current_span(*args, **kwargs)
+
+
+class _HeadSampling:
+    """The configured sampler's decision, made before the SDK is asked (the per-request fast path).
+
+    Most calls are not sampled (``OTEL_TRACES_SAMPLER_ARG=0.01``: 99 in 100), and for those the
+    SDK's `start_span`, a span object and a context attach cost more than the rest of the
+    tracing together. This makes the same decision as the SDK's sampler (``traceidratio``: the
+    trace id's low 64 bits under the rate's bound; ``parentbased_*``: the caller's sampled flag)
+    from the call's ``traceparent`` alone. A dropped call gets only the ``traceparent`` (flags 00,
+    the caller's trace id or a random one, a fresh span id) that the next hop must see, so it does
+    not sample the call as a root of its own. A sampled call goes to the SDK, with the trace id
+    already drawn for a root (`_IdGenerator`), so the SDK's sampler says yes to it too.
+    """
+
+    LIMIT = (1 << 64) - 1
+
+    def __init__(self, bound: int, parent_based: bool, ids):
+        self.bound = bound
+        self.parent_based = parent_based
+        self.ids = ids
+
+    def unsampled_metadata(self, metadata) -> tuple | None:
+        """The outgoing trace metadata of a call the sampler drops, or None when the SDK must make a span."""
+        header = state = None
+        for key, value in metadata or ():
+            if key == "traceparent":
+                header = value
+            elif key == "tracestate":
+                state = value
+        parent = _parse_traceparent(header) if header else None
+        if parent is not None:
+            trace_id, sampled = parent
+            if self.parent_based:
+                if sampled:
+                    return None
+            elif (trace_id & self.LIMIT) < self.bound:
+                return None
+        else:
+            state = None
+            trace_id = getrandbits(128) or 1
+            if (trace_id & self.LIMIT) < self.bound:
+                self.ids.next_trace_id = trace_id
+                return None
+        outgoing = (("traceparent", f"00-{trace_id:032x}-{getrandbits(64) or 1:016x}-00"),)
+        return outgoing + (("tracestate", state),) if state else outgoing
+
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+
+
+def _parse_traceparent(header: str) -> tuple[int, bool] | None:
+    """(trace id, sampled) of a valid W3C traceparent, None otherwise (as OpenTelemetry's propagator)."""
+    match = _TRACEPARENT.match(header.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest) or trace_id == "0" * 32 or span_id == "0" * 16:
+        return None
+    return int(trace_id, 16), bool(int(flags, 16) & 1)
+
+
+# The outgoing trace metadata of the current call when its sampler dropped it (no span exists).
+_UNSAMPLED: ContextVar[tuple | None] = ContextVar("mve_unsampled_trace", default=None)
+
+
+def _id_generator():
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+
+    class _IdGenerator(RandomIdGenerator):
+        """The SDK's random ids, but first the trace id `_HeadSampling` drew for a sampled root."""
+
+        next_trace_id = 0
+
+        def generate_trace_id(self) -> int:
+            trace_id = self.next_trace_id
+            if trace_id:
+                self.next_trace_id = 0
+                return trace_id
+            return super().generate_trace_id()
+
+    return _IdGenerator()
+
+
 class Tracing:
     """A service's tracer and the provider behind it; `shutdown` flushes what is left and stops export."""
 
@@ -130,12 +232,19 @@ def setup_tracing(default_service_name: str) -> Tracing | None:
     resource = resource.merge(Resource({"service.version": __version__}))
     # The SDK's samplers, by the names OTEL_TRACES_SAMPLER takes (checked above: no silent fallback).
     sampler = sampling._KNOWN_SAMPLERS[config.sampler]
+    parent_based = config.sampler.startswith("parentbased_")
     if config.sampler in RATIO_SAMPLERS:
-        sampler = sampler(1.0 if config.sampler_arg is None else config.sampler_arg)
-    provider = TracerProvider(resource=resource, sampler=sampler)
+        rate = 1.0 if config.sampler_arg is None else config.sampler_arg
+        sampler = sampler(rate)
+        bound = sampling.TraceIdRatioBased.get_bound_for_rate(rate)
+    else:
+        bound = None if config.sampler.endswith("always_on") else 0
+    ids = _id_generator()
+    provider = TracerProvider(resource=resource, sampler=sampler, id_generator=ids)
     for name in config.exporters:
         provider.add_span_processor(BatchSpanProcessor(_exporter(name, config.protocol)))
-    return Tracing(provider.get_tracer("mve", __version__), provider)
+    head = _HeadSampling(bound, parent_based, ids) if bound is not None else None
+    return Tracing(Tracer(provider.get_tracer("mve", __version__), head), provider)
 
 
 def _exporter(name: str, protocol: str):
@@ -186,25 +295,132 @@ def extract(metadata: Iterable | None):
 
 
 def outgoing_metadata(context=None) -> tuple[tuple[str, str], ...]:
-    """``traceparent`` (and ``tracestate``) for the span current in `context` (default: the current one)."""
+    """``traceparent`` (and ``tracestate``) for the span current in `context` (default: the current one).
+
+    Without `context`, a call its sampler dropped (`ServerSpan`) sends what was decided for it.
+    """
+    if context is None:
+        unsampled = _UNSAMPLED.get()
+        if unsampled is not None:
+            return unsampled
     carrier: dict[str, str] = {}
     _propagator().inject(carrier, context=context)
     return tuple(carrier.items())
 
 
-def trace_id_hex(span) -> str:
-    """The 32-hex-digit trace id of `span`, or "" when it has none."""
-    context = span.get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else ""
+class ServerSpan:
+    """A SERVER span for one gRPC call, current while the call runs, joined to the caller's ``traceparent``.
+
+    `tracer.start_as_current_span` by hand, at a fraction of its cost (which matters per request):
+    with a `Tracer` from `setup_tracing`, a call its sampler drops never reaches the SDK
+    (`_HeadSampling`) and costs a random id, a non-recording span and one context attach;
+    `attributes` are set only on a span that records. An exception leaving the block is recorded
+    and sets the status to ERROR.
+    """
+
+    __slots__ = ("_tracer", "_name", "_metadata", "_attributes", "_span", "_token", "_unsampled_token")
+
+    def __init__(self, tracer, name: str, metadata, attributes: dict):
+        self._tracer = tracer
+        self._name = name
+        self._metadata = metadata
+        self._attributes = attributes
+
+    def __enter__(self):
+        from opentelemetry import context, trace
+
+        head = getattr(self._tracer, "head_sampling", None)  # None: an SDK tracer, or every root sampled
+        if head is not None:
+            unsampled = head.unsampled_metadata(self._metadata)
+            if unsampled is not None:
+                self._span = None
+                self._token = _UNSAMPLED.set(unsampled)
+                return trace.INVALID_SPAN
+        span = self._span = self._tracer.start_span(
+            self._name, context=extract(self._metadata), kind=trace.SpanKind.SERVER
+        )
+        if span.is_recording():
+            span.set_attributes(self._attributes)
+        self._unsampled_token = _UNSAMPLED.set(None)
+        self._token = context.attach(trace.set_span_in_context(span))
+        return span
+
+    def __exit__(self, exc_type, exc, tb):
+        span = self._span
+        if span is None:
+            _UNSAMPLED.reset(self._token)
+            return False
+        from opentelemetry import context, trace
+
+        context.detach(self._token)
+        _UNSAMPLED.reset(self._unsampled_token)
+        if exc is not None and span.is_recording():
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
+        span.end()
+        return False
+
+
+def capture():
+    """The current call's trace, to carry it elsewhere (a batch): its span, or its unsampled metadata."""
+    unsampled = _UNSAMPLED.get()
+    if unsampled is not None:
+        return unsampled
+    from opentelemetry import trace
+
+    return trace.get_current_span()
+
+
+class activate:
+    """Make a trace from `capture` the current one for the block (a batch's upstream call)."""
+
+    __slots__ = ("_trace", "_token", "_unsampled_token")
+
+    def __init__(self, captured):
+        self._trace = captured
+
+    def __enter__(self):
+        from opentelemetry import context, trace
+
+        captured = self._trace
+        if isinstance(captured, tuple):
+            self._unsampled_token = _UNSAMPLED.set(captured)
+            self._token = context.attach(context.Context())
+        else:
+            self._unsampled_token = _UNSAMPLED.set(None)
+            self._token = context.attach(trace.set_span_in_context(captured))
+        return captured
+
+    def __exit__(self, *exc):
+        from opentelemetry import context
+
+        context.detach(self._token)
+        _UNSAMPLED.reset(self._unsampled_token)
+        return False
+
+
+def current_trace_id() -> str:
+    """The current call's trace id in hex ("" without one): what a DEBUG log line carries."""
+    unsampled = _UNSAMPLED.get()
+    if unsampled is not None:
+        return unsampled[0][1][3:35]
+    from opentelemetry import trace
+
+    span_context = trace.get_current_span().get_span_context()
+    return format(span_context.trace_id, "032x") if span_context.is_valid else ""
 
 
 __all__ = [
+    "ServerSpan",
+    "activate",
+    "capture",
+    "current_trace_id",
+    "Tracer",
     "Tracing",
     "TracingConfig",
     "TracingConfigError",
     "extract",
     "outgoing_metadata",
     "setup_tracing",
-    "trace_id_hex",
     "tracing_config",
 ]

@@ -9,9 +9,7 @@ proxy, every second) are plumbing between the services, not operator calls, and 
 from __future__ import annotations
 
 import grpc
-from opentelemetry.trace import SpanKind
-
-from mve.tracing import extract
+from mve.tracing import ServerSpan
 
 UNTRACED = frozenset({"WatchRoutes", "ReportStats"})
 _NAMED_FIELDS = (
@@ -52,9 +50,7 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                 value = getattr(request, field, "")
                 if value and isinstance(value, str):
                     attributes[attribute] = value
-            with tracer.start_as_current_span(
-                span_name, context=extract(context.invocation_metadata()), kind=SpanKind.SERVER, attributes=attributes
-            ):
+            with ServerSpan(tracer, span_name, context.invocation_metadata(), attributes):
                 return await inner(request, context)
 
         return grpc.unary_unary_rpc_method_handler(

@@ -88,9 +88,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return encode_response(request, self.model_name, MODEL_VERSION, names, arrays)
 
     async def _traced_model_infer(self, request, context):
-        from opentelemetry.trace import SpanKind
-
-        from mve.tracing import extract
+        from mve.tracing import ServerSpan
 
         attributes = {
             "rpc.system": "grpc",
@@ -100,12 +98,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         }
         if self.address is not None:
             attributes["server.address"], attributes["server.port"] = self.address
-        with self.tracer.start_as_current_span(
-            f"{INFERENCE_SERVICE}/ModelInfer",
-            context=extract(context.invocation_metadata()),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        ) as span:
+        name = f"{INFERENCE_SERVICE}/ModelInfer"
+        with ServerSpan(self.tracer, name, context.invocation_metadata(), attributes) as span:
             if span.is_recording():
                 shapes = [f"{t.name}{list(t.shape)}".replace(" ", "") for t in request.inputs]
                 span.set_attribute("mve.input_shapes", shapes)

@@ -267,11 +267,10 @@ class DataPlane:
 
     def _observed(self, method: str, variant: VariantState, result, inference_id: str, started: float) -> None:
         """The answering instance on the current span, and the request's DEBUG log line with its trace id."""
-        trace_id = ""
         if self._spans is not None:
             self._spans.answered(result)
-            trace_id = self._spans.current_trace_id()
         if log.isEnabledFor(logging.DEBUG):
+            trace_id = self._spans.current_trace_id() if self._spans is not None else ""
             log.debug(
                 "event=request method=%s endpoint=%s variant=%s instance=%s inference_id=%s trace_id=%s "
                 "latency_us=%d model_latency_us=%d",

@@ -9,8 +9,11 @@ the proxy never builds a span, attaches a context or writes trace metadata.
   variant the batch's size and this request's queue time.
 - A batch of one goes upstream with its caller's span as the model server's parent. A batch of
   several is one upstream call: its ``inference.GRPCInferenceService/ModelInfer`` span (kind
-  CLIENT) is a child of the first sampled member's span, links to every member's span, and each
-  member's span links back to it. The model server's span is its child.
+  CLIENT) is a child of the first sampled member's span, links to every sampled member's span,
+  and each of those links back to it. The model server's span is its child. A batch with no
+  sampled member makes no span and goes upstream in its first member's (unsampled) trace.
+- A call the sampler drops makes no span object at all (`mve.tracing.ServerSpan`): it only
+  passes its unsampled ``traceparent`` on, so the model server does not sample it either.
 
 Attribute names: OpenTelemetry's RPC semantic conventions (rpc.system, rpc.service, rpc.method,
 server.address, server.port) and ``mve.*`` for the rest (docs/observability.md lists them).
@@ -20,16 +23,16 @@ from __future__ import annotations
 
 import contextlib
 
-from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from mve.tracing import extract
+from mve.tracing import ServerSpan, activate, capture, current_trace_id
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mve.v1.EndpointRuntime"
 
-get_current_span = trace.get_current_span
+get_current_span = capture  # what a queued batch member carries (`send_batch`)
+__all__ = ["answered", "batched_alone", "current_trace_id", "get_current_span", "picked", "send_batch", "server_span"]
 
 
 def server_span(tracer, service: str, method: str, grpc_context, address: tuple[str, int] | None):
@@ -37,12 +40,7 @@ def server_span(tracer, service: str, method: str, grpc_context, address: tuple[
     attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
     if address is not None:
         attributes["server.address"], attributes["server.port"] = address
-    return tracer.start_as_current_span(
-        f"{service}/{method}",
-        context=extract(grpc_context.invocation_metadata()),
-        kind=SpanKind.SERVER,
-        attributes=attributes,
-    )
+    return ServerSpan(tracer, f"{service}/{method}", grpc_context.invocation_metadata(), attributes)
 
 
 def picked(variant, target_variant: str, routing_key: str, inference_id: str = "") -> None:
@@ -81,11 +79,16 @@ def batched_alone(rows: int) -> None:
 
 
 async def send_batch(tracer, send, variant, request, timeout: float, members, dispatched_at: float):
-    """`send` one batch with the trace context of its members (see the module docstring)."""
+    """`send` one batch with the trace context of its members (see the module docstring).
+
+    Each member's `span` is what `mve.tracing.capture` took when it queued: its span, or for a
+    request its sampler dropped, the trace metadata decided for it.
+    """
     rows = sum(m.rows for m in members)
+    recording = [m.span for m in members if not isinstance(m.span, tuple) and m.span.is_recording()]
     for member in members:
         span = member.span
-        if span is not None and span.is_recording():
+        if not isinstance(span, tuple) and span.is_recording():
             span.set_attributes(
                 {
                     "mve.batch_size": rows,
@@ -93,23 +96,14 @@ async def send_batch(tracer, send, variant, request, timeout: float, members, di
                     "mve.queue_time_us": int((dispatched_at - member.enqueued_at) * 1e6),
                 }
             )
-    if len(members) == 1:
-        parent = members[0].span
-        token = otel_context.attach(trace.set_span_in_context(parent)) if parent is not None else None
-        try:
+    if len(members) == 1 or not recording:
+        # One caller, or none sampled: the upstream call goes in the (first) caller's own trace.
+        with activate(members[0].span):
             return await send(variant, request, timeout)
-        finally:
-            if token is not None:
-                otel_context.detach(token)
-    spans = [m.span for m in members if m.span is not None]
-    sampled = [s for s in spans if s.get_span_context().trace_flags.sampled]
-    parent = sampled[0] if sampled else (spans[0] if spans else None)
-    links = [Link(s.get_span_context()) for s in spans if s.get_span_context().is_valid]
-    with tracer.start_as_current_span(
+    with activate(recording[0]), tracer.start_as_current_span(
         f"{INFERENCE_SERVICE}/ModelInfer",
-        context=trace.set_span_in_context(parent) if parent is not None else otel_context.Context(),
         kind=SpanKind.CLIENT,
-        links=links,
+        links=[Link(s.get_span_context()) for s in recording],
         attributes={
             "rpc.system": "grpc",
             "rpc.service": INFERENCE_SERVICE,
@@ -121,7 +115,7 @@ async def send_batch(tracer, send, variant, request, timeout: float, members, di
         },
     ) as batch_span:
         if batch_span.is_recording():
-            for span in sampled:
+            for span in recording:
                 with contextlib.suppress(Exception):  # a member's span may have ended (caller gone)
                     span.add_link(batch_span.get_span_context(), {"mve.link": "batch"})
         result = await send(variant, request, timeout)
@@ -133,7 +127,3 @@ async def send_batch(tracer, send, variant, request, timeout: float, members, di
         return result
 
 
-def current_trace_id() -> str:
-    """The current span's trace id in hex ("" without one): what a DEBUG log line carries."""
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else ""

@@ -196,3 +196,71 @@ def test_a_batch_of_three_is_one_call_whose_span_links_every_member():
     (_, _, metadata), = pool.calls
     assert metadata["traceparent"].split("-")[2] == format(batch.context.span_id, "016x")
 
+
+
+# ------------------------------------------------------------ the per-request sampling fast path
+
+
+def head_sampled(monkeypatch, sampler: str, arg: str = ""):
+    """setup_tracing as the env says, its spans exported to memory (not to a collector)."""
+    import mve.tracing
+    from mve.tracing import setup_tracing
+
+    exporter = InMemorySpanExporter()
+    monkeypatch.setattr(mve.tracing, "_exporter", lambda name, protocol: exporter)
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "otlp")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", sampler)
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", arg)
+    return setup_tracing("test"), exporter
+
+
+def calls(tracing, metadatas):
+    """(recorded?, outgoing trace id, outgoing sampled flag, outgoing span id) per call."""
+    from mve.tracing import ServerSpan, current_trace_id
+
+    out = []
+    for metadata in metadatas:
+        with ServerSpan(tracing.tracer, "s/M", metadata, {"a": 1}) as span:
+            header = dict(outgoing_metadata())["traceparent"]
+            _, trace_id, span_id, flags = header.split("-")
+            assert current_trace_id() == trace_id
+            out.append((span.is_recording(), trace_id, bool(int(flags, 16) & 1), span_id))
+    return out
+
+
+def test_the_fast_path_samples_the_same_traces_as_the_sdks_ratio_sampler(monkeypatch):
+    from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+    tracing, exporter = head_sampled(monkeypatch, "parentbased_traceidratio", "0.25")
+    results = calls(tracing, [()] * 2000)
+    tracing.shutdown()
+    bound = TraceIdRatioBased.get_bound_for_rate(0.25)
+    for recording, trace_id, sampled, _ in results:
+        assert recording == sampled == ((int(trace_id, 16) & (2**64 - 1)) < bound)
+    assert 350 < sum(r for r, *_ in results) < 650
+    exported = exporter.get_finished_spans()
+    assert {format(s.context.trace_id, "032x") for s in exported} == {t for r, t, *_ in results if r}
+    assert all(s.attributes["a"] == 1 for s in exported)
+
+
+def test_a_remote_parent_decides_under_parent_based_sampling(monkeypatch):
+    tracing, exporter = head_sampled(monkeypatch, "parentbased_traceidratio", "0")
+    sampled = (("traceparent", f"00-{'ab' * 16}-{'cd' * 8}-01"),)
+    dropped = (("traceparent", f"00-{'ef' * 16}-{'cd' * 8}-00"), ("tracestate", "k=v"))
+    bad = (("traceparent", "00-xyz"),)
+    (rec1, t1, s1, _), (rec2, t2, s2, span2), (rec3, _, s3, _), (rec4, _, s4, _) = calls(
+        tracing, [sampled, dropped, (), bad])
+    assert rec1 and s1 and t1 == "ab" * 16
+    assert not rec2 and not s2 and t2 == "ef" * 16 and span2 != "cd" * 8
+    assert not (rec3 or s3 or rec4 or s4)
+    tracing.shutdown()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent.span_id == int("cd" * 8, 16)
+
+
+def test_a_dropped_call_forwards_the_callers_tracestate():
+    from mve.tracing import _HeadSampling
+
+    head = _HeadSampling(0, True, ids=None)
+    out = head.unsampled_metadata((("traceparent", f"00-{'ef' * 16}-{'cd' * 8}-00"), ("tracestate", "k=v")))
+    assert out[1] == ("tracestate", "k=v") and out[0][1].startswith(f"00-{'ef' * 16}-")
