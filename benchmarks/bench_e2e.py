@@ -13,13 +13,16 @@ Every model server runs with the same ``--threads`` (instance type ml.cpu.small:
 the proxy's throughput by number of variants and by rows per request, the proxy's RSS after the
 load, the c=1 p50 of one model server and of the proxy in alternating rounds (the hop's cost, free
 of the machine's drift), the throughput of a grpc.aio server that does no work (the ceiling of any
-Python proxy here, benchmarks/noop_server.py), and the targets as ratios of this run. Prints a
-table, writes benchmarks/results/e2e.json.
+Python proxy here, benchmarks/noop_server.py), and the targets as ratios of this run. Then the
+tracing rows: the proxy's throughput at the top concurrency with tracing off, sampled at 1% and at
+100%, exporting over OTLP/gRPC to a no-op receiver (benchmarks/e2e_tracing.py). Prints a table,
+writes benchmarks/results/e2e.json.
 
     python benchmarks/bench_e2e.py            # ~4 minutes
     python benchmarks/bench_e2e.py --quick    # < 90 s, shorter cells
     python benchmarks/bench_e2e.py --smoke    # seconds of load: direct and mve only (the test runs this)
     python benchmarks/bench_e2e.py --loadgen h2load   # drive every cell with nghttp2's h2load (C)
+    python benchmarks/bench_e2e.py --tracing-only     # only the tracing rows (~1 minute; --quick: less)
 
 ``mve_batched`` uses MaxBatchSize 32 and MaxDelayMicroseconds 0 (adaptive batching, see
 docs/batching.md) unless --max-batch-size / --max-delay-us say otherwise. With ``--loadgen h2load``
@@ -48,6 +51,7 @@ import grpc  # noqa: E402
 
 import mve  # noqa: E402
 from e2e_report import evaluate_targets, print_report  # noqa: E402
+from e2e_tracing import print_tracing, run_tracing_rows  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from mve.examples import build_example_models  # noqa: E402
@@ -60,10 +64,10 @@ THREADS = 1  # --threads of every model server; ml.cpu.small gives the control p
 INSTANCE_TYPE = "ml.cpu.small"
 
 MODES = {
-    #         cell s, warm-up s, max requests/cell, variants,   rows,    c=1 hop rounds
-    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256), 5),
-    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256), 3),
-    "smoke": (0.5, 0.1, 200, (1,), (1, 16), 1),
+    #         cell s, warm-up s, max requests/cell, variants,   rows,    c=1 hop rounds, tracing rounds
+    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256), 5, 3),
+    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256), 3, 2),
+    "smoke": (0.5, 0.1, 200, (1,), (1, 16), 1, 1),
 }
 NOOP_SERVER = Path(__file__).parent / "noop_server.py"
 
@@ -280,6 +284,8 @@ def main(argv=None) -> int:
     parser.add_argument("--loadgen", choices=("loadgen", "h2load"), default="loadgen",
                         help="load process: benchmarks/loadgen.py (grpc.aio, default) or nghttp2's h2load "
                              "(C, ~6x less CPU per request; installed with apt-get when root)")
+    parser.add_argument("--tracing-only", action="store_true",
+                        help="run only the tracing rows (off / sampled 1%% / sampled 100%%) at the top concurrency")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     try:
@@ -298,6 +304,8 @@ def main(argv=None) -> int:
 
         ensure_h2load()
     started = time.monotonic()
+    if args.tracing_only:
+        return run_tracing_only(args, mode_name, mode, max(concurrencies), started)
 
     with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -305,6 +313,10 @@ def main(argv=None) -> int:
         with open(work / "servers.log", "a", buffering=1) as log:
             scenarios = run_baselines(model_path, concurrencies, mode, log, with_nginx=not args.smoke)
         mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg)
+        if not args.smoke:
+            with open(work / "servers.log", "a", buffering=1) as log:
+                mesh_results["tracing"] = run_tracing_rows(
+                    model_path, work, mode, max(concurrencies), mode[6], run_loadgen=run_loadgen, deploy=deploy, log=log)
     scenarios["noop"] = run_noop_ceiling(max(concurrencies), mode)
 
     results = {
@@ -324,8 +336,35 @@ def main(argv=None) -> int:
     results["targets"] = evaluate_targets(results)
     results["wall_seconds"] = time.monotonic() - started
     print_report(results)
+    if "tracing" in results:
+        print_tracing(results["tracing"])
     if not results["settings"]["proxy_batching_available"]:
         print("note: this proxy has no batcher yet (mve/proxy/batcher.py); 'batching on' ran unbatched")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def run_tracing_only(args, mode_name: str, mode: tuple, concurrency: int, started: float) -> int:
+    """`--tracing-only`: the tracing rows alone, printed and written to --out."""
+    with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
+        work = Path(tmp)
+        model_path = build_example_models(work / "models")["mlp"]
+        with open(work / "servers.log", "a", buffering=1) as log:
+            tracing = run_tracing_rows(model_path, work, mode, concurrency, mode[6], run_loadgen=run_loadgen,
+                                       deploy=deploy, log=log)
+    results = {
+        "benchmark": "e2e-tracing",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {"mode": mode_name, "concurrency": [concurrency], "cell_seconds": mode[0],
+                     "warmup_seconds": mode[1], "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE,
+                     "request": "mlp, 1 row FP32, raw", "loadgen": args.loadgen},
+        "tracing": tracing,
+        "wall_seconds": time.monotonic() - started,
+    }
+    print_tracing(tracing)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")

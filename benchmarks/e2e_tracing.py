@@ -1,0 +1,149 @@
+"""bench_e2e's tracing rows: the proxy's c=64 throughput with tracing off, sampled at 1% and at 100%.
+
+One control plane and its two model servers (tracing off, so only the proxy's cost is measured);
+three proxies on the same routing table, identical but for their OTEL_* environment:
+
+- ``off``: no OTEL_* at all;
+- ``sampled 1%``: ``OTEL_TRACES_EXPORTER=otlp``, ``OTEL_TRACES_SAMPLER=parentbased_traceidratio``,
+  ``OTEL_TRACES_SAMPLER_ARG=0.01``;
+- ``sampled 100%``: the same with ``parentbased_always_on``.
+
+Both traced proxies really export, over OTLP/gRPC, to a throwaway receiver (benchmarks/otlp_sink.py)
+that counts what arrives. Cells alternate between the three proxies round after round (the order
+rotating each round) so the machine's drift falls on all three alike; the medians are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import mve
+from mve.mesh import Mesh
+from mve.supervise import Child
+
+SINK = Path(__file__).parent / "otlp_sink.py"
+TARGET_1PCT_RATIO = 0.95  # sampled at 1% costs at most 5% of the throughput with tracing off
+
+EXPORT = {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}
+SETTINGS = {
+    "off": {},
+    "sampled 1%": {**EXPORT, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
+    "sampled 100%": {**EXPORT, "OTEL_TRACES_SAMPLER": "parentbased_always_on"},
+}
+
+
+@contextmanager
+def otlp_sink():
+    """benchmarks/otlp_sink.py as a process; yields (endpoint, counts) and fills counts when it stops."""
+    process = subprocess.Popen([sys.executable, str(SINK)], stdout=subprocess.PIPE, text=True)
+    counts: dict[str, int] = {}
+    try:
+        address = json.loads(process.stdout.readline())["address"]
+        yield f"http://{address}", counts
+    finally:
+        process.terminate()
+        out, _ = process.communicate(timeout=15)
+        for line in out.splitlines():
+            if line.startswith("{") and '"spans"' in line:
+                counts.update(json.loads(line)["spans"])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds `pid` has used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _proxy_env(name: str, endpoint: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    env.update(SETTINGS[name])
+    if SETTINGS[name]:
+        env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": f"bench-{name}"})
+    return env
+
+
+def run_tracing_rows(model_path: Path, work: Path, mode: tuple, concurrency: int, rounds: int, *,
+                     run_loadgen, deploy, log) -> dict:
+    """The three settings' cells at `concurrency`, `rounds` alternating rounds; medians and ratios."""
+    cells: dict[str, list[dict]] = {name: [] for name in SETTINGS}
+    with otlp_sink() as (endpoint, spans):
+        with Mesh(work / "mesh-tracing", log_path=work / "mesh-tracing.log") as mesh:
+            sm = mve.client("sagemaker", address=mesh.control_plane_address)
+            sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
+            deploy(sm, mesh.proxy_address, "mlp", 2, None)
+            proxies = {}
+            try:
+                for name in SETTINGS:
+                    proxies[name] = Child(f"proxy-{name}", lambda port: [
+                        "proxy", "--control-plane", mesh.control_plane_address, "--port", str(port),
+                        "--metrics-port", "0", "--log-level", "WARNING"], 0, log, _proxy_env(name, endpoint))
+                    proxies[name].start(60.0)
+                for round_index in range(rounds):
+                    names = list(SETTINGS)
+                    names = names[round_index % len(names):] + names[:round_index % len(names)]
+                    for name in names:
+                        pid = proxies[name].process.pid
+                        cpu_before = cpu_seconds(pid)
+                        cell = run_loadgen(proxies[name].address, "mlp", concurrency=concurrency, rows=1, mode=mode)
+                        # The proxy's CPU per request: robust to a noisy machine where req/s is not. The
+                        # warm-up's requests are not counted by the load process; they ran at the same rate.
+                        sent = cell["requests"] * (cell["seconds"] + mode[1]) / cell["seconds"]
+                        cell["proxy_cpu_us_per_request"] = (cpu_seconds(pid) - cpu_before) * 1e6 / max(sent, 1)
+                        cells[name].append(cell)
+                        print(f"  tracing {name} c={concurrency} round {round_index + 1}: "
+                              f"{cell['throughput_rps']:.0f} req/s p50 {cell['p50_ms']:.2f} ms errors {cell['errors']} "
+                              f"proxy CPU {cell['proxy_cpu_us_per_request']:.0f} us/req", file=sys.stderr)
+            finally:
+                for proxy in proxies.values():
+                    proxy.stop(10.0)  # SIGTERM: a traced proxy flushes its queued spans first
+    out = {"concurrency": concurrency, "rounds": rounds, "receiver": "OTLP/gRPC no-op (benchmarks/otlp_sink.py)",
+           "settings": {}}
+    off = statistics.median(c["throughput_rps"] for c in cells["off"])
+    off_cpu = statistics.median(c["proxy_cpu_us_per_request"] for c in cells["off"])
+    for name, runs in cells.items():
+        median = statistics.median(c["throughput_rps"] for c in runs)
+        out["settings"][name] = {
+            "env": SETTINGS[name],
+            "throughput_rps": [c["throughput_rps"] for c in runs],
+            "median_rps": median,
+            "ratio_vs_off": median / off if off else None,
+            "proxy_cpu_us_per_request": statistics.median(c["proxy_cpu_us_per_request"] for c in runs),
+            "cpu_ratio_vs_off": statistics.median(c["proxy_cpu_us_per_request"] for c in runs) / off_cpu
+            if off_cpu else None,
+            "p50_ms": statistics.median(c["p50_ms"] for c in runs),
+            "p99_ms": statistics.median(c["p99_ms"] for c in runs),
+            "errors": sum(c["errors"] for c in runs),
+            "requests": sum(c["requests"] for c in runs),
+            # Warm-up requests are traced too, so spans can exceed the counted requests a little.
+            "spans_exported": spans.get(f"bench-{name}", 0) if SETTINGS[name] else 0,
+        }
+    ratio = out["settings"]["sampled 1%"]["ratio_vs_off"]
+    out["target"] = {"name": "c=64 throughput: sampled 1% / off", "value": ratio, "limit": TARGET_1PCT_RATIO,
+                     "met": None if ratio is None else ratio >= TARGET_1PCT_RATIO}
+    return out
+
+
+def print_tracing(rows: dict, out=None) -> None:
+    """The tracing rows as a table, with the 1% target."""
+    write = (out or sys.stdout).write
+    write(f"\ntracing: mve proxy, 2 variants, c={rows['concurrency']}, {rows['rounds']} alternating round(s), "
+          f"spans exported to an {rows['receiver']}\n")
+    write(f"{'setting':<14} {'req/s':>9} {'vs off':>7} {'CPU us/req':>10} {'vs off':>7} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'errors':>7} {'requests':>9} {'spans':>9}  per round req/s\n")
+    for name, row in rows["settings"].items():
+        ratio = "-" if row["ratio_vs_off"] is None else f"{row['ratio_vs_off']:.3f}"
+        cpu_ratio = "-" if row["cpu_ratio_vs_off"] is None else f"{row['cpu_ratio_vs_off']:.3f}"
+        rounds = " ".join(f"{v:.0f}" for v in row["throughput_rps"])
+        write(f"{name:<14} {row['median_rps']:>9.0f} {ratio:>7} {row['proxy_cpu_us_per_request']:>10.0f} "
+              f"{cpu_ratio:>7} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>7} {row['requests']:>9} "
+              f"{row['spans_exported']:>9}  {rounds}\n")
+    target = rows["target"]
+    verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
+    value = "-" if target["value"] is None else f"{target['value']:.3f}"
+    write(f"  {target['name']:<46} {value:>8}  (>= {target['limit']:g})  {verdict}\n")
