@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from mve import commands_update
+
 VARIANT_KEYS = {
     "name": "VariantName", "model": "ModelName", "instances": "InitialInstanceCount",
     "weight": "InitialVariantWeight", "instance-type": "InstanceType", "routing": "RoutingStrategy",
@@ -159,6 +161,8 @@ def _endpoints(args) -> int:
     if action == "delete":
         sm.delete_endpoint(EndpointName=args.name)
         return out.done(args, f"deleting endpoint {args.name}")
+    if action == "update":
+        return commands_update.run(args, sm)
     if action == "create":
         response = sm.create_endpoint(EndpointName=args.name, EndpointConfigName=args.config)
     else:
@@ -274,6 +278,8 @@ def register(subparsers) -> None:
     create = add("create", "create an endpoint from an endpoint config")
     create.add_argument("--config", required=True, help="endpoint config name")
     add("delete", "delete an endpoint")
+    commands_update.add_arguments(add("update", "deploy another endpoint config (UpdateEndpoint), blue/green or rolling, "
+                                                "with optional canary, baking and rollback alarms"))
     weights = add("update-weights", "set variant weights: VARIANT=WEIGHT ...")
     weights.add_argument("assignments", nargs="+", metavar="VARIANT=WEIGHT")
     capacity = add("update-capacity", "set variant instance counts: VARIANT=COUNT ...")

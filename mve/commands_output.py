@@ -53,7 +53,11 @@ def _table(rows: list[dict], title: str | None = None) -> Table:
 
 
 def show(args, response: dict) -> int:
-    """One resource: its scalar fields as a two-column table, each list of dicts as a table of its own."""
+    """One resource: its scalar fields as a two-column table, each list of dicts as a table of its own.
+
+    An endpoint's LastDeploymentConfig is one line of text, and its PendingDeploymentSummary a
+    table of the new (green) variants with their statuses.
+    """
     data = _plain(response)
     if args.json:
         print_json(data)
@@ -63,7 +67,14 @@ def show(args, response: dict) -> int:
     fields.add_column("value")
     nested = []
     for key, value in data.items():
-        if isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+        if key == "LastDeploymentConfig":
+            fields.add_row(key, deployment_text(value))
+        elif key == "PendingDeploymentSummary":
+            since = f" (since {_cell(value['StartTime'])})" if "StartTime" in value else ""
+            fields.add_row(key, f"updating to {value.get('EndpointConfigName', '')}{since}")
+            nested.append((f"PendingDeploymentSummary: {value.get('EndpointConfigName', '')}",
+                           value.get("ProductionVariants", [])))
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             nested.append((key, value))
         else:
             fields.add_row(key, _cell(value))
@@ -78,6 +89,51 @@ def show(args, response: dict) -> int:
 
 def _status(statuses) -> str:
     return ", ".join(s.get("Status", "") for s in statuses) if isinstance(statuses, list) else str(statuses)
+
+
+def _size(size: dict) -> str:
+    value = size.get("Value")
+    return f"{value}%" if size.get("Type") == "CAPACITY_PERCENT" else f"{value} instance{'s' if value != 1 else ''}"
+
+
+def deployment_text(config: dict) -> str:
+    """A DeploymentConfig in one line, e.g. ``blue/green CANARY 10%, bake 60s; rollback alarms: ab-5xx``."""
+    parts = []
+    blue_green = config.get("BlueGreenUpdatePolicy")
+    if blue_green:
+        routing = blue_green.get("TrafficRoutingConfiguration", {})
+        step = routing.get("CanarySize") or routing.get("LinearStepSize")
+        text = f"blue/green {routing.get('Type', '')}{' ' + _size(step) if step else ''}"
+        text += f", bake {routing.get('WaitIntervalInSeconds', 0)}s"
+        text += f", termination wait {blue_green.get('TerminationWaitInSeconds', 0)}s"
+        if "MaximumExecutionTimeoutInSeconds" in blue_green:
+            text += f", at most {blue_green['MaximumExecutionTimeoutInSeconds']}s"
+        parts.append(text)
+    rolling = config.get("RollingUpdatePolicy")
+    if rolling:
+        text = f"rolling, batches of {_size(rolling.get('MaximumBatchSize', {}))}"
+        text += f", bake {rolling.get('WaitIntervalInSeconds', 0)}s"
+        if "RollbackMaximumBatchSize" in rolling:
+            text += f", rollback batches of {_size(rolling['RollbackMaximumBatchSize'])}"
+        if "MaximumExecutionTimeoutInSeconds" in rolling:
+            text += f", at most {rolling['MaximumExecutionTimeoutInSeconds']}s"
+        parts.append(text)
+    alarms = config.get("AutoRollbackConfiguration", {}).get("Alarms", [])
+    if alarms:
+        parts.append("rollback alarms: " + ", ".join(a.get("AlarmName", "") for a in alarms))
+    return "; ".join(parts) or "-"
+
+
+def progress_line(description: dict) -> str:
+    """An endpoint's status and, during an update, each new variant's status and instances."""
+    line = description.get("EndpointStatus", "")
+    pending = description.get("PendingDeploymentSummary")
+    if pending:
+        variants = [f"{v['VariantName']} {_status(v.get('VariantStatus', [])) or '-'} "
+                    f"{v.get('CurrentInstanceCount', 0)}/{v.get('DesiredInstanceCount', 0)}"
+                    for v in pending.get("ProductionVariants", [])]
+        line += f"; new {pending.get('EndpointConfigName', '')}: " + ", ".join(variants)
+    return line
 
 
 def show_list(args, response: dict, key: str) -> int:

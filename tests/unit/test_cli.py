@@ -9,7 +9,7 @@ from mve.cli import build_parser, main
 SUBCOMMANDS = [
     ["model-server"], ["control-plane"], ["proxy"], ["up"], ["demo"], ["invoke"],
     ["models", "list"], ["endpoint-configs", "create"], ["endpoints", "list"],
-    ["endpoint", "describe"], ["endpoint", "update-weights"],
+    ["endpoint", "describe"], ["endpoint", "update"], ["endpoint", "update-weights"],
     ["metrics", "get-metric-statistics"], ["metrics", "get-metric-data"], ["metrics", "list-metrics"],
     ["metrics", "put-metric-alarm"], ["metrics", "describe-alarms"], ["metrics", "delete-alarms"],
     ["metrics", "describe-alarm-history"], ["top"],
