@@ -120,15 +120,15 @@ def run_cell(kind: str, concurrency: int, seconds: float, warmup: float, body_fi
                    "-t", "1", "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
                    f"http://{address}{METHOD}"]
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        marks: dict[str, tuple[float, float]] = {}
+        marks: dict[str, tuple[float, float, float]] = {}  # (time, server CPU s, h2load CPU s)
         lines = []
         deadline = time.monotonic() + seconds + warmup + 60
         for line in load.stdout:
             lines.append(line)
             if "Main benchmark duration is started" in line:
-                marks["start"] = (time.monotonic(), cpu_seconds(process.pid))
+                marks["start"] = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(load.pid))
             elif "Main benchmark duration is over" in line:
-                marks["end"] = (time.monotonic(), cpu_seconds(process.pid))
+                marks["end"] = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(load.pid))
             if time.monotonic() > deadline:
                 load.kill()
                 break
@@ -153,6 +153,8 @@ def run_cell(kind: str, concurrency: int, seconds: float, warmup: float, body_fi
         "server": kind, "concurrency": concurrency, "connections": connections, "window_s": window,
         "requests": good, "errors": failed + errored + timed_out + missing, "throughput_rps": good / seconds,
         "cpu_s": cpu, "cpu_util": cpu / window, "cpu_us_per_request": cpu / good * 1e6 if good else None,
+        # h2load's own CPU (taskset execs it: same pid): near 100% means the load, not the server, is the limit
+        "h2load_cpu_util": (marks["end"][2] - marks["start"][2]) / window,
     }
 
 
@@ -164,6 +166,7 @@ def summarise(cells: list[dict]) -> dict:
             "throughput_rps": statistics.median(c["throughput_rps"] for c in mine),
             "cpu_us_per_request": statistics.median(c["cpu_us_per_request"] for c in mine),
             "cpu_util": statistics.median(c["cpu_util"] for c in mine),
+            "h2load_cpu_util": statistics.median(c["h2load_cpu_util"] for c in mine),
             "errors": sum(c["errors"] for c in mine),
         }
     out["cpu_ratio"] = out["native"]["cpu_us_per_request"] / out["grpc.aio"]["cpu_us_per_request"]
@@ -176,17 +179,19 @@ def print_table(results: dict) -> None:
           f"{results['settings']['seconds']:g} s windows, {results['settings']['rounds']} rounds")
     print(f"load average at start {results['load_start']}, at end {results['load_end']}; "
           f"quiet window: {results['quiet']['quiet']} (waited {results['quiet']['waited_s']} s)")
-    header = f"{'c':>4} {'round':>5} {'server':<9} {'req/s':>9} {'CPU us/req':>11} {'server CPU':>10} {'errors':>6}"
+    header = (f"{'c':>4} {'round':>5} {'server':<9} {'req/s':>9} {'CPU us/req':>11} {'server CPU':>10} "
+              f"{'h2load CPU':>10} {'errors':>6}")
     for concurrency, block in results["concurrency"].items():
         print("\n" + header)
         for cell in block["cells"]:
             print(f"{concurrency:>4} {cell['round']:>5} {cell['server']:<9} {cell['throughput_rps']:>9.0f} "
-                  f"{cell['cpu_us_per_request']:>11.1f} {cell['cpu_util']:>9.0%} {cell['errors']:>6}")
+                  f"{cell['cpu_us_per_request']:>11.1f} {cell['cpu_util']:>10.0%} {cell['h2load_cpu_util']:>10.0%} "
+                  f"{cell['errors']:>6}")
         summary = block["summary"]
         for kind in SERVERS:
             s = summary[kind]
             print(f"{concurrency:>4} {'med':>5} {kind:<9} {s['throughput_rps']:>9.0f} {s['cpu_us_per_request']:>11.1f} "
-                  f"{s['cpu_util']:>9.0%} {s['errors']:>6}")
+                  f"{s['cpu_util']:>10.0%} {s['h2load_cpu_util']:>10.0%} {s['errors']:>6}")
         print(f"c={concurrency}: native/grpc.aio CPU per request {summary['cpu_ratio']:.3f}x, "
               f"req/s {summary['rps_ratio']:.2f}x")
     gate = results["gate"]
@@ -247,7 +252,8 @@ def main() -> int:
                     cell["round"] = round_index
                     cells.append(cell)
                     print(f"  c={concurrency} round {round_index} {kind}: {cell['throughput_rps']:.0f} req/s, "
-                          f"{cell['cpu_us_per_request']:.1f} us CPU/request, server CPU {cell['cpu_util']:.0%}",
+                          f"{cell['cpu_us_per_request']:.1f} us CPU/request, server CPU {cell['cpu_util']:.0%}, "
+                          f"h2load CPU {cell['h2load_cpu_util']:.0%}",
                           file=sys.stderr)
             results["concurrency"][str(concurrency)] = {"cells": cells, "summary": summarise(cells)}
     results["load_end"] = Path("/proc/loadavg").read_text().strip()

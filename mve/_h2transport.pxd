@@ -266,6 +266,7 @@ cdef struct Server:
     size_t rbuf_size
     bint stopping
     uint64_t accepted
+    int64_t open_conns
     uint64_t requests
     uint64_t errors
     uint64_t resets

@@ -361,6 +361,7 @@ cdef void conn_open(Server* s, int fd) noexcept nogil:
         s.conns.prev = c
     s.conns = c
     s.accepted += 1
+    s.open_conns += 1
     mark_dirty(s, c)    # our SETTINGS go out at the end of this turn
 
 
@@ -389,6 +390,7 @@ cdef void conn_free(Server* s, Conn* c) noexcept nogil:
         c.next.prev = c.prev
     free(c.wbuf)
     free(c)
+    s.open_conns -= 1
 
 
 cdef void conn_read(Server* s, Conn* c) noexcept nogil:
@@ -716,12 +718,8 @@ cdef class H2Server:
         """Counters since start: connections accepted and open, requests answered OK, gRPC errors
         answered, RST_STREAM frames received."""
         cdef Server* s = self.srv
-        cdef Conn* c = s.conns
-        cdef int open_connections = 0
-        while c != NULL:
-            open_connections += 1
-            c = c.next
-        return {"connections": s.accepted, "open_connections": open_connections, "requests": s.requests,
+        # plain counter reads: the serving thread may be changing the connection list right now
+        return {"connections": s.accepted, "open_connections": s.open_conns, "requests": s.requests,
                 "errors": s.errors, "resets": s.resets}
 
 
