@@ -132,9 +132,12 @@ class _HeadSampling:
     LIMIT = (1 << 64) - 1
 
     def __init__(self, bound: int, parent_based: bool, ids):
+        from opentelemetry import trace
+
         self.bound = bound
         self.parent_based = parent_based
         self.ids = ids
+        self.invalid_span = trace.INVALID_SPAN  # what a dropped call's ServerSpan gives its block
 
     def unsampled_metadata(self, metadata) -> tuple | None:
         """The outgoing trace metadata of a call the sampler drops, or None when the SDK must make a span."""
@@ -152,14 +155,17 @@ class _HeadSampling:
                     return None
             elif (trace_id & self.LIMIT) < self.bound:
                 return None
-        else:
-            state = None
-            trace_id = getrandbits(128) or 1
-            if (trace_id & self.LIMIT) < self.bound:
-                self.ids.next_trace_id = trace_id
-                return None
-        outgoing = (("traceparent", f"00-{trace_id:032x}-{getrandbits(64) or 1:016x}-00"),)
-        return outgoing + (("tracestate", state),) if state else outgoing
+            ids = getrandbits(64) | 1  # a fresh span id (never the all-zero invalid one)
+            outgoing = (("traceparent", f"00-{trace_id:032x}-{ids:016x}-00"),)
+            return outgoing + (("tracestate", state),) if state else outgoing
+        # A root: one draw for the trace id (high 128 bits) and the span id (low 64), hex at once.
+        ids = getrandbits(192) | (1 << 64) | 1  # neither id all-zero (invalid)
+        trace_id = ids >> 64
+        if (trace_id & self.LIMIT) < self.bound:
+            self.ids.next_trace_id = trace_id
+            return None
+        digits = ids.to_bytes(24, "big").hex()
+        return (("traceparent", f"00-{digits[:32]}-{digits[32:]}-00"),)
 
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
@@ -327,15 +333,15 @@ class ServerSpan:
         self._attributes = attributes
 
     def __enter__(self):
-        from opentelemetry import context, trace
-
         head = getattr(self._tracer, "head_sampling", None)  # None: an SDK tracer, or every root sampled
         if head is not None:
             unsampled = head.unsampled_metadata(self._metadata)
             if unsampled is not None:
                 self._span = None
                 self._token = _UNSAMPLED.set(unsampled)
-                return trace.INVALID_SPAN
+                return head.invalid_span
+        from opentelemetry import context, trace
+
         span = self._span = self._tracer.start_span(
             self._name, context=extract(self._metadata), kind=trace.SpanKind.SERVER
         )
@@ -359,6 +365,11 @@ class ServerSpan:
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))
         span.end()
         return False
+
+
+def dropped() -> bool:
+    """True inside a call its sampler dropped (no span exists: skip any span work)."""
+    return _UNSAMPLED.get() is not None
 
 
 def capture():
@@ -415,6 +426,7 @@ __all__ = [
     "activate",
     "capture",
     "current_trace_id",
+    "dropped",
     "Tracer",
     "Tracing",
     "TracingConfig",

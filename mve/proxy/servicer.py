@@ -25,9 +25,19 @@ RUNTIME_SERVICE = runtime_pb2.DESCRIPTOR.services_by_name["EndpointRuntime"].ful
 
 def server_span(dataplane: DataPlane, service: str, method: str, context):
     """The call's SERVER span (tracing on only), joined to the caller's ``traceparent``."""
-    from mve.proxy.spans import server_span as span
+    return _spans().server_span(dataplane.tracer, service, method, context, dataplane.address)
 
-    return span(dataplane.tracer, service, method, context, dataplane.address)
+
+def _spans():
+    global _SPANS
+    if _SPANS is None:  # imported on first use: with tracing off, OpenTelemetry is never imported
+        from mve.proxy import spans
+
+        _SPANS = spans
+    return _SPANS
+
+
+_SPANS = None
 
 
 class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):

@@ -26,7 +26,7 @@ import contextlib
 from opentelemetry import trace
 from opentelemetry.trace import Link, SpanKind
 
-from mve.tracing import ServerSpan, activate, capture, current_trace_id
+from mve.tracing import ServerSpan, activate, capture, current_trace_id, dropped
 
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mve.v1.EndpointRuntime"
@@ -37,14 +37,23 @@ __all__ = ["answered", "batched_alone", "current_trace_id", "get_current_span", 
 
 def server_span(tracer, service: str, method: str, grpc_context, address: tuple[str, int] | None):
     """The SERVER span of one call, current while the handler runs, joined to the caller's trace."""
-    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
-    if address is not None:
-        attributes["server.address"], attributes["server.port"] = address
-    return ServerSpan(tracer, f"{service}/{method}", grpc_context.invocation_metadata(), attributes)
+    key = (service, method, address)
+    named = _SERVER_SPANS.get(key)
+    if named is None:
+        attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": method}
+        if address is not None:
+            attributes["server.address"], attributes["server.port"] = address
+        named = _SERVER_SPANS[key] = (f"{service}/{method}", attributes)
+    return ServerSpan(tracer, named[0], grpc_context.invocation_metadata(), named[1])
+
+
+_SERVER_SPANS: dict[tuple, tuple[str, dict]] = {}  # (service, method, address) -> (span name, attributes)
 
 
 def picked(variant, target_variant: str, routing_key: str, inference_id: str = "") -> None:
     """Name the endpoint, the variant and why it was picked on the current span."""
+    if dropped():
+        return
     span = trace.get_current_span()
     if not span.is_recording():
         return
@@ -58,6 +67,8 @@ def picked(variant, target_variant: str, routing_key: str, inference_id: str = "
 
 def answered(result) -> None:
     """Name the instance that answered, and its model latency, on the current span."""
+    if dropped():
+        return
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes(_instance_attributes(result))
@@ -73,6 +84,8 @@ def _instance_attributes(result) -> dict:
 
 def batched_alone(rows: int) -> None:
     """A request sent as a batch of one at once: batch size and no queue time on the current span."""
+    if dropped():
+        return
     span = trace.get_current_span()
     if span.is_recording():
         span.set_attributes({"mve.batch_size": rows, "mve.batch_requests": 1, "mve.queue_time_us": 0})

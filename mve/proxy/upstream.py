@@ -151,24 +151,13 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
 
 
 async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
-    if pool.tracing:
-        return await _traced_call(pool, instance, request, timeout)
-    try:
-        if isinstance(request, bytes):
-            return await pool.raw_model_infer(instance.address)(request, timeout=timeout)
-        return await pool.stub(instance.address).ModelInfer(request, timeout=timeout)
-    except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
-        raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
-
-
-async def _traced_call(pool: UpstreamPool, instance: Instance, request, timeout: float):
-    """`_call` with the current span's trace context in the call's metadata (``traceparent``)."""
-    metadata = outgoing_metadata()
+    # Tracing on: the current call's W3C traceparent goes along (its span, or its unsampled context).
+    metadata = outgoing_metadata() if pool.tracing else None
     try:
         if isinstance(request, bytes):
             return await pool.raw_model_infer(instance.address)(request, timeout=timeout, metadata=metadata)
         return await pool.stub(instance.address).ModelInfer(request, timeout=timeout, metadata=metadata)
-    except grpc.aio.UsageError as error:
+    except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
         raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
 
 

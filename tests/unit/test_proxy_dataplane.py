@@ -37,7 +37,7 @@ class FakeStub:
     def __init__(self, pool, address):
         self.pool, self.address = pool, address
 
-    async def ModelInfer(self, request, timeout=None):
+    async def ModelInfer(self, request, timeout=None, metadata=None):
         self.pool.calls.append((self.address, request, timeout))
         behaviour = self.pool.behaviours[self.address]
         if isinstance(behaviour, grpc.aio.AioRpcError):
