@@ -10,7 +10,13 @@ three proxies on the same routing table, identical but for their OTEL_* environm
 
 Both traced proxies really export, over OTLP/gRPC, to a throwaway receiver (benchmarks/otlp_sink.py)
 that counts what arrives. Cells alternate between the three proxies round after round (the order
-rotating each round) so the machine's drift falls on all three alike; the medians are compared.
+rotating each round) so the machine's drift falls on all three alike; the medians are compared,
+next to each proxy's CPU per request (less sensitive to a busy machine than req/s).
+
+Then the same three settings in this process, without gRPC or a model server: the CPU of the
+proxy's own code per ModelInfer (`RawModelInfer` -> `DataPlane` -> an upstream call that answers
+at once), spans exported to the same receiver. What tracing adds there is what it adds to a
+proxy, free of the network and of the other processes on the machine.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -102,8 +109,9 @@ def run_tracing_rows(model_path: Path, work: Path, mode: tuple, concurrency: int
             finally:
                 for proxy in proxies.values():
                     proxy.stop(10.0)  # SIGTERM: a traced proxy flushes its queued spans first
+        inprocess = inprocess_cost(endpoint)
     out = {"concurrency": concurrency, "rounds": rounds, "receiver": "OTLP/gRPC no-op (benchmarks/otlp_sink.py)",
-           "settings": {}}
+           "settings": {}, "inprocess": inprocess}
     off = statistics.median(c["throughput_rps"] for c in cells["off"])
     off_cpu = statistics.median(c["proxy_cpu_us_per_request"] for c in cells["off"])
     for name, runs in cells.items():
@@ -129,6 +137,92 @@ def run_tracing_rows(model_path: Path, work: Path, mode: tuple, concurrency: int
     return out
 
 
+def inprocess_cost(endpoint: str, rounds: int = 7, requests: int = 3000) -> dict:
+    """Median CPU microseconds of the proxy's own code per ModelInfer, per setting (see the docstring)."""
+    import asyncio
+
+    from mve._proto import control_pb2
+    from mve._proto import grpc_predict_v2_pb2 as pb
+    from mve.proxy.dataplane import DataPlane
+    from mve.proxy.router import Router
+    from mve.proxy.servicer import RawModelInfer
+    from mve.proxy.stats import StatsBook
+    from mve.tracing import setup_tracing
+
+    answer = pb.ModelInferResponse(model_name="mlp", raw_output_contents=[bytes(16)])
+    answer.outputs.add(name="output", datatype="FP32", shape=[1, 4])
+    answer = answer.SerializeToString()
+    request = pb.ModelInferRequest(model_name="ep", raw_input_contents=[bytes(64)])
+    request.inputs.add(name="input", datatype="FP32", shape=[1, 16])
+    request = request.SerializeToString()
+
+    class Upstream:  # UpstreamPool's raw ModelInfer, answering at once
+        def __init__(self, tracing: bool):
+            self.tracing = tracing
+
+        def raw_model_infer(self, address):
+            async def call(data, timeout=None, metadata=None):
+                return answer
+            return call
+
+    class Context:  # what RawModelInfer reads of a grpc.aio call
+        metadata = (("user-agent", "grpc-python-asyncio/1.0"), ("content-type", "application/grpc"))
+
+        def time_remaining(self):
+            return 10.0
+
+        def invocation_metadata(self):
+            return self.metadata
+
+    def handler(tracer):
+        router = Router(seed=1)
+        router.apply(control_pb2.RoutingTable(version=1, endpoints=[control_pb2.EndpointRoute(
+            endpoint_name="ep", variants=[control_pb2.VariantRoute(
+                variant_name="v1", model_name="mlp", weight=1,
+                instances=[control_pb2.InstanceRoute(instance_id="i0", address="a0")],
+                inputs=[control_pb2.TensorSpec(name="input", datatype="FP32", shape=[-1, 16])])])]))
+        return RawModelInfer(DataPlane(router, Upstream(tracer is not None), StatsBook(), tracer=tracer))
+
+    saved = {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
+    tracings, handlers = [], {}
+    try:
+        for name, env in SETTINGS.items():
+            for key in [k for k in os.environ if k.startswith("OTEL_")]:
+                del os.environ[key]
+            os.environ.update(env)
+            if env:
+                os.environ.update({"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "bench-inprocess"})
+            tracing = setup_tracing("bench-inprocess")
+            if tracing is not None:
+                tracings.append(tracing)
+            handlers[name] = handler(tracing.tracer if tracing is not None else None)
+    finally:
+        for key in [k for k in os.environ if k.startswith("OTEL_")]:
+            del os.environ[key]
+        os.environ.update(saved)
+
+    async def measure(call) -> float:
+        context = Context()
+        started = time.process_time()
+        for _ in range(requests):
+            await call(request, context)
+        return (time.process_time() - started) * 1e6 / requests
+
+    async def main():
+        samples: dict[str, list[float]] = {name: [] for name in handlers}
+        for _ in range(rounds):
+            for name, call in handlers.items():
+                samples[name].append(await measure(call))
+        return samples
+
+    samples = asyncio.run(main())
+    for tracing in tracings:
+        tracing.shutdown()
+    off = statistics.median(samples["off"])
+    return {name: {"cpu_us_per_request": statistics.median(v), "min_us": min(v),
+                   "added_us": statistics.median(v) - off} for name, v in samples.items()}
+
+
 def print_tracing(rows: dict, out=None) -> None:
     """The tracing rows as a table, with the 1% target."""
     write = (out or sys.stdout).write
@@ -143,6 +237,11 @@ def print_tracing(rows: dict, out=None) -> None:
         write(f"{name:<14} {row['median_rps']:>9.0f} {ratio:>7} {row['proxy_cpu_us_per_request']:>10.0f} "
               f"{cpu_ratio:>7} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['errors']:>7} {row['requests']:>9} "
               f"{row['spans_exported']:>9}  {rounds}\n")
+    inprocess = rows.get("inprocess")
+    if inprocess:
+        write("in-process, the proxy's own code per ModelInfer (no gRPC, no model server): CPU us/request "
+              + ", ".join(f"{name} {row['cpu_us_per_request']:.1f} (+{row['added_us']:.1f})"
+                          for name, row in inprocess.items()) + "\n")
     target = rows["target"]
     verdict = {True: "met", False: "MISSED", None: "not measured"}[target["met"]]
     value = "-" if target["value"] is None else f"{target['value']:.3f}"
