@@ -68,6 +68,9 @@ class Reconciler:
         tracer=None,
     ):
         self._store = store
+        # An endpoint with an update in progress belongs to its deployment runner: passes keep
+        # the serving (blue) fleet whole but never settle the endpoint's status.
+        self.is_deploying: Callable[[str], bool] = lambda name: store.get_deployment(name) is not None
         self._provider = provider
         self._routes = routes
         self._drain_s = drain_s
@@ -98,6 +101,7 @@ class Reconciler:
                 handle = None
                 if (
                     spec is not None
+                    and record.serves(endpoint.config_name)
                     and record.status == InstanceStatus.IN_SERVICE
                     and endpoint.status not in (EndpointStatus.FAILED, EndpointStatus.DELETING)
                     and endpoint.variant(record.variant_name) is not None
@@ -211,7 +215,11 @@ class Reconciler:
         surplus: list[InstanceRecord] = []
         for state in endpoint.variants:
             spec = config.variant(state.variant_name)
-            live = [i for i in instances if i.variant_name == state.variant_name and i.status != InstanceStatus.STOPPING]
+            live = [
+                i for i in instances
+                if i.variant_name == state.variant_name and i.serves(endpoint.config_name)
+                and i.status != InstanceStatus.STOPPING
+            ]
             missing = state.desired_instance_count - len(live)
             if missing > 0 and spec is not None:
                 launches += [spec] * missing
@@ -219,17 +227,28 @@ class Reconciler:
                 surplus += live[missing:]
         if surplus:
             await self._scale_in(endpoint.name, surplus)
-        errors = await self._launch_all(endpoint.name, launches) if launches else []
+        errors = await self._launch_all(endpoint.name, launches, endpoint.config_name) if launches else []
         if errors:
             await self._launch_failed(endpoint.name, errors)
         else:
             self._retries.pop(endpoint.name, None)
             self._settle(endpoint.name)
 
-    async def _launch_all(self, name: str, launches: list[VariantSpec]) -> list[BaseException]:
+    async def launch_instances(self, name: str, launches: list[VariantSpec], config_name: str) -> list[BaseException]:
+        """Start instances of `config_name`'s variants concurrently (each within its startup timeout).
+
+        The first failure cancels and stops the others; returns the failures (empty: all ready).
+        """
+        return await self._launch_all(name, launches, config_name)
+
+    async def stop_instances(self, name: str, victims: list[InstanceRecord]) -> None:
+        """Take instances out of the routing table, let their requests finish (drain), stop them."""
+        await self._scale_in(name, victims)
+
+    async def _launch_all(self, name: str, launches: list[VariantSpec], config_name: str) -> list[BaseException]:
         """Start instances concurrently; the first failure cancels (and stops) the others."""
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(self._launch(name, spec)) for spec in launches]
+        tasks = [loop.create_task(self._launch(name, spec, config_name)) for spec in launches]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         except asyncio.CancelledError:
@@ -248,7 +267,7 @@ class Reconciler:
 
     def _settle(self, name: str) -> None:
         endpoint = self._store.get_endpoint(name)
-        if endpoint is None or endpoint.status not in _SETTLING:
+        if endpoint is None or endpoint.status not in _SETTLING or self.is_deploying(name):
             return
         if self._wake[name].is_set():
             return  # something changed meanwhile; the next pass settles
@@ -275,7 +294,7 @@ class Reconciler:
         if endpoint.status == EndpointStatus.CREATING:
             await self._stop_endpoint_processes(name)
             self._fail(name, reason)
-        elif endpoint.status in (EndpointStatus.UPDATING, EndpointStatus.SYSTEM_UPDATING):
+        elif endpoint.status in (EndpointStatus.UPDATING, EndpointStatus.SYSTEM_UPDATING) and not self.is_deploying(name):
             counts = self._live_counts(name)
             for variant in endpoint.variants:
                 variant.desired_instance_count = counts.get(variant.variant_name, 0) or variant.desired_instance_count
@@ -338,10 +357,10 @@ class Reconciler:
         )
         return max(desired, len(self._store.list_instances()) + 1)
 
-    async def _launch(self, endpoint_name: str, spec: VariantSpec) -> str:
+    async def _launch(self, endpoint_name: str, spec: VariantSpec, config_name: str) -> str:
         instance_id = f"{spec.variant_name}-{secrets.token_hex(3)}"
         if self._tracer is None:
-            return await self._start_instance(endpoint_name, spec, instance_id)
+            return await self._start_instance(endpoint_name, spec, instance_id, config_name)
         with self._tracer.start_as_current_span(
             "mve.launch_instance",
             attributes={
@@ -352,9 +371,9 @@ class Reconciler:
                 "mve.instance_type": spec.instance_type,
             },
         ):
-            return await self._start_instance(endpoint_name, spec, instance_id)
+            return await self._start_instance(endpoint_name, spec, instance_id, config_name)
 
-    async def _start_instance(self, endpoint_name: str, spec: VariantSpec, instance_id: str) -> str:
+    async def _start_instance(self, endpoint_name: str, spec: VariantSpec, instance_id: str, config_name: str) -> str:
         launch = self._launch_spec(endpoint_name, spec, instance_id)
         handle = await self._provider.spawn(launch)
         record = InstanceRecord(
@@ -366,6 +385,7 @@ class Reconciler:
             status=InstanceStatus.STARTING,
             started_at=self._clock(),
             log_path=str(handle.log_path),
+            config_name=config_name,
         )
         self._store.put_instance(record)
         try:
@@ -426,6 +446,9 @@ class Reconciler:
             self._store.delete_instance(name, record.instance_id)
 
     async def _delete(self, endpoint: EndpointRecord) -> None:
+        # The endpoint left the routing table when it became Deleting: requests already sent finish.
+        if self._drain_s > 0:
+            await asyncio.sleep(self._drain_s)
         await self._stop_endpoint_processes(endpoint.name)
         self._store.delete_endpoint(endpoint.name)
         self._retries.pop(endpoint.name, None)
@@ -444,16 +467,19 @@ class Reconciler:
         )
         self.kick(name)
 
-    def _live_counts(self, name: str) -> dict[str, int]:
+    def _live_counts(self, name: str, config_name: str | None = None) -> dict[str, int]:
+        if config_name is None:
+            endpoint = self._store.get_endpoint(name)
+            config_name = endpoint.config_name if endpoint is not None else ""
         counts: dict[str, int] = {}
         for record in self._store.list_instances(name):
-            if record.status == InstanceStatus.IN_SERVICE:
+            if record.status == InstanceStatus.IN_SERVICE and record.serves(config_name):
                 counts[record.variant_name] = counts.get(record.variant_name, 0) + 1
         return counts
 
-    def current_instance_counts(self, name: str) -> dict[str, int]:
-        """InService instances per variant of an endpoint."""
-        return self._live_counts(name)
+    def current_instance_counts(self, name: str, config_name: str | None = None) -> dict[str, int]:
+        """InService instances per variant of an endpoint's config (default: the one it serves)."""
+        return self._live_counts(name, config_name)
 
 
 def _kill_stray(record: InstanceRecord) -> None:

@@ -145,3 +145,52 @@ class InstanceRecord:
     status: str
     started_at: float
     log_path: str = ""
+    # The endpoint config this instance serves ("" in records from before updates existed: the
+    # endpoint's current config). During an update the new config's instances form the green fleet.
+    config_name: str = ""
+
+    def serves(self, config_name: str) -> bool:
+        """True when this instance belongs to the fleet of `config_name`."""
+        return self.config_name in ("", config_name)
+
+
+class DeploymentPhase:
+    """Where an update stands (stored, so that a restarted control plane knows)."""
+
+    CREATING = "Creating"  # the green fleet is starting
+    SHIFTING = "ActivatingTraffic"  # traffic is moving to green
+    BAKING = "Baking"  # traffic moved; alarms are watched for the wait interval
+    TERMINATING = "Terminating"  # blue is kept for TerminationWaitInSeconds, then drained
+    ROLLING_BACK = "RollingBack"
+
+
+@dataclass
+class GreenVariant:
+    """A variant of the new config as the update deploys it: weight and instance count."""
+
+    variant_name: str
+    weight: float
+    instance_count: int
+
+
+@dataclass
+class DeploymentRecord:
+    """One UpdateEndpoint in progress: blue (the serving config), green (the new one), the policy.
+
+    `policy` is the validated DeploymentConfig as plain data (see `mve.control.deployments`);
+    `green_share` is the part of the traffic green receives now, 0 to 1.
+    """
+
+    endpoint_name: str
+    old_config: str
+    new_config: str
+    policy: dict
+    green: list[GreenVariant]
+    phase: str
+    green_share: float
+    started_at: float
+    phase_since: float
+    step: int = 0
+    message: str = ""
+    # Green instances started so far per variant (a rolling update starts them in batches).
+    started: dict[str, int] = field(default_factory=dict)

@@ -15,6 +15,7 @@ from typing import AsyncIterator
 
 from mve._proto import control_pb2 as pb
 from mve.control.records import (
+    DeploymentRecord,
     EndpointConfigRecord,
     EndpointRecord,
     EndpointStatus,
@@ -22,6 +23,7 @@ from mve.control.records import (
     InstanceStatus,
     ModelRecord,
     TensorSpec,
+    VariantSpec,
 )
 from mve.control.store import Store
 
@@ -32,49 +34,86 @@ def _tensor_specs(specs: list[TensorSpec]) -> list[pb.TensorSpec]:
     return [pb.TensorSpec(name=s.name, datatype=s.datatype, shape=list(s.shape)) for s in specs]
 
 
+def _variant_route(spec: VariantSpec, model: ModelRecord | None, weight: float, instances, fleet: str) -> pb.VariantRoute:
+    batching = spec.batching
+    return pb.VariantRoute(
+        variant_name=spec.variant_name,
+        model_name=spec.model_name,
+        weight=weight,
+        routing_strategy=spec.routing_strategy,
+        batching=pb.BatchingConfig(
+            max_batch_size=batching.max_batch_size,
+            max_delay_us=batching.max_delay_us,
+            max_batches_in_flight_per_instance=batching.max_batches_in_flight_per_instance,
+            max_queue_rows=batching.max_queue_rows,
+        ),
+        instances=[
+            pb.InstanceRoute(instance_id=i.instance_id, address=i.address)
+            for i in sorted(instances, key=lambda i: i.instance_id)
+        ],
+        inputs=_tensor_specs(model.inputs) if model else [],
+        outputs=_tensor_specs(model.outputs) if model else [],
+        fleet=fleet,
+    )
+
+
 def build_endpoint_routes(
     endpoints: list[EndpointRecord],
     configs: dict[str, EndpointConfigRecord],
     models: dict[str, ModelRecord],
     instances: list[InstanceRecord],
+    deployments: dict[str, DeploymentRecord] | None = None,
 ) -> list[pb.EndpointRoute]:
-    """The routes of every routable endpoint, endpoints sorted by name, variants in config order."""
-    ready: dict[tuple[str, str], list[InstanceRecord]] = {}
+    """The routes of every routable endpoint, endpoints sorted by name, variants in config order.
+
+    An endpoint with an update in progress has two fleets: its serving config's variants ("blue")
+    and the new config's ("green"), each fleet's weights scaled so that green receives the
+    deployment's `green_share` of the traffic and every variant keeps its proportion in its fleet.
+    """
+    deployments = deployments or {}
+    ready: dict[tuple[str, str, str], list[InstanceRecord]] = {}
     for instance in instances:
         if instance.status == InstanceStatus.IN_SERVICE and instance.address:
-            ready.setdefault((instance.endpoint_name, instance.variant_name), []).append(instance)
+            key = (instance.endpoint_name, instance.config_name, instance.variant_name)
+            ready.setdefault(key, []).append(instance)
+
+    def serving(endpoint: str, config_name: str, variant: str) -> list[InstanceRecord]:
+        return ready.get((endpoint, config_name, variant), []) + ready.get((endpoint, "", variant), [])
+
     routes = []
     for endpoint in sorted(endpoints, key=lambda e: e.name):
         config = configs.get(endpoint.config_name)
         if endpoint.status not in EndpointStatus.ROUTABLE or config is None:
             continue
         route = pb.EndpointRoute(endpoint_name=endpoint.name)
+        deployment = deployments.get(endpoint.name)
+        green_config = configs.get(deployment.new_config) if deployment is not None else None
+        blue_share = 1.0 - deployment.green_share if green_config is not None else 1.0
+        blue_total = sum(v.current_weight for v in endpoint.variants) or 1.0
         for state in endpoint.variants:
             spec = config.variant(state.variant_name)
             if spec is None:
                 continue
-            model = models.get(spec.model_name)
-            batching = spec.batching
+            weight = state.current_weight if green_config is None else state.current_weight / blue_total * blue_share
             route.variants.append(
-                pb.VariantRoute(
-                    variant_name=state.variant_name,
-                    model_name=spec.model_name,
-                    weight=state.current_weight,
-                    routing_strategy=spec.routing_strategy,
-                    batching=pb.BatchingConfig(
-                        max_batch_size=batching.max_batch_size,
-                        max_delay_us=batching.max_delay_us,
-                        max_batches_in_flight_per_instance=batching.max_batches_in_flight_per_instance,
-                        max_queue_rows=batching.max_queue_rows,
-                    ),
-                    instances=[
-                        pb.InstanceRoute(instance_id=i.instance_id, address=i.address)
-                        for i in sorted(ready.get((endpoint.name, state.variant_name), []), key=lambda i: i.instance_id)
-                    ],
-                    inputs=_tensor_specs(model.inputs) if model else [],
-                    outputs=_tensor_specs(model.outputs) if model else [],
+                _variant_route(
+                    spec, models.get(spec.model_name), weight,
+                    serving(endpoint.name, endpoint.config_name, state.variant_name),
+                    "blue" if green_config is not None else "",
                 )
             )
+        if green_config is not None:
+            green_total = sum(g.weight for g in deployment.green) or 1.0
+            for green in deployment.green:
+                spec = green_config.variant(green.variant_name)
+                if spec is None:
+                    continue
+                route.variants.append(
+                    _variant_route(
+                        spec, models.get(spec.model_name), green.weight / green_total * deployment.green_share,
+                        ready.get((endpoint.name, deployment.new_config, green.variant_name), []), "green",
+                    )
+                )
         routes.append(route)
     return routes
 
@@ -82,7 +121,9 @@ def build_endpoint_routes(
 def build_routes_from_store(store: Store) -> list[pb.EndpointRoute]:
     """`build_endpoint_routes` over everything in `store`."""
     endpoints = store.list_endpoints()
-    configs = {name: store.get_config(name) for name in {e.config_name for e in endpoints}}
+    deployments = {d.endpoint_name: d for d in store.list_deployments()}
+    names = {e.config_name for e in endpoints} | {d.new_config for d in deployments.values()}
+    configs = {name: store.get_config(name) for name in names}
     model_names = {v.model_name for c in configs.values() if c for v in c.production_variants}
     models = {name: store.get_model(name) for name in model_names}
     return build_endpoint_routes(
@@ -90,6 +131,7 @@ def build_routes_from_store(store: Store) -> list[pb.EndpointRoute]:
         {k: v for k, v in configs.items() if v is not None},
         {k: v for k, v in models.items() if v is not None},
         store.list_instances(),
+        deployments,
     )
 
 

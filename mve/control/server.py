@@ -20,6 +20,7 @@ from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
 from mve.control.cloudwatch import CloudWatchService
 from mve.control.cloudwatch_servicer import CloudWatchServicer
+from mve.control.deployments import DeploymentRunner
 from mve.control.instances import LocalInstanceProvider
 from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
@@ -60,9 +61,18 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
     )
     metrics = MetricStore(settings.metrics_db_path, retention_s=settings.metrics_retention_days * 86400)
     alarms = AlarmBook(metrics)
-    return ControlService(
-        store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits, metrics=metrics, alarms=alarms
+    deployments = DeploymentRunner(
+        store, routes, reconciler.launch_instances, reconciler.stop_instances, lambda name: _alarm_state(alarms, name)
     )
+    return ControlService(
+        store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits,
+        metrics=metrics, alarms=alarms, deployments=deployments,
+    )
+
+
+def _alarm_state(alarms: AlarmBook, name: str) -> str | None:
+    alarm = alarms.get(name)
+    return alarm.state.value if alarm is not None else None
 
 
 def _running_instances(provider: LocalInstanceProvider):
@@ -142,6 +152,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
             service.store.close()
             service.metrics.close()
             return 1
+    service.deployments.recover()  # updates cut short by a restart go back to their old config
     await service.reconciler.recover()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -165,6 +176,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+    await service.deployments.shutdown()
     await service.reconciler.shutdown(settings.stop_grace_s)
     service.store.close()
     service.metrics.close()

@@ -15,10 +15,19 @@ from typing import Callable, Sequence, TypeVar
 
 from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
+from mve.control.deployments import (
+    RETAINABLE,
+    DeploymentRunner,
+    green_variants,
+    parse_deployment_config,
+    traffic_steps,
+)
 from mve.control.metric_catalog import check_report_counts, report_samples, variant_dimensions
 from mve.control.metric_store import MetricStore
 from mve.control.reconciler import Reconciler
 from mve.control.records import (
+    DeploymentPhase,
+    DeploymentRecord,
     EndpointConfigRecord,
     EndpointRecord,
     EndpointStatus,
@@ -112,6 +121,7 @@ class ControlService:
         clock: Callable[[], float] = time.time,
         metrics: MetricStore | None = None,
         alarms: AlarmBook | None = None,
+        deployments: DeploymentRunner | None = None,
     ):
         self.store = store
         self.artifacts = artifacts
@@ -121,6 +131,7 @@ class ControlService:
         self._clock = clock
         self.metrics = metrics
         self.alarms = alarms
+        self.deployments = deployments
 
     # ------------------------------------------------------------ models
 
@@ -297,18 +308,91 @@ class ControlService:
             endpoints = [e for e in endpoints if e.status == query.status_equals]
         return _page(endpoints, query, lambda e: e.name, lambda e: e.creation_time)
 
-    def update_endpoint(self, name: str, config_name: str) -> EndpointRecord:
-        """Not supported yet: a deployment to another config is the next step."""
-        self.describe_endpoint(name)
-        raise ValidationError(
-            "UpdateEndpoint (deploying another endpoint config) is not supported yet; use "
-            "UpdateEndpointWeightsAndCapacities to change weights and instance counts."
+    def update_endpoint(
+        self,
+        name: str,
+        config_name: str,
+        *,
+        deployment_config: dict | None = None,
+        retain_all_variant_properties: bool = False,
+        exclude_retained: Sequence[str] = (),
+        retain_deployment_config: bool = False,
+    ) -> EndpointRecord:
+        """Start moving an InService endpoint to another endpoint config (`mve.control.deployments`).
+
+        Returns at once with the endpoint Updating; DescribeEndpoint shows the progress.
+        """
+        validate_name(name, "EndpointName")
+        validate_name(config_name, "EndpointConfigName")
+        endpoint, _ = self.describe_endpoint(name)
+        self._refuse_during_update(endpoint)
+        if endpoint.status != EndpointStatus.IN_SERVICE:
+            raise ValidationError(f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).')
+        config = self.describe_endpoint_config(config_name)
+        if config_name == endpoint.config_name:
+            raise ValidationError(
+                f"Endpoint {name} already runs endpoint config {config_name}; create a new endpoint config to deploy."
+            )
+        if self.deployments is None:
+            raise ValidationError("UpdateEndpoint is not available on this control plane.")
+        for item in exclude_retained:
+            if item not in RETAINABLE:
+                raise ValidationError(
+                    f"ExcludeRetainedVariantProperties takes {', '.join(RETAINABLE)}; got {item!r}."
+                )
+        if exclude_retained and not retain_all_variant_properties:
+            raise ValidationError("ExcludeRetainedVariantProperties needs RetainAllVariantProperties=True.")
+        given = deployment_config or None
+        if given is None and retain_deployment_config:
+            given = self.store.get_last_deployment_config(name)
+        policy = parse_deployment_config(given, lambda alarm: self.alarms is not None and self.alarms.get(alarm) is not None)
+        green = green_variants(endpoint, config, retain_all_variant_properties, tuple(exclude_retained))
+        for variant in green:
+            validate_instance_count(variant.instance_count, f"InstanceCount of variant {variant.variant_name}", self.limits)
+        if policy.mode in ("CANARY", "LINEAR"):
+            traffic_steps(policy, sum(g.instance_count for g in green))  # refuses a canary above half the fleet
+        now = self._clock()
+        endpoint.status = EndpointStatus.UPDATING
+        endpoint.failure_reason = ""
+        endpoint.last_modified_time = now
+        self.store.save_endpoint(endpoint)
+        self.deployments.start(
+            DeploymentRecord(
+                endpoint_name=name,
+                old_config=endpoint.config_name,
+                new_config=config_name,
+                policy={**policy.as_record(), "given": given},
+                green=green,
+                phase=DeploymentPhase.CREATING,
+                green_share=0.0,
+                started_at=now,
+                phase_since=now,
+            )
         )
+        log.info("event=endpoint_updating endpoint=%s from=%s to=%s", name, endpoint.config_name, config_name)
+        return endpoint
+
+    def _refuse_during_update(self, endpoint: EndpointRecord) -> None:
+        deployment = self.store.get_deployment(endpoint.name)
+        if deployment is not None:
+            raise ValidationError(
+                f'Cannot update endpoint "{endpoint.arn}": the update to endpoint config {deployment.new_config} '
+                f"is in progress ({deployment.phase})."
+            )
+
+    def deployment_of(self, name: str) -> DeploymentRecord | None:
+        """The endpoint's update in progress, or None."""
+        return self.store.get_deployment(name)
+
+    def last_deployment_config(self, name: str) -> dict | None:
+        """The DeploymentConfig of the endpoint's last finished update, as given."""
+        return self.store.get_last_deployment_config(name)
 
     def update_weights_and_capacities(self, name: str, changes: Sequence[WeightAndCapacity]) -> EndpointRecord:
         """Change weights (routed at once) and/or instance counts of an InService endpoint."""
         validate_name(name, "EndpointName")
         endpoint, _ = self.describe_endpoint(name)
+        self._refuse_during_update(endpoint)
         if endpoint.status != EndpointStatus.IN_SERVICE:
             raise ResourceInUse(f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).')
         if not changes:
@@ -365,6 +449,8 @@ class ControlService:
         """Mark the endpoint Deleting, take it out of routing, and let the reconciler stop it."""
         validate_name(name, "EndpointName")
         endpoint, _ = self.describe_endpoint(name)
+        if self.deployments is not None and self.deployments.active(name):
+            self.deployments.stop_running(name)
         if endpoint.status != EndpointStatus.DELETING:
             endpoint.status = EndpointStatus.DELETING
             endpoint.last_modified_time = self._clock()

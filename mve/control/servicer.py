@@ -15,6 +15,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from mve._proto import control_pb2 as pb
 from mve._proto import control_pb2_grpc as pb_grpc
 from mve.control.records import (
+    DeploymentPhase,
+    DeploymentRecord,
     Batching,
     EndpointConfigRecord,
     EndpointRecord,
@@ -154,6 +156,98 @@ def describe_endpoint_response(
     )
 
 
+def _size_dict(size) -> dict | None:
+    return {"Type": size.type, "Value": size.value} if size.type or size.value else None
+
+
+def deployment_config_dict(config: pb.DeploymentConfig) -> dict:
+    """A DeploymentConfig message as SageMaker's dict (keys only for the fields that are set)."""
+    out: dict = {}
+    if config.HasField("blue_green_update_policy"):
+        policy = config.blue_green_update_policy
+        routing = policy.traffic_routing_configuration
+        traffic: dict = {"Type": routing.type, "WaitIntervalInSeconds": routing.wait_interval_in_seconds}
+        for key, size in (("CanarySize", routing.canary_size), ("LinearStepSize", routing.linear_step_size)):
+            if _size_dict(size):
+                traffic[key] = _size_dict(size)
+        out["BlueGreenUpdatePolicy"] = {
+            "TrafficRoutingConfiguration": traffic,
+            "TerminationWaitInSeconds": policy.termination_wait_in_seconds,
+        }
+        if policy.HasField("maximum_execution_timeout_in_seconds"):
+            out["BlueGreenUpdatePolicy"]["MaximumExecutionTimeoutInSeconds"] = policy.maximum_execution_timeout_in_seconds
+    if config.HasField("rolling_update_policy"):
+        policy = config.rolling_update_policy
+        rolling: dict = {"WaitIntervalInSeconds": policy.wait_interval_in_seconds}
+        for key, size in (("MaximumBatchSize", policy.maximum_batch_size), ("RollbackMaximumBatchSize", policy.rollback_maximum_batch_size)):
+            if _size_dict(size):
+                rolling[key] = _size_dict(size)
+        if policy.HasField("maximum_execution_timeout_in_seconds"):
+            rolling["MaximumExecutionTimeoutInSeconds"] = policy.maximum_execution_timeout_in_seconds
+        out["RollingUpdatePolicy"] = rolling
+    if config.HasField("auto_rollback_configuration"):
+        out["AutoRollbackConfiguration"] = {"Alarms": [{"AlarmName": a.alarm_name} for a in config.auto_rollback_configuration.alarms]}
+    return out
+
+
+def deployment_config_message(config: dict) -> pb.DeploymentConfig:
+    """SageMaker's DeploymentConfig dict back as the message."""
+    message = pb.DeploymentConfig()
+    blue_green = config.get("BlueGreenUpdatePolicy")
+    if blue_green:
+        policy = message.blue_green_update_policy
+        routing = blue_green.get("TrafficRoutingConfiguration", {})
+        policy.traffic_routing_configuration.type = routing.get("Type", "")
+        policy.traffic_routing_configuration.wait_interval_in_seconds = routing.get("WaitIntervalInSeconds", 0)
+        for key, field_name in (("CanarySize", "canary_size"), ("LinearStepSize", "linear_step_size")):
+            if routing.get(key):
+                getattr(policy.traffic_routing_configuration, field_name).CopyFrom(
+                    pb.CapacitySize(type=routing[key]["Type"], value=routing[key]["Value"])
+                )
+        policy.termination_wait_in_seconds = blue_green.get("TerminationWaitInSeconds", 0)
+        if "MaximumExecutionTimeoutInSeconds" in blue_green:
+            policy.maximum_execution_timeout_in_seconds = blue_green["MaximumExecutionTimeoutInSeconds"]
+    rolling = config.get("RollingUpdatePolicy")
+    if rolling:
+        policy = message.rolling_update_policy
+        policy.wait_interval_in_seconds = rolling.get("WaitIntervalInSeconds", 0)
+        for key, field_name in (("MaximumBatchSize", "maximum_batch_size"), ("RollbackMaximumBatchSize", "rollback_maximum_batch_size")):
+            if rolling.get(key):
+                getattr(policy, field_name).CopyFrom(pb.CapacitySize(type=rolling[key]["Type"], value=rolling[key]["Value"]))
+        if "MaximumExecutionTimeoutInSeconds" in rolling:
+            policy.maximum_execution_timeout_in_seconds = rolling["MaximumExecutionTimeoutInSeconds"]
+    alarms = (config.get("AutoRollbackConfiguration") or {}).get("Alarms")
+    if alarms:
+        message.auto_rollback_configuration.alarms.extend(pb.AlarmName(alarm_name=a["AlarmName"]) for a in alarms)
+    return message
+
+
+def pending_summary(deployment: DeploymentRecord, counts: dict[str, int]) -> pb.PendingDeploymentSummary:
+    """PendingDeploymentSummary: the new config and each green variant's progress."""
+    # SageMaker's variant statuses: the old fleet's removal shows as Updating, green's as Deleting.
+    shown = {DeploymentPhase.TERMINATING: "Updating", DeploymentPhase.ROLLING_BACK: "Deleting"}
+    status = pb.ProductionVariantStatus(
+        status=shown.get(deployment.phase, deployment.phase),
+        status_message=deployment.message,
+        start_time=_ts(deployment.phase_since),
+    )
+    return pb.PendingDeploymentSummary(
+        endpoint_config_name=deployment.new_config,
+        start_time=_ts(deployment.started_at),
+        production_variants=[
+            pb.ProductionVariantSummary(
+                variant_name=g.variant_name,
+                current_weight=g.weight * deployment.green_share,
+                desired_weight=g.weight,
+                current_instance_count=counts.get(g.variant_name, 0),
+                desired_instance_count=g.instance_count,
+                variant_status=[status],
+            )
+            for g in deployment.green
+        ],
+    )
+
+
 class EndpointControlServicer(pb_grpc.EndpointControlServicer):
     """``mve.v1.EndpointControl`` over a `ControlService`."""
 
@@ -235,7 +329,17 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
 
     async def DescribeEndpoint(self, request, context):
         endpoint, counts = self._service.describe_endpoint(request.endpoint_name)
-        return describe_endpoint_response(endpoint, counts, self._service.endpoint_images(endpoint))
+        response = describe_endpoint_response(endpoint, counts, self._service.endpoint_images(endpoint))
+        deployment = self._service.deployment_of(endpoint.name)
+        if deployment is not None:
+            green_counts = self._service.reconciler.current_instance_counts(endpoint.name, deployment.new_config)
+            response.pending_deployment_summary.CopyFrom(pending_summary(deployment, green_counts))
+            given = deployment.policy.get("given")
+        else:
+            given = self._service.last_deployment_config(endpoint.name)
+        if given:
+            response.last_deployment_config.CopyFrom(deployment_config_message(given))
+        return response
 
     async def ListEndpoints(self, request, context):
         query = validate_list_query(
@@ -262,7 +366,16 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
         )
 
     async def UpdateEndpoint(self, request, context):
-        endpoint = self._service.update_endpoint(request.endpoint_name, request.endpoint_config_name)
+        endpoint = self._service.update_endpoint(
+            request.endpoint_name,
+            request.endpoint_config_name,
+            deployment_config=deployment_config_dict(request.deployment_config)
+            if request.HasField("deployment_config")
+            else None,
+            retain_all_variant_properties=request.retain_all_variant_properties,
+            exclude_retained=[p.variant_property_type for p in request.exclude_retained_variant_properties],
+            retain_deployment_config=request.retain_deployment_config,
+        )
         return pb.UpdateEndpointResponse(endpoint_arn=endpoint.arn)
 
     async def UpdateEndpointWeightsAndCapacities(self, request, context):

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Iterator
 
 from mve.control.records import (
+    DeploymentRecord,
+    GreenVariant,
     Batching,
     EndpointConfigRecord,
     EndpointRecord,
@@ -47,8 +49,10 @@ CREATE TABLE IF NOT EXISTS variants (
 CREATE TABLE IF NOT EXISTS instances (
     endpoint_name TEXT NOT NULL, variant_name TEXT NOT NULL, instance_id TEXT NOT NULL,
     pid INTEGER NOT NULL, address TEXT NOT NULL, status TEXT NOT NULL, started REAL NOT NULL,
-    log_path TEXT NOT NULL, PRIMARY KEY (endpoint_name, instance_id));
+    log_path TEXT NOT NULL, config_name TEXT NOT NULL DEFAULT '', PRIMARY KEY (endpoint_name, instance_id));
 DROP TABLE IF EXISTS variant_stats;
+CREATE TABLE IF NOT EXISTS deployments (endpoint_name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS deployment_configs (endpoint_name TEXT PRIMARY KEY, body TEXT NOT NULL);
 """
 
 
@@ -76,6 +80,12 @@ class Store:
     def put_instance(self, instance: InstanceRecord) -> None: ...
     def delete_instance(self, endpoint_name: str, instance_id: str) -> None: ...
     def list_instances(self, endpoint_name: str | None = None) -> list[InstanceRecord]: ...
+    def put_deployment(self, deployment: DeploymentRecord) -> None: ...
+    def get_deployment(self, endpoint_name: str) -> DeploymentRecord | None: ...
+    def list_deployments(self) -> list[DeploymentRecord]: ...
+    def delete_deployment(self, endpoint_name: str) -> None: ...
+    def put_last_deployment_config(self, endpoint_name: str, policy: dict | None) -> None: ...
+    def get_last_deployment_config(self, endpoint_name: str) -> dict | None: ...
     def close(self) -> None: ...
 
 
@@ -84,6 +94,12 @@ def _model_from_json(body: str) -> ModelRecord:
     data["inputs"] = [TensorSpec(i["name"], i["datatype"], tuple(i["shape"])) for i in data["inputs"]]
     data["outputs"] = [TensorSpec(o["name"], o["datatype"], tuple(o["shape"])) for o in data["outputs"]]
     return ModelRecord(**data)
+
+
+def _deployment_from_json(body: str) -> DeploymentRecord:
+    data = json.loads(body)
+    data["green"] = [GreenVariant(**g) for g in data["green"]]
+    return DeploymentRecord(**data)
 
 
 def _config_from_json(body: str) -> EndpointConfigRecord:
@@ -105,6 +121,9 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        columns = [row[1] for row in self._db.execute("PRAGMA table_info(instances)")]
+        if "config_name" not in columns:  # a store from before updates existed
+            self._db.execute("ALTER TABLE instances ADD COLUMN config_name TEXT NOT NULL DEFAULT ''")
         with self._tx():
             row = self._db.execute("SELECT value FROM meta WHERE key='control_plane_id'").fetchone()
             if row is None:
@@ -291,6 +310,8 @@ class SqliteStore(Store):
         with self._tx() as db:
             db.execute("DELETE FROM variants WHERE endpoint_name=?", (name,))
             db.execute("DELETE FROM instances WHERE endpoint_name=?", (name,))
+            db.execute("DELETE FROM deployments WHERE endpoint_name=?", (name,))
+            db.execute("DELETE FROM deployment_configs WHERE endpoint_name=?", (name,))
             return db.execute("DELETE FROM endpoints WHERE name=?", (name,)).rowcount > 0
 
     def endpoints_using_config(self, config_name: str) -> list[str]:
@@ -303,7 +324,7 @@ class SqliteStore(Store):
     def put_instance(self, instance: InstanceRecord) -> None:
         """Insert or replace an instance record."""
         self._db.execute(
-            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO instances VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 instance.endpoint_name,
                 instance.variant_name,
@@ -313,6 +334,7 @@ class SqliteStore(Store):
                 instance.status,
                 instance.started_at,
                 instance.log_path,
+                instance.config_name,
             ),
         )
 
@@ -329,4 +351,38 @@ class SqliteStore(Store):
             else self._db.execute(sql + " ORDER BY started, instance_id")
         )
         return [InstanceRecord(*r) for r in rows.fetchall()]
+
+    # ------------------------------------------------------------ deployments
+
+    def put_deployment(self, deployment: DeploymentRecord) -> None:
+        """Insert or replace the endpoint's update in progress."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO deployments VALUES (?, ?)",
+            (deployment.endpoint_name, json.dumps(asdict(deployment))),
+        )
+
+    def get_deployment(self, endpoint_name: str) -> DeploymentRecord | None:
+        """The endpoint's update in progress, or None."""
+        row = self._db.execute("SELECT body FROM deployments WHERE endpoint_name=?", (endpoint_name,)).fetchone()
+        return _deployment_from_json(row[0]) if row else None
+
+    def list_deployments(self) -> list[DeploymentRecord]:
+        """Every update in progress."""
+        return [_deployment_from_json(r[0]) for r in self._db.execute("SELECT body FROM deployments").fetchall()]
+
+    def delete_deployment(self, endpoint_name: str) -> None:
+        """Forget the endpoint's update (finished or rolled back)."""
+        self._db.execute("DELETE FROM deployments WHERE endpoint_name=?", (endpoint_name,))
+
+    def put_last_deployment_config(self, endpoint_name: str, policy: dict | None) -> None:
+        """Keep (or, with None, forget) the DeploymentConfig of the endpoint's last update."""
+        if policy is None:
+            self._db.execute("DELETE FROM deployment_configs WHERE endpoint_name=?", (endpoint_name,))
+        else:
+            self._db.execute("INSERT OR REPLACE INTO deployment_configs VALUES (?, ?)", (endpoint_name, json.dumps(policy)))
+
+    def get_last_deployment_config(self, endpoint_name: str) -> dict | None:
+        """The DeploymentConfig of the endpoint's last update, or None."""
+        row = self._db.execute("SELECT body FROM deployment_configs WHERE endpoint_name=?", (endpoint_name,)).fetchone()
+        return json.loads(row[0]) if row else None
 

@@ -78,6 +78,7 @@ class VariantState:
     batching: BatchingPolicy = BATCHING_OFF
     balancer: object | None = field(default=None, repr=False)
     batcher: object | None = field(default=None, repr=False)  # VariantBatcher when batching is on
+    fleet: str = ""  # "blue" or "green" during an update of the endpoint, else ""
     ejected_until: dict[int, float] = field(default_factory=dict, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
@@ -137,10 +138,19 @@ class EndpointState:
     by_name: dict[str, VariantState]
     weighted: object | None  # _fastroute.WeightedChooser; None when every weight is 0
     sticky: object | None  # _fastroute.StickyChooser; None when every weight is 0
+    # During an update a variant name can be in both fleets: name -> (blue, green) entries.
+    twins: dict[str, tuple[VariantState, ...]] = field(default_factory=dict)
 
     def pick(self, target_variant: str = "", routing_key: str = "") -> VariantState:
-        """TargetVariant when given (weight 0 included), else sticky by key, else by weight."""
+        """TargetVariant when given (weight 0 included), else sticky by key, else by weight.
+
+        A TargetVariant whose name is in both fleets of an update goes to one of them in
+        proportion to their weights (the first when both are 0).
+        """
         if target_variant:
+            twins = self.twins.get(target_variant)
+            if twins is not None:
+                return _pick_by_weight(twins)
             variant = self.by_name.get(target_variant)
             if variant is None:
                 names = ", ".join(v.name for v in self.variants)
@@ -176,6 +186,34 @@ class RoutingState:
 
 
 EMPTY_STATE = RoutingState(version=0, control_plane_id="", endpoints={})
+
+
+def _predecessor(old_by_key: dict, name: str, fleet: str) -> VariantState | None:
+    """The previous table's entry whose balancer and batcher a variant takes over across fleets.
+
+    When an update starts, blue continues the variant that had no fleet; when it ends, the
+    variant with no fleet continues whichever fleet had the traffic (green, or blue after a
+    rollback).
+    """
+    if fleet == "blue":
+        return old_by_key.get((name, ""))
+    if fleet:
+        return None
+    candidates = [old_by_key.get((name, f)) for f in ("green", "blue")]
+    candidates = [c for c in candidates if c is not None]
+    return max(candidates, key=lambda c: c.weight) if candidates else None
+
+
+def _pick_by_weight(variants: tuple[VariantState, ...]) -> VariantState:
+    total = sum(v.weight for v in variants)
+    if total <= 0:
+        return variants[0]
+    point = random.random() * total
+    for variant in variants:
+        point -= variant.weight
+        if point < 0:
+            return variant
+    return variants[-1]
 
 
 def variant_seed(name: str) -> int:
@@ -270,22 +308,40 @@ class Router:
     def _build_endpoint(self, route, previous: EndpointState | None) -> EndpointState:
         variants = []
         by_name: dict[str, VariantState] = {}
+        twins: dict[str, tuple[VariantState, ...]] = {}
+        seen: set[tuple[str, str]] = set()
+        old_by_key = {(o.name, o.fleet): o for o in previous.variants} if previous is not None else {}
         for v in route.variants:
-            if v.variant_name in by_name:
-                raise ValidationError(f"variant {v.variant_name} of endpoint {route.endpoint_name} is listed twice")
+            key = (v.variant_name, v.fleet)
+            if key in seen:
+                fleet = f" in fleet {v.fleet}" if v.fleet else ""
+                raise ValidationError(f"variant {v.variant_name}{fleet} of endpoint {route.endpoint_name} is listed twice")
+            seen.add(key)
             if not math.isfinite(v.weight) or v.weight < 0:
                 raise ValidationError(f"variant {v.variant_name} has weight {v.weight}; weights must be finite and >= 0")
-            old = previous.by_name.get(v.variant_name) if previous is not None else None
+            old = old_by_key.get(key) or _predecessor(old_by_key, v.variant_name, v.fleet)
             variant = self._build_variant(route.endpoint_name, v, old)
             variants.append(variant)
-            by_name[variant.name] = variant
+            if variant.name in by_name:
+                twins[variant.name] = (by_name[variant.name], variant)
+            else:
+                by_name[variant.name] = variant
         weights = [v.weight for v in variants]
         weighted = sticky = None
         if sum(weights) > 0:
             weighted = _fastroute.WeightedChooser(weights, seed=self._rng.getrandbits(63))
-            sticky = _fastroute.StickyChooser(weights, seeds=[variant_seed(v.name) for v in variants])
+            # During an update blue and green of one name need seeds of their own; outside updates a
+            # variant's seed is its name's, so sticky keys stay where they were.
+            sticky = _fastroute.StickyChooser(
+                weights, seeds=[variant_seed(f"{v.name}/{v.fleet}" if v.fleet else v.name) for v in variants]
+            )
         return EndpointState(
-            name=route.endpoint_name, variants=tuple(variants), by_name=by_name, weighted=weighted, sticky=sticky
+            name=route.endpoint_name,
+            variants=tuple(variants),
+            by_name=by_name,
+            weighted=weighted,
+            sticky=sticky,
+            twins=twins,
         )
 
     def _build_variant(self, endpoint_name: str, v, old: VariantState | None) -> VariantState:
@@ -310,6 +366,7 @@ class Router:
         return VariantState(
             endpoint_name=endpoint_name,
             name=v.variant_name,
+            fleet=v.fleet,
             model_name=v.model_name,
             weight=float(v.weight),
             routing_strategy=strategy,
