@@ -18,7 +18,7 @@ class Member:
         self.queue = queue
         self.tail = tail
         self.wire = wire
-        self.span = None  # the caller's span, when the proxy traces
+        self.span = None  # the caller's trace when the proxy traces (`mve.tracing.capture`)
 
 
 class KeyQueue:

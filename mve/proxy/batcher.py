@@ -151,7 +151,7 @@ class VariantBatcher:
         forward = wire if tail is not None else None
         member = Member(request, datas, rows, now + timeout, now, future, queue, tail, forward)
         if self._spans is not None:
-            member.span = self._spans.get_current_span()
+            member.span = self._spans.capture()  # its span, or its unsampled trace context
         queue.members[id(member)] = member
         queue.rows += rows
         self._queued_rows += rows

@@ -31,8 +31,7 @@ from mve.tracing import ServerSpan, activate, capture, current_trace_id, dropped
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mve.v1.EndpointRuntime"
 
-get_current_span = capture  # what a queued batch member carries (`send_batch`)
-__all__ = ["answered", "batched_alone", "current_trace_id", "get_current_span", "picked", "send_batch", "server_span"]
+__all__ = ["answered", "batched_alone", "capture", "current_trace_id", "picked", "send_batch", "server_span"]
 
 
 def server_span(tracer, service: str, method: str, grpc_context, address: tuple[str, int] | None):

@@ -125,11 +125,12 @@ class RecordingPool:
         return Stub()
 
 
-def traced_dataplane(batching=None):
+def traced_dataplane(batching=None, tracer=None):
     exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    tracer = provider.get_tracer("test")
+    if tracer is None:
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        tracer = provider.get_tracer("test")
     variant = control_pb2.VariantRoute(
         variant_name="v1", model_name="m1", weight=1,
         instances=[control_pb2.InstanceRoute(instance_id="i0", address="a0")],
@@ -264,3 +265,30 @@ def test_a_dropped_call_forwards_the_callers_tracestate():
     head = _HeadSampling(0, True, ids=None)
     out = head.unsampled_metadata((("traceparent", f"00-{'ef' * 16}-{'cd' * 8}-00"), ("tracestate", "k=v")))
     assert out[1] == ("tracestate", "k=v") and out[0][1].startswith(f"00-{'ef' * 16}-")
+
+
+def test_a_batch_of_dropped_and_sampled_callers_traces_only_the_sampled(monkeypatch):
+    from mve.tracing import ServerSpan
+
+    tracing, exporter = head_sampled(monkeypatch, "parentbased_traceidratio", "0")
+    dataplane, pool, _, _ = traced_dataplane({"max_batch_size": 3, "max_delay_us": 1_000_000}, tracing.tracer)
+    sampled = (("traceparent", f"00-{'ab' * 16}-{'cd' * 8}-01"),)
+
+    async def member(i, metadata):
+        with ServerSpan(tracing.tracer, f"caller-{i}", metadata, {}):
+            await dataplane.model_infer(infer_request(f"r{i}"))
+
+    async def batch(metadatas):
+        await asyncio.wait_for(asyncio.gather(*(member(i, m) for i, m in enumerate(metadatas))), 10)
+
+    asyncio.run(batch([(), (), ()]))  # all three dropped: no span anywhere, flags 00 upstream
+    (_, _, metadata), = pool.calls
+    assert metadata["traceparent"].endswith("-00")
+    asyncio.run(batch([(), sampled, ()]))  # one sampled: the batch span is its child, linked to it only
+    tracing.shutdown()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"caller-1", "inference.GRPCInferenceService/ModelInfer"}
+    batch_span, caller = spans["inference.GRPCInferenceService/ModelInfer"], spans["caller-1"]
+    assert batch_span.parent.span_id == caller.context.span_id
+    assert [link.context.span_id for link in batch_span.links] == [caller.context.span_id]
+    assert pool.calls[1][2]["traceparent"].split("-")[2] == format(batch_span.context.span_id, "016x")
