@@ -223,3 +223,45 @@ def test_the_only_instance_is_tried_even_when_ejected():
     variant = router.pick("ep")
     variant.eject(0)
     assert variant.acquire()[0] == 0
+
+
+def fleets_table(blue: float, green: float, version: int) -> control_pb2.RoutingTable:
+    """Variant "a" in both fleets of an update, with these weights."""
+    t = table({"a": blue}, version=version)
+    route = t.endpoints[0]
+    route.variants[0].fleet = "blue"
+    twin = route.variants.add()
+    twin.CopyFrom(route.variants[0])
+    twin.fleet, twin.weight, twin.model_name = "green", green, "model-a2"
+    for i, instance in enumerate(twin.instances):
+        instance.instance_id, instance.address = f"g-{i}", f"127.0.0.1:{9100 + i}"
+    return t
+
+
+def test_a_variant_in_both_fleets_of_an_update_splits_by_weight_and_hands_over_its_state():
+    router = router_with({"a": 1.0})
+    before = router.state.endpoints["ep"].variants[0]
+    assert router.apply(fleets_table(0.75, 0.25, version=2))
+    blue, green = router.state.endpoints["ep"].variants
+    assert (blue.fleet, green.fleet) == ("blue", "green")
+    assert blue.balancer is before.balancer  # blue continues the variant: same instances, same counters
+    picks = Counter(router.pick("ep").model_name for _ in range(4000))
+    assert chisquare([picks["model-a"], picks["model-a2"]], [3000, 1000]).pvalue > 0.001
+    targeted = Counter(router.pick("ep", target_variant="a").model_name for _ in range(4000))
+    assert chisquare([targeted["model-a"], targeted["model-a2"]], [3000, 1000]).pvalue > 0.001
+    assert all(router.pick("ep", routing_key=f"k{i}").name == "a" for i in range(50))
+    # The update ends: the variant of no fleet continues green's balancer.
+    assert router.apply(fleets_table(0.0, 1.0, version=3))
+    green = router.state.endpoints["ep"].variants[1]
+    done = fleets_table(0.0, 1.0, version=4)
+    del done.endpoints[0].variants[0]
+    done.endpoints[0].variants[0].fleet = ""
+    assert router.apply(done)
+    assert router.state.endpoints["ep"].variants[0].balancer is green.balancer
+
+
+def test_a_variant_listed_twice_in_one_fleet_is_refused():
+    t = fleets_table(1.0, 0.0, version=2)
+    t.endpoints[0].variants[1].fleet = "blue"
+    router = Router(seed=1)
+    assert not router.apply(t)
