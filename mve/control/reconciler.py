@@ -50,6 +50,7 @@ from mve.control.store import Store
 log = logging.getLogger(__name__)
 
 RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+LEFTOVER_WAIT_S = 30.0
 _SETTLING = (EndpointStatus.CREATING, EndpointStatus.UPDATING, EndpointStatus.SYSTEM_UPDATING)
 
 
@@ -93,7 +94,12 @@ class Reconciler:
         return self._provider
 
     async def recover(self) -> None:
-        """After a (re)start: adopt live model servers of the stored endpoints, drop the rest, resume."""
+        """After a (re)start: adopt live model servers of the stored endpoints, drop the rest, resume.
+
+        The instances of an update's other fleet (its config is not the endpoint's) leave the
+        routing table and are stopped after the drain, so that requests already sent finish.
+        """
+        leftovers: list[InstanceRecord] = []
         for endpoint in self._store.list_endpoints():
             config = self._store.get_config(endpoint.config_name)
             for record in self._store.list_instances(endpoint.name):
@@ -109,7 +115,12 @@ class Reconciler:
                     handle = await self._provider.adopt(
                         self._launch_spec(endpoint.name, spec, record.instance_id), record.pid, record.address, record.log_path
                     )
-                if handle is None:
+                if handle is None and _left_by_an_update(record, endpoint.config_name):
+                    # Proxies may still route to it: out of the table first, stopped after the drain.
+                    record.status = InstanceStatus.STOPPING
+                    self._store.put_instance(record)
+                    leftovers.append(record)
+                elif handle is None:
                     _kill_stray(record)
                     self._store.delete_instance(endpoint.name, record.instance_id)
                     log.info(
@@ -118,6 +129,26 @@ class Reconciler:
                     )
             if endpoint.status != EndpointStatus.FAILED:
                 self.kick(endpoint.name)
+        self._routes.publish()
+        if leftovers:
+            asyncio.get_running_loop().create_task(self._retire_leftovers(leftovers))
+
+    async def _retire_leftovers(self, records: list[InstanceRecord]) -> None:
+        """Stop the other fleet's instances of an update cut short by a restart, after the drain.
+
+        Proxies come back to a restarted control plane after their own back-off, so the drain
+        starts once they have the table without these instances (or after LEFTOVER_WAIT_S).
+        """
+        table = self._routes.publish()
+        await self._routes.wait_delivered(table.version, LEFTOVER_WAIT_S)
+        await asyncio.sleep(self._drain_s)
+        for record in records:
+            _terminate_stray(record)
+            self._store.delete_instance(record.endpoint_name, record.instance_id)
+            log.info(
+                "event=instance_retired endpoint=%s variant=%s instance=%s config=%s reason=update_rolled_back",
+                record.endpoint_name, record.variant_name, record.instance_id, record.config_name,
+            )
         self._routes.publish()
 
     def kick(self, endpoint_name: str, *, preempt: bool = False) -> None:
@@ -480,6 +511,23 @@ class Reconciler:
     def current_instance_counts(self, name: str, config_name: str | None = None) -> dict[str, int]:
         """InService instances per variant of an endpoint's config (default: the one it serves)."""
         return self._live_counts(name, config_name)
+
+
+def _left_by_an_update(record: InstanceRecord, serving_config: str) -> bool:
+    """A live model server of a config the endpoint does not serve (an update's other fleet)."""
+    return (
+        record.config_name != ""
+        and not record.serves(serving_config)
+        and record.status == InstanceStatus.IN_SERVICE
+        and pid_is_model_server(record.pid)
+    )
+
+
+def _terminate_stray(record: InstanceRecord) -> None:
+    """SIGTERM a recorded model server no provider handle owns: it finishes its requests and exits."""
+    if pid_is_model_server(record.pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(record.pid, signal.SIGTERM)
 
 
 def _kill_stray(record: InstanceRecord) -> None:

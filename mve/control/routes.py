@@ -142,6 +142,7 @@ class RoutePublisher:
         self._store = store
         self._table: pb.RoutingTable | None = None
         self._subscribers: set[asyncio.Queue] = set()
+        self._delivered: dict[asyncio.Queue, int] = {}  # subscriber -> the last version handed to it
 
     @property
     def current(self) -> pb.RoutingTable:
@@ -184,9 +185,27 @@ class RoutePublisher:
         self._subscribers.add(queue)
         try:
             while True:
-                yield await queue.get()
+                table = await queue.get()
+                self._delivered[queue] = table.version
+                yield table
         finally:
             self._subscribers.discard(queue)
+            self._delivered.pop(queue, None)
+
+    async def wait_delivered(self, version: int, timeout_s: float, poll_s: float = 0.05) -> bool:
+        """Wait until some proxy subscribes and every subscriber was sent `version` or later.
+
+        False when `timeout_s` passed first (no proxy came, or one is stuck).
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while True:
+            subscribers = list(self._subscribers)
+            if subscribers and all(self._delivered.get(q, 0) >= version for q in subscribers):
+                return True
+            if loop.time() >= deadline:
+                return False
+            await asyncio.sleep(poll_s)
 
 
 def _put_latest(queue: asyncio.Queue, table: pb.RoutingTable) -> None:

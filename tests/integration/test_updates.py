@@ -21,6 +21,7 @@ import pytest
 
 import mve
 from mve.sdk import ClientError
+from procs import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -304,3 +305,59 @@ def test_one_update_at_a_time_and_a_failed_green_start_never_touches_blue(mesh, 
     assert load.failures == [] and set(load.answers) == {"plus"}
     assert described["EndpointStatus"] == "InService" and described["EndpointConfigName"] == "plus-1"
     assert "Update to endpoint config minus-gpu failed" in described["FailureReason"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_control_plane_crash_during_an_update_rolls_it_back_on_restart(services, tmp_path):
+    for kind in ("plus", "minus"):
+        build_model(tmp_path / f"{kind}.onnx", kind)
+    port = _free_port()
+    args = ["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", str(port), "--drain-seconds", "0.5"]
+    first = services(args)
+    proxy = services(["proxy", "--control-plane", first.address, "--port", "0"])
+    sm = mve.client("sagemaker", address=first.address)
+    for kind in ("plus", "minus"):
+        sm.create_model(ModelName=kind, PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / f"{kind}.onnx")})
+        sm.create_endpoint_config(EndpointConfigName=kind, ProductionVariants=[{
+            "VariantName": "AllTraffic", "ModelName": kind, "InitialInstanceCount": 1, "InstanceType": "ml.cpu.small",
+            "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName=EP, EndpointConfigName="plus")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig=FAST)
+    with Load(proxy.address) as load:
+        deadline = time.monotonic() + 20
+        while not load.answers["plus"]:
+            assert time.monotonic() < deadline, load.failures[:3]
+            time.sleep(0.05)
+        load.failures.clear()  # only the proxy's first moments, before it had the table
+        sm.update_endpoint(EndpointName=EP, EndpointConfigName="minus", DeploymentConfig={
+            "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
+                "Type": "CANARY", "WaitIntervalInSeconds": 600, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 50}}}})
+        deadline = time.monotonic() + 30
+        while load.answers["minus"] < 20:  # the canary serves
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        first.kill()  # SIGKILL in the middle of the bake: both fleets keep running, no owner
+        time.sleep(0.5)
+        second = services(args)
+        sm = mve.client("sagemaker", address=second.address)
+        described = sm.describe_endpoint(EndpointName=EP)
+        deadline = time.monotonic() + 20
+        while load.by_time[-1][1] != "plus" or any(kind == "minus" for _, kind in load.by_time[-50:]):
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    print(f"\ncontrol plane crash during a canary: {load.sent} requests, answers {dict(load.answers)}, "
+          f"failures {len(load.failures)}")
+    assert described["EndpointStatus"] == "InService" and described["EndpointConfigName"] == "plus"
+    assert "control plane restarted" in described["FailureReason"]
+    assert "PendingDeploymentSummary" not in described
+    assert load.failures == []
+    # The canary's instance was drained, then stopped by the new control plane.
+    wait_until(lambda: any("instance_retired" in line and "config=minus" in line for line in second.output),
+               timeout=10, what="the green instance retired")
