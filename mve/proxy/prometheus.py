@@ -120,12 +120,16 @@ class ProxyCollector(Collector):
 
     def _take(self):
         state = self._router.state
-        variants = []
+        # During an update a variant is in both fleets: one series per name, the fleets added up.
+        totals: dict[tuple[str, str], list] = {}
         for endpoint in state.endpoints.values():
             for v in endpoint.variants:
                 now = v.clock()
                 healthy = sum(1 for i in range(len(v.instances)) if v.ejected_until.get(i, 0.0) <= now)
-                variants.append((endpoint.name, v.name, healthy, v.weight))
+                entry = totals.setdefault((endpoint.name, v.name), [0, 0.0])
+                entry[0] += healthy
+                entry[1] += v.weight
+        variants = [(endpoint, name, healthy, weight) for (endpoint, name), (healthy, weight) in totals.items()]
         return self._stats.snapshot(), state.version, variants
 
     def collect(self) -> Iterator:
