@@ -289,6 +289,17 @@ def _config(name="bad-config", *variants_):
 
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
+def _another_config(stub) -> str:
+    """A config "ab-other" (made on first use) that endpoint "ab" could move to."""
+    try:
+        stub.CreateEndpointConfig(
+            pb.CreateEndpointConfigRequest(endpoint_config_name="ab-other", production_variants=[variant("A", "cancer-weak")])
+        )
+    except grpc.RpcError as error:
+        assert error.code() == grpc.StatusCode.ALREADY_EXISTS
+    return "ab-other"
+
+
 CASES = {
     "endpoint name with underscore": (
         lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(endpoint_name="bad_name", endpoint_config_name="ab-config")),
@@ -445,9 +456,25 @@ CASES = {
         ),
         INVALID, "ValidationException", "EnableCapture is not supported yet",
     ),
-    "update endpoint (not supported yet)": (
+    "update endpoint to the config it runs": (
         lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(endpoint_name="ab", endpoint_config_name="ab-config")),
-        INVALID, "ValidationException", "not supported yet",
+        INVALID, "ValidationException", "already runs endpoint config ab-config",
+    ),
+    "update endpoint to a missing config": (
+        lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(endpoint_name="ab", endpoint_config_name="nope")),
+        grpc.StatusCode.NOT_FOUND, "ResourceNotFound", "Could not find endpoint configuration",
+    ),
+    "update endpoint with both policies": (
+        lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(
+            endpoint_name="ab", endpoint_config_name=_another_config(s),
+            deployment_config=pb.DeploymentConfig(
+                blue_green_update_policy=pb.BlueGreenUpdatePolicy(
+                    traffic_routing_configuration=pb.TrafficRoutingConfig(type="ALL_AT_ONCE")),
+                rolling_update_policy=pb.RollingUpdatePolicy(
+                    maximum_batch_size=pb.CapacitySize(type="INSTANCE_COUNT", value=1)),
+            ),
+        )),
+        INVALID, "ValidationException", "not both",
     ),
 }
 
