@@ -361,3 +361,20 @@ def test_a_control_plane_crash_during_an_update_rolls_it_back_on_restart(service
     # The canary's instance was drained, then stopped by the new control plane.
     wait_until(lambda: any("instance_retired" in line and "config=minus" in line for line in second.output),
                timeout=10, what="the green instance retired")
+
+
+def test_delete_endpoint_drains_requests_in_flight_and_refuses_new_ones_clearly(mesh):
+    sm, _, proxy, _, serve = mesh
+    serve("plus")
+    with Load(proxy.address) as load:
+        while load.answers["plus"] < 50:
+            time.sleep(0.02)
+        sm.delete_endpoint(EndpointName=EP)
+        sm.get_waiter("endpoint_deleted").wait(EndpointName=EP, WaiterConfig=FAST)
+        time.sleep(0.3)
+    kinds = Counter(f.split(":")[0] for f in load.failures)
+    print(f"\ndelete under load: {load.sent} requests, answers {dict(load.answers)}, refusals {dict(kinds)}")
+    # Every request either got its answer or, once the endpoint was gone, a clear "not found".
+    assert set(kinds) <= {"ValidationError", "ResourceNotFound"}, load.failures[:3]
+    assert all(f"Endpoint {EP} not found" in f for f in load.failures)
+    assert load.failures  # the load went on past the deletion
