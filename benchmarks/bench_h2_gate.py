@@ -89,6 +89,12 @@ def cpu_seconds(pid: int) -> float:
     return total / CLOCK_TICKS
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a whole process (/proc/PID/stat), threads that have ended included."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
 def start_server(kind: str) -> tuple[subprocess.Popen, str]:
     process = subprocess.Popen(["taskset", "-c", SERVER_CORE, sys.executable, str(SERVERS[kind])],
                                stdout=subprocess.PIPE, text=True)
@@ -120,15 +126,18 @@ def run_cell(kind: str, concurrency: int, seconds: float, warmup: float, body_fi
                    "-t", "1", "-d", str(body_file), "-H", "content-type: application/grpc", "-H", "te: trailers",
                    f"http://{address}{METHOD}"]
         load = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        marks: dict[str, tuple[float, float, float]] = {}  # (time, server CPU s, h2load CPU s)
+        # (time, server CPU s from its threads, the same from /proc/PID/stat, h2load CPU s)
+        marks: dict[str, tuple[float, float, float, float]] = {}
         lines = []
         deadline = time.monotonic() + seconds + warmup + 60
         for line in load.stdout:
             lines.append(line)
             if "Main benchmark duration is started" in line:
-                marks["start"] = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(load.pid))
+                marks["start"] = (time.monotonic(), cpu_seconds(process.pid), process_cpu_seconds(process.pid),
+                                  process_cpu_seconds(load.pid))
             elif "Main benchmark duration is over" in line:
-                marks["end"] = (time.monotonic(), cpu_seconds(process.pid), cpu_seconds(load.pid))
+                marks["end"] = (time.monotonic(), cpu_seconds(process.pid), process_cpu_seconds(process.pid),
+                                process_cpu_seconds(load.pid))
             if time.monotonic() > deadline:
                 load.kill()
                 break
@@ -153,8 +162,11 @@ def run_cell(kind: str, concurrency: int, seconds: float, warmup: float, body_fi
         "server": kind, "concurrency": concurrency, "connections": connections, "window_s": window,
         "requests": good, "errors": failed + errored + timed_out + missing, "throughput_rps": good / seconds,
         "cpu_s": cpu, "cpu_util": cpu / window, "cpu_us_per_request": cpu / good * 1e6 if good else None,
-        # h2load's own CPU (taskset execs it: same pid): near 100% means the load, not the server, is the limit
-        "h2load_cpu_util": (marks["end"][2] - marks["start"][2]) / window,
+        # cross-check: the server's CPU from /proc/PID/stat (counts threads that ended in the window too)
+        "process_cpu_s": marks["end"][2] - marks["start"][2],
+        # h2load's own CPU (taskset execs it: same pid; its worker thread ends with the window, hence
+        # /proc/PID/stat): near 100% means the load generator, not the server, is the limit
+        "h2load_cpu_util": (marks["end"][3] - marks["start"][3]) / window,
     }
 
 
