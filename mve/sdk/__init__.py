@@ -1,7 +1,8 @@
 """The boto3-shaped Python SDK: clients for the control plane and the proxy.
 
 ``mve.client("sagemaker")`` talks to the control plane (``mve.v1.EndpointControl``),
-``mve.client("cloudwatch")`` to the control plane's metrics and alarms (``mve.v1.CloudWatch``) and
+``mve.client("cloudwatch")`` to the control plane's metrics and alarms (``mve.v1.CloudWatch``),
+``mve.client("application-autoscaling")`` to its autoscaling (``mve.v1.ApplicationAutoScaling``) and
 ``mve.client("sagemaker-runtime")`` to a proxy (``mve.v1.EndpointRuntime``), with boto3's method
 names, parameter names, response shapes and exceptions.
 """

@@ -2,9 +2,10 @@
 
     sm = mve.client("sagemaker", address="127.0.0.1:7070")          # control plane
     cw = mve.client("cloudwatch", address="127.0.0.1:7070")         # control plane: metrics, alarms
+    aas = mve.client("application-autoscaling", address="127.0.0.1:7070")  # control plane: autoscaling
     smr = mve.client("sagemaker-runtime", address="127.0.0.1:8080")  # a proxy
 
-The address defaults to $MVE_CONTROL_PLANE (sagemaker, cloudwatch) or $MVE_ENDPOINT
+The address defaults to $MVE_CONTROL_PLANE (sagemaker, cloudwatch, application-autoscaling) or $MVE_ENDPOINT
 (sagemaker-runtime), then 127.0.0.1:7070 / 127.0.0.1:8080. Calls have deadlines: 30 s (control
 plane) and 60 s (runtime) unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import os
 
+from mve.sdk.autoscaling import ApplicationAutoScalingClient
 from mve.sdk.cloudwatch import CloudWatchClient
 from mve.sdk.control import SageMakerClient
 from mve.sdk.runtime import SageMakerRuntimeClient
@@ -24,6 +26,7 @@ SERVICES = {
     "sagemaker": (SageMakerClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
     "sagemaker-runtime": (SageMakerRuntimeClient, "MVE_ENDPOINT", DEFAULT_ENDPOINT),
     "cloudwatch": (CloudWatchClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
+    "application-autoscaling": (ApplicationAutoScalingClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
 }
 
 
@@ -34,7 +37,8 @@ def default_address(service_name: str) -> str:
 
 
 def client(service_name: str, address: str | None = None, *, timeout: float | None = None, **kwargs):
-    """A boto3-shaped client: "sagemaker" or "cloudwatch" (control plane), "sagemaker-runtime" (proxy).
+    """A boto3-shaped client: "sagemaker", "cloudwatch" or "application-autoscaling" (control plane),
+    "sagemaker-runtime" (proxy).
 
     Unknown service names raise ValueError. boto3's ``region_name`` and credential keywords are
     accepted and ignored, so that code written for boto3 runs unchanged.
