@@ -101,6 +101,8 @@ class AlarmDefinition:
     unit: str = ""
     description: str = ""
     actions_enabled: bool = True
+    # Step scaling policies (their ARNs) this alarm drives while in ALARM.
+    alarm_actions: tuple[str, ...] = ()
 
     @property
     def stat(self) -> str:
@@ -149,7 +151,9 @@ class HistoryItem:
     data: str
 
 
-def validate_definition(d: AlarmDefinition, *, alarm_actions: bool = False) -> AlarmDefinition:
+def validate_definition(
+    d: AlarmDefinition, *, other_actions: bool = False, action_exists: Callable[[str], bool] = lambda arn: False
+) -> AlarmDefinition:
     """The definition with defaults filled in; CloudWatch's errors for anything out of range."""
     if not 1 <= len(d.name) <= NAME_LIMIT:
         raise MissingParameter("The parameter AlarmName must be 1-255 characters.")
@@ -191,11 +195,19 @@ def validate_definition(d: AlarmDefinition, *, alarm_actions: bool = False) -> A
         raise InvalidParameterValue(f"The parameter Unit {d.unit!r} is not a CloudWatch unit.")
     if not _finite(d.threshold):
         raise InvalidParameterValue("The parameter Threshold must be a finite number.")
-    if alarm_actions:
+    if other_actions:
         raise InvalidParameterValue(
-            "Alarm actions (OKActions, AlarmActions, InsufficientDataActions) are not supported: mve has no "
-            "notification service. Watch the state with DescribeAlarms or name the alarm in a deployment."
+            "OKActions and InsufficientDataActions are not supported: mve has no notification service. Watch the "
+            "state with DescribeAlarms or name the alarm in a deployment."
         )
+    if len(d.alarm_actions) > 5:
+        raise InvalidParameterValue("AlarmActions may name at most 5 actions.")
+    for action in d.alarm_actions:
+        if not action_exists(action):
+            raise InvalidParameterValue(
+                f"AlarmActions {action!r} is not a step scaling policy of mve (PutScalingPolicy gives its ARN); "
+                "other actions are not supported: mve has no notification service."
+            )
     return replace(d, datapoints_to_alarm=datapoints_to_alarm, treat_missing_data=treat)
 
 
@@ -428,6 +440,7 @@ class AlarmBook:
 def _definition_json(d: AlarmDefinition) -> dict:
     data = asdict(d)
     data["dimensions"] = [list(x) for x in d.dimensions]
+    data["alarm_actions"] = list(d.alarm_actions)
     return data
 
 
@@ -435,5 +448,6 @@ def _alarm_from_json(body: str) -> Alarm:
     data = json.loads(body)
     definition = data["definition"]
     definition["dimensions"] = tuple(tuple(x) for x in definition["dimensions"])
+    definition["alarm_actions"] = tuple(definition.get("alarm_actions", ()))
     return Alarm(AlarmDefinition(**definition), AlarmState(**data["state"]))
 

@@ -60,6 +60,14 @@ def register(subparsers) -> None:
         "--utilization-interval", dest="utilization_interval_s", type=float,
         help="seconds between CPU/memory samples of each model server, 0.1-60 (default 1)",
     )
+    parser.add_argument(
+        "--autoscaling-interval", dest="autoscaling_interval_s", type=float,
+        help="seconds between evaluations of every scaling policy, 0.1-300 (default 5)",
+    )
+    parser.add_argument(
+        "--autoscaling-window", dest="autoscaling_window_s", type=float,
+        help="seconds of metrics target tracking averages over, 5-3600 (default 60)",
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
 

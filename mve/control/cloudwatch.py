@@ -118,10 +118,11 @@ def _check_metric(namespace: str, metric_name: str, dimensions, unit: str) -> No
 class CloudWatchService:
     """GetMetricStatistics, GetMetricData, ListMetrics and the alarm calls."""
 
-    def __init__(self, metrics: MetricStore, alarms: AlarmBook, *, clock=time.time):
+    def __init__(self, metrics: MetricStore, alarms: AlarmBook, *, clock=time.time, action_exists=lambda arn: False):
         self.metrics = metrics
         self.alarms = alarms
         self._clock = clock
+        self.action_exists = action_exists
 
     # ------------------------------------------------------------ metrics
 
@@ -251,9 +252,9 @@ class CloudWatchService:
 
     # ------------------------------------------------------------ alarms
 
-    def put_metric_alarm(self, definition: AlarmDefinition, *, has_actions: bool = False) -> None:
-        """Create or update an alarm."""
-        self.alarms.put(validate_definition(definition, alarm_actions=has_actions))
+    def put_metric_alarm(self, definition: AlarmDefinition, *, other_actions: bool = False) -> None:
+        """Create or update an alarm; AlarmActions may name step scaling policies only."""
+        self.alarms.put(validate_definition(definition, other_actions=other_actions, action_exists=self.action_exists))
 
     def describe_alarms(
         self, names=(), prefix: str = "", state_value: str = "", max_records: int = 0, next_token: str = ""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from google.protobuf import timestamp_pb2
 
 from mve._proto import metrics_pb2 as pb
@@ -45,6 +47,7 @@ def alarm_message(alarm: Alarm) -> pb.MetricAlarm:
         alarm_description=d.description,
         alarm_configuration_updated_timestamp=_stamp(s.configuration_updated),
         actions_enabled=d.actions_enabled,
+        alarm_actions=list(d.alarm_actions),
         state_value=s.value,
         state_reason=s.reason,
         state_reason_data=s.reason_data,
@@ -175,8 +178,8 @@ class CloudWatchServicer(metrics_pb2_grpc.CloudWatchServicer):
         )
         if request.HasField("datapoints_to_alarm") and request.datapoints_to_alarm < 1:
             raise InvalidParameterValue("The parameter DatapointsToAlarm must be between 1 and EvaluationPeriods.")
-        has_actions = bool(request.ok_actions or request.alarm_actions or request.insufficient_data_actions)
-        self._service.put_metric_alarm(definition, has_actions=has_actions)
+        definition = replace(definition, alarm_actions=tuple(request.alarm_actions))
+        self._service.put_metric_alarm(definition, other_actions=bool(request.ok_actions or request.insufficient_data_actions))
         return pb.PutMetricAlarmResponse()
 
     async def DescribeAlarms(self, request, context):

@@ -15,9 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mve._proto import control_pb2, control_pb2_grpc, metrics_pb2, metrics_pb2_grpc
+from mve._proto import autoscaling_pb2, autoscaling_pb2_grpc, control_pb2, control_pb2_grpc, metrics_pb2, metrics_pb2_grpc
 from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
+from mve.control.autoscaler import Autoscaler
+from mve.control.autoscaling import AutoscalingStore
+from mve.control.autoscaling_servicer import ApplicationAutoScalingServicer
 from mve.control.cloudwatch import CloudWatchService
 from mve.control.cloudwatch_servicer import CloudWatchServicer
 from mve.control.deployments import DeploymentRunner
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_name
 CLOUDWATCH_NAME = metrics_pb2.DESCRIPTOR.services_by_name["CloudWatch"].full_name
+AUTOSCALING_NAME = autoscaling_pb2.DESCRIPTOR.services_by_name["ApplicationAutoScaling"].full_name
 COMPACT_INTERVAL_S = 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -64,10 +68,14 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
     deployments = DeploymentRunner(
         store, routes, reconciler.launch_instances, reconciler.stop_instances, lambda name: _alarm_state(alarms, name)
     )
-    return ControlService(
+    service = ControlService(
         store, ArtifactStore(settings.artifact_dir), routes, reconciler, limits,
         metrics=metrics, alarms=alarms, deployments=deployments,
     )
+    service.autoscaler = Autoscaler(
+        AutoscalingStore(settings.db_path), service, metrics, alarms, window_s=settings.autoscaling_window_s
+    )
+    return service
 
 
 def _alarm_state(alarms: AlarmBook, name: str) -> str | None:
@@ -100,6 +108,7 @@ def _background_tasks(service: ControlService, settings: ControlPlaneSettings) -
         asyncio.create_task(service.alarms.run_forever(settings.alarm_interval_s), name="alarms"),
         asyncio.create_task(sampler.run_forever(settings.utilization_interval_s), name="utilization"),
         asyncio.create_task(_compact_forever(service.metrics), name="metrics-compact"),
+        asyncio.create_task(service.autoscaler.run_forever(settings.autoscaling_interval_s), name="autoscaling"),
     ]
 
 
@@ -121,12 +130,18 @@ async def serve(settings: ControlPlaneSettings) -> int:
     )
     control_pb2_grpc.add_EndpointControlServicer_to_server(EndpointControlServicer(service), server)
     metrics_pb2_grpc.add_CloudWatchServicer_to_server(
-        CloudWatchServicer(CloudWatchService(service.metrics, service.alarms)), server
+        CloudWatchServicer(
+            CloudWatchService(service.metrics, service.alarms, action_exists=service.autoscaler.policy_exists)
+        ),
+        server,
+    )
+    autoscaling_pb2_grpc.add_ApplicationAutoScalingServicer_to_server(
+        ApplicationAutoScalingServicer(service.autoscaler), server
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, CLOUDWATCH_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -180,6 +195,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     await service.reconciler.shutdown(settings.stop_grace_s)
     service.store.close()
     service.metrics.close()
+    service.autoscaler.store.close()
     if tracing is not None:
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=control_plane_stopped")

@@ -132,6 +132,7 @@ class ControlService:
         self.metrics = metrics
         self.alarms = alarms
         self.deployments = deployments
+        self.autoscaler = None  # set by the server: scalable targets bound manual instance counts
 
     # ------------------------------------------------------------ models
 
@@ -372,6 +373,19 @@ class ControlService:
         log.info("event=endpoint_updating endpoint=%s from=%s to=%s", name, endpoint.config_name, config_name)
         return endpoint
 
+    def _within_scaling_range(self, name: str, change: WeightAndCapacity) -> WeightAndCapacity:
+        """A count clamped to the variant's registered autoscaling range (Application Auto Scaling's rule)."""
+        bounds = self.autoscaler.capacity_range(name, change.variant_name) if self.autoscaler is not None else None
+        if bounds is None or change.desired_instance_count is None:
+            return change
+        clamped = min(max(change.desired_instance_count, bounds[0]), bounds[1])
+        if clamped != change.desired_instance_count:
+            log.info(
+                "event=instance_count_clamped endpoint=%s variant=%s asked=%d min=%d max=%d",
+                name, change.variant_name, change.desired_instance_count, bounds[0], bounds[1],
+            )
+        return WeightAndCapacity(change.variant_name, change.desired_weight, clamped)
+
     def _refuse_during_update(self, endpoint: EndpointRecord) -> None:
         deployment = self.store.get_deployment(endpoint.name)
         if deployment is not None:
@@ -417,6 +431,7 @@ class ControlService:
                 validate_instance_count(
                     change.desired_instance_count, f"DesiredInstanceCount of variant {change.variant_name!r}", self.limits
                 )
+        changes = [self._within_scaling_range(name, change) for change in changes]
         by_name = {c.variant_name: c for c in changes}
         weights = {
             v.variant_name: by_name[v.variant_name].desired_weight

@@ -18,6 +18,8 @@ validated once at start.
 | metrics_retention_days | --metrics-retention-days | MVE_METRICS_RETENTION_DAYS | 15 | 1-455: how long one-minute metric points are kept (one-second points: 3 hours) |
 | alarm_interval_s | --alarm-interval | MVE_ALARM_INTERVAL_S | 1.0 | 0.1-60: how often every alarm is evaluated |
 | utilization_interval_s | --utilization-interval | MVE_UTILIZATION_INTERVAL_S | 1.0 | 0.1-60: how often each model server's CPU and memory are sampled |
+| autoscaling_interval_s | --autoscaling-interval | MVE_AUTOSCALING_INTERVAL_S | 5.0 | 0.1-300: how often every scaling policy is evaluated |
+| autoscaling_window_s | --autoscaling-window | MVE_AUTOSCALING_WINDOW_S | 60 | 5-3600: the sliding window target tracking averages its metric over |
 
 ``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
 for tests that need a startup timeout to fire quickly.
@@ -59,6 +61,8 @@ class ControlPlaneSettings:
     metrics_retention_days: float = 15.0
     alarm_interval_s: float = 1.0
     utilization_interval_s: float = 1.0
+    autoscaling_interval_s: float = 5.0
+    autoscaling_window_s: float = 60.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -108,6 +112,8 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("metrics_retention_days", "MVE_METRICS_RETENTION_DAYS", float),
     ("alarm_interval_s", "MVE_ALARM_INTERVAL_S", float),
     ("utilization_interval_s", "MVE_UTILIZATION_INTERVAL_S", float),
+    ("autoscaling_interval_s", "MVE_AUTOSCALING_INTERVAL_S", float),
+    ("autoscaling_window_s", "MVE_AUTOSCALING_WINDOW_S", float),
 )
 
 
@@ -165,5 +171,9 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         raise SettingsError(f"--alarm-interval must be 0.1-60 seconds, got {s.alarm_interval_s}")
     if not 0.1 <= s.utilization_interval_s <= 60:
         raise SettingsError(f"--utilization-interval must be 0.1-60 seconds, got {s.utilization_interval_s}")
+    if not 0.1 <= s.autoscaling_interval_s <= 300:
+        raise SettingsError(f"--autoscaling-interval must be 0.1-300 seconds, got {s.autoscaling_interval_s}")
+    if not 5 <= s.autoscaling_window_s <= 3600:
+        raise SettingsError(f"--autoscaling-window must be 5-3600 seconds, got {s.autoscaling_window_s}")
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")

@@ -145,7 +145,14 @@ def test_bad_alarm_definitions_are_refused(changes, reason):
     assert error.value.reason == reason
 
 
-def test_alarm_actions_are_refused_not_ignored():
+def test_alarm_actions_are_refused_not_ignored_unless_they_name_a_step_scaling_policy():
+    from dataclasses import replace
+
     base = definition()
-    with pytest.raises(ValidationError, match="not supported"):
-        validate_definition(base, alarm_actions=True)
+    with pytest.raises(ValidationError, match="OKActions and InsufficientDataActions are not supported"):
+        validate_definition(base, other_actions=True)
+    with pytest.raises(ValidationError, match="not a step scaling policy"):
+        validate_definition(replace(base, alarm_actions=("arn:aws:sns:us-east-1:1:topic",)))
+    policy = "arn:mve:autoscaling:local:000000000000:scalingPolicy:abc:resource/sagemaker/endpoint/e/variant/A:policyName/up"
+    kept = validate_definition(replace(base, alarm_actions=(policy,)), action_exists=lambda arn: arn == policy)
+    assert kept.alarm_actions == (policy,)
