@@ -17,6 +17,7 @@ COMMAND_MODULES = (
     "mve.proxy.cli",  # proxy
     "mve.commands",  # models, endpoint-configs, endpoints, invoke, ...
     "mve.commands_metrics",  # metrics (CloudWatch verbs), top
+    "mve.commands_autoscaling",  # autoscaling (Application Auto Scaling verbs)
     "mve.mesh",  # up
     "mve.demo",  # demo
 )

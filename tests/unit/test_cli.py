@@ -13,6 +13,10 @@ SUBCOMMANDS = [
     ["metrics", "get-metric-statistics"], ["metrics", "get-metric-data"], ["metrics", "list-metrics"],
     ["metrics", "put-metric-alarm"], ["metrics", "describe-alarms"], ["metrics", "delete-alarms"],
     ["metrics", "describe-alarm-history"], ["top"],
+    ["autoscaling", "register-scalable-target"], ["autoscaling", "describe-scalable-targets"],
+    ["autoscaling", "deregister-scalable-target"], ["autoscaling", "put-scaling-policy"],
+    ["autoscaling", "describe-scaling-policies"], ["autoscaling", "delete-scaling-policy"],
+    ["autoscaling", "describe-scaling-activities"], ["application-autoscaling", "describe-scalable-targets"],
 ]
 
 
@@ -22,7 +26,7 @@ def test_help_lists_every_subcommand(capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     for name in ("model-server", "control-plane", "proxy", "models", "endpoint-configs", "endpoint",
-                 "invoke", "up", "demo", "metrics", "top"):
+                 "invoke", "up", "demo", "metrics", "top", "autoscaling"):
         assert name in out
 
 
