@@ -157,7 +157,11 @@ def _endpoints(args) -> int:
     if action == "list":
         return out.show_list(args, sm.list_endpoints(**_list_params(args)), "Endpoints")
     if action == "describe":
-        return out.show(args, sm.describe_endpoint(EndpointName=args.name))
+        description = sm.describe_endpoint(EndpointName=args.name)
+        out.show(args, description)
+        if not args.json:
+            _show_scaling(args, description)
+        return 0
     if action == "delete":
         sm.delete_endpoint(EndpointName=args.name)
         return out.done(args, f"deleting endpoint {args.name}")
@@ -176,6 +180,22 @@ def _endpoints(args) -> int:
     if args.wait:
         return out.show(args, _wait(args, args.name))
     return out.show(args, response)
+
+
+def _show_scaling(args, description: dict) -> None:
+    """Under a described endpoint: its variants' scalable targets and newest scaling activities, if any.
+
+    Nothing is shown when the control plane has no autoscaling or the call fails (describe still works).
+    """
+    from mve import commands_output as out
+    from mve.scaling_view import endpoint_scaling, print_endpoint_scaling
+    from mve.sdk import client
+
+    names = [v["VariantName"] for v in description.get("ProductionVariants", [])]
+    aas = client("application-autoscaling", address=args.control_plane,
+                 **({"timeout": args.timeout} if args.timeout else {}))
+    with aas:
+        print_endpoint_scaling(out._console, endpoint_scaling(aas, args.name, names, activities=5), limit=5)
 
 
 def _invoke(args) -> int:

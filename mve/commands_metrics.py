@@ -194,9 +194,9 @@ def _top(args) -> int:
 
     if args.json and not args.once:
         raise UsageError("--json needs --once (the live view is for a terminal)")
-    sm, cw = _clients(args, "sagemaker", "cloudwatch")
+    sm, cw, aas = _clients(args, "sagemaker", "cloudwatch", "application-autoscaling")
     return run_top(sm, cw, args.endpoint, window=args.window, interval=args.interval, once=args.once,
-                   as_json=args.json)
+                   as_json=args.json, aas=aas)
 
 
 # ---------------------------------------------------------------- parsers
@@ -292,7 +292,7 @@ def register(subparsers) -> None:
     history.add_argument("--scan-by", choices=("TimestampDescending", "TimestampAscending"))
 
     top_help = ("live view of an endpoint's variants: traffic share, req/s, p50/p99 ModelLatency, 4xx/5xx, "
-                "weight and instances")
+                "weight and instances, and its last scaling activities")
     top = subparsers.add_parser(
         "top", parents=[common], help=top_help,
         description=f"{top_help}. Metrics reach the control plane once a second from each proxy, so the "

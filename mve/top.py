@@ -2,8 +2,11 @@
 
 One refresh is one ``describe_endpoint`` (weights, instance counts) and one ``get_metric_data``
 (Invocations, Invocation4XXErrors, Invocation5XXErrors as Sum; ModelLatency p50 and p99; per
-variant, namespace AWS/SageMaker) over the newest complete window. The pure part, responses ->
-figures, is `top_figures`; `render` turns figures into a rich Table; `run_top` loops.
+variant, namespace AWS/SageMaker) over the newest complete window, and, given an
+application-autoscaling client, one ``describe_scaling_activities`` per variant for the endpoint's
+`SCALING_ACTIVITIES` newest scaling activities (left out when the control plane has none or the
+call fails). The pure part, responses -> figures, is `top_figures`; `render` turns figures into
+rich tables; `run_top` loops.
 
 Proxies report to the control plane once a second, so the newest seconds may be incomplete: the
 window ends `LAG_S` seconds before now, rounded down to a multiple of the window, because the
@@ -20,6 +23,8 @@ from datetime import datetime, timezone
 
 NAMESPACE = "AWS/SageMaker"
 LAG_S = 2
+# Scaling activities shown under the variants.
+SCALING_ACTIVITIES = 3
 # CloudWatch's periods: 1, 5, 10, 30 or a multiple of 60 seconds.
 HIGH_RESOLUTION_PERIODS = (1, 5, 10, 30)
 
@@ -120,7 +125,20 @@ def _ms(value: float | None) -> str:
 
 
 def render(figures: dict, start: datetime, end: datetime, error: str | None = None):
-    """A rich Table of `figures` for the window [start, end), with `error` (a failed refresh) as caption."""
+    """A rich Table of `figures` for the window [start, end), with `error` (a failed refresh) as caption;
+    under it the newest scaling activities when `figures` has any (``ScalingActivities``)."""
+    table = _variants_table(figures, start, end, error)
+    activities = figures.get("ScalingActivities")
+    if not activities:
+        return table
+    from rich.console import Group
+
+    from mve.scaling_view import activities_table
+
+    return Group(table, activities_table(activities, SCALING_ACTIVITIES, title="Recent scaling activities"))
+
+
+def _variants_table(figures: dict, start: datetime, end: datetime, error: str | None):
     from rich.table import Table
 
     window = f"{start.astimezone():%H:%M:%S}-{end.astimezone():%H:%M:%S}"
@@ -137,8 +155,9 @@ def render(figures: dict, start: datetime, end: datetime, error: str | None = No
     return table
 
 
-def fetch(sm, cw, endpoint: str, window: int, now: float | None = None) -> tuple[dict, datetime, datetime]:
-    """One refresh: describe the endpoint, read its variants' metrics; (figures, start, end)."""
+def fetch(sm, cw, endpoint: str, window: int, now: float | None = None, aas=None) -> tuple[dict, datetime, datetime]:
+    """One refresh: describe the endpoint, read its variants' metrics and (with `aas`, an
+    application-autoscaling client) its newest scaling activities; (figures, start, end)."""
     description = sm.describe_endpoint(EndpointName=endpoint)
     start, end = window_bounds(time.time() if now is None else now, window)
     names = [v["VariantName"] for v in description.get("ProductionVariants", [])]
@@ -146,20 +165,28 @@ def fetch(sm, cw, endpoint: str, window: int, now: float | None = None) -> tuple
     if names:
         data = cw.get_metric_data(MetricDataQueries=top_queries(endpoint, names, window), StartTime=start,
                                   EndTime=end)
-    return top_figures(description, data, window), start, end
+    figures = top_figures(description, data, window)
+    if aas is not None and names:
+        from mve.scaling_view import recent_activities
+
+        activities = recent_activities(aas, endpoint, names, SCALING_ACTIVITIES)
+        if activities:
+            figures["ScalingActivities"] = activities
+    return figures, start, end
 
 
 def run_top(sm, cw, endpoint: str, *, window: int, interval: float, once: bool, as_json: bool, console=None,
-            sleep=time.sleep) -> int:
+            sleep=time.sleep, aas=None) -> int:
     """Show the table until Ctrl-C (or one frame with `once`). Errors of the first refresh propagate;
-    later ones are shown under the last good figures and the view keeps refreshing."""
+    later ones are shown under the last good figures and the view keeps refreshing. `aas` (an
+    application-autoscaling client) adds the endpoint's newest scaling activities under the variants."""
     from rich.console import Console
     from rich.live import Live
 
     from mve.sdk.exceptions import ClientError, SDKError
 
     console = console or Console()
-    figures, start, end = fetch(sm, cw, endpoint, window)
+    figures, start, end = fetch(sm, cw, endpoint, window, aas=aas)
     if once:
         if as_json:
             from mve.commands_output import print_json
@@ -173,7 +200,7 @@ def run_top(sm, cw, endpoint: str, *, window: int, interval: float, once: bool, 
             sleep(interval)
             error = None
             try:
-                figures, start, end = fetch(sm, cw, endpoint, window)
+                figures, start, end = fetch(sm, cw, endpoint, window, aas=aas)
             except (ClientError, SDKError) as caught:
                 error = f"refresh failed: {caught}"
             live.update(render(figures, start, end, error), refresh=True)
