@@ -34,8 +34,10 @@ test: build
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
 
 bench: build
+	$(PY) -m pip install -q --no-build-isolation -e '.[bench]'
 	$(PY) benchmarks/bench_fastroute.py
 	$(PY) benchmarks/bench_mesh.py
+	$(PY) benchmarks/bench_autoscaling.py
 
 clean:
 	rm -rf build $(VENV) mve/_fastroute.c mve/_h2transport.c mve/*.so mve/_proto/*_pb2*.py mve/_proto/*_pb2.pyi
