@@ -37,7 +37,7 @@ from mve.control.metric_query import (
     datapoints,
     statistic_value,
 )
-from mve.control.metric_store import MetricStore
+from mve.control.metric_store import MetricStore, where
 from mve.errors import MveError
 
 log = logging.getLogger(__name__)
@@ -345,21 +345,8 @@ class AlarmBook:
 
     def history(self, name: str = "", item_type: str = "", start: float | None = None, end: float | None = None) -> list[HistoryItem]:
         """History items, newest first."""
-        query = "SELECT alarm_name, ts, item_type, summary, data FROM alarm_history WHERE 1=1"
-        args: list = []
-        if name:
-            query += " AND alarm_name=?"
-            args.append(name)
-        if item_type:
-            query += " AND item_type=?"
-            args.append(item_type)
-        if start is not None:
-            query += " AND ts>=?"
-            args.append(start)
-        if end is not None:
-            query += " AND ts<?"
-            args.append(end)
-        query += " ORDER BY ts DESC, id DESC"
+        clause, args = where(("alarm_name=?", name), ("item_type=?", item_type), ("ts>=?", start), ("ts<?", end))
+        query = f"SELECT alarm_name, ts, item_type, summary, data FROM alarm_history{clause} ORDER BY ts DESC, id DESC"
         return [HistoryItem(*row) for row in self.db.execute(query, args).fetchall()]
 
     def subscribe(self, listener: Listener) -> None:

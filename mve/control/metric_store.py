@@ -265,18 +265,8 @@ class MetricStore:
 
     def list_series(self, namespace: str = "", metric_name: str = "", active_since: float | None = None) -> list[SeriesInfo]:
         """Every series, filtered by namespace, metric name and last report time, in a stable order."""
-        query = "SELECT id, namespace, metric_name, dimensions, unit, last_seen FROM series WHERE 1=1"
-        args: list = []
-        if namespace:
-            query += " AND namespace=?"
-            args.append(namespace)
-        if metric_name:
-            query += " AND metric_name=?"
-            args.append(metric_name)
-        if active_since is not None:
-            query += " AND last_seen>=?"
-            args.append(active_since)
-        query += " ORDER BY namespace, metric_name, dimensions"
+        clause, args = where(("namespace=?", namespace), ("metric_name=?", metric_name), ("last_seen>=?", active_since))
+        query = f"SELECT id, namespace, metric_name, dimensions, unit, last_seen FROM series{clause} ORDER BY namespace, metric_name, dimensions"
         return [_series(row) for row in self.db.execute(query, args).fetchall()]
 
     def points(self, series_id: int, start: float, end: float) -> list[Point]:
@@ -290,6 +280,14 @@ class MetricStore:
     def close(self) -> None:
         """Close the database."""
         self.db.close()
+
+
+def where(*conditions: tuple[str, object]) -> tuple[str, list]:
+    """A WHERE clause of the conditions whose value is given (None and "" leave one out), and its values."""
+    given = [(sql, value) for sql, value in conditions if value is not None and value != ""]
+    if not given:
+        return "", []
+    return " WHERE " + " AND ".join(sql for sql, _ in given), [value for _, value in given]
 
 
 def _series(row) -> SeriesInfo:

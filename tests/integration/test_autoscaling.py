@@ -9,7 +9,8 @@ import time
 
 import pytest
 from procs import wait_until
-from test_updates import EP, Load, build_model
+from test_updates import EP, Load
+from tiny_models import build_model
 
 import mve
 

@@ -4,13 +4,12 @@ proxy's Prometheus text; percentiles must match the proxy's own per-request meas
 histogram bucket; an alarm on Invocation5XXErrors goes OK -> ALARM -> OK as failures start and stop;
 a proxy restart neither loses nor double-counts.
 
-The model (built here) reshapes [N, 2] to [-1, 3]: it answers for N = 3 and fails inside ONNX
+The model ("broken" of tests/tiny_models.py) reshapes [N, 2] to [-1, 3]: it answers for N = 3 and fails inside ONNX
 Runtime for N = 1, which the model server reports as INTERNAL, a 5xx model error.
 """
 
 from __future__ import annotations
 
-import io
 import re
 import time
 import urllib.request
@@ -22,6 +21,7 @@ from procs import wait_until
 
 import mve
 from mve.sdk import ClientError
+from tiny_models import build_model, npy
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +29,6 @@ EP = "obs"
 GOOD = np.ones((3, 2), np.float32)
 BAD = np.ones((1, 2), np.float32)
 LOG_LINE = re.compile(r"event=request .*variant=(\w+) .*model_latency_us=(\d+)")
-
-
-def build_reshape_model(path) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
-    shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
-    graph = helper.make_graph([helper.make_node("Reshape", ["x", "shape"], ["y"])], "reshape3", [x], [y], [shape])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 class Traffic:
@@ -90,7 +71,7 @@ def scrape(address: str) -> dict[str, float]:
 @pytest.fixture
 def mesh(services, tmp_path, example_models):
     model = tmp_path / "reshape.onnx"
-    build_reshape_model(model)
+    build_model(model, "broken")
     cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0", "--alarm-interval", "0.2"])
     sm = mve.client("sagemaker", address=cp.address)
     sm.create_model(ModelName="reshape", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model)})

@@ -3,8 +3,8 @@ that keep invoking the endpoint while it moves to another config.
 
 Each test counts every request: none may fail because of the update. The models (built here)
 take x: FP32 [N, 2]. "plus" answers x + 1, "minus" answers x - 1 (so an answer tells which
-fleet served it) and "broken" reshapes to [-1, 3], which fails inside ONNX Runtime for the one-
-row requests the load sends: its errors are its own, counted apart, and must stay within the
+fleet served it) and "broken" fails inside ONNX Runtime for the one-row requests the load sends
+(tests/tiny_models.py): its errors are its own, counted apart, and must stay within the
 canary's share until the alarm rolls the update back.
 """
 
@@ -22,37 +22,13 @@ import pytest
 import mve
 from mve.sdk import ClientError
 from procs import wait_until
+from tiny_models import build_model, npy
 
 pytestmark = pytest.mark.integration
 
 EP = "upd"
 ROW = np.array([[1.0, 2.0]], np.float32)
 FAST = {"Delay": 0.1, "MaxAttempts": 1200}
-
-
-def build_model(path, kind: str) -> None:
-    import onnx
-    from onnx import TensorProto, helper
-
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2])
-    if kind == "broken":
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
-        shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
-        nodes, inits = [helper.make_node("Reshape", ["x", "shape"], ["y"])], [shape]
-    else:
-        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
-        one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])
-        nodes, inits = [helper.make_node("Add" if kind == "plus" else "Sub", ["x", "one"], ["y"])], [one]
-    graph = helper.make_graph(nodes, kind, [x], [y], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-
-
-def npy(array) -> bytes:
-    buffer = io.BytesIO()
-    np.save(buffer, array)
-    return buffer.getvalue()
 
 
 class Load:
