@@ -34,7 +34,7 @@ FAST = {"Delay": 0.1, "MaxAttempts": 1200}
 class Load:
     """Client threads invoking the endpoint until stopped (bounded by count and time)."""
 
-    def __init__(self, address: str, threads: int = 4, limit: int = 20_000, limit_s: float = 120.0):
+    def __init__(self, address: str, threads: int = 4, limit: int = 20_000, limit_s: float = 120.0, at_least: int = 0):
         self.address = address
         self.answers: Counter = Counter()  # "plus" / "minus" by the answer's value
         self.broken_errors = 0
@@ -43,6 +43,7 @@ class Load:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._limit, self._deadline = limit, time.monotonic() + limit_s
+        self._at_least = at_least
         self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(threads)]
         self.by_time: list[tuple[float, str]] = []
 
@@ -55,6 +56,9 @@ class Load:
         self.stop()
 
     def stop(self) -> None:
+        """Stop once at least `at_least` requests were sent (bounded by the time limit)."""
+        while self.sent < self._at_least and time.monotonic() < self._deadline and any(t.is_alive() for t in self._threads):
+            time.sleep(0.05)
         self._stop.set()
         for thread in self._threads:
             thread.join(30)
@@ -150,7 +154,7 @@ def test_an_update_without_deployment_config_moves_all_traffic_once_green_is_hea
     sm, _, proxy, config, serve = mesh
     serve("plus")
     config("minus-1", "minus")
-    with Load(proxy.address) as load:
+    with Load(proxy.address, at_least=2000) as load:
         time.sleep(0.5)
         seconds, described, phases = update_and_wait(sm, "minus-1")
         time.sleep(0.5)
@@ -173,7 +177,7 @@ def test_a_canary_bakes_on_part_of_the_traffic_then_moves_the_rest(mesh):
         "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 3,
                                         "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 25}},
         "TerminationWaitInSeconds": 1}}
-    with Load(proxy.address) as load:
+    with Load(proxy.address, at_least=2000) as load:
         seconds, described, phases = update_and_wait(sm, "minus-1", DeploymentConfig=policy)
     report("canary 25%", seconds, load, phases)
     assert load.failures == []
@@ -194,7 +198,7 @@ def test_a_linear_update_moves_traffic_in_steps(mesh):
     config("minus-2", "minus", 2)
     policy = {"BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
         "Type": "LINEAR", "WaitIntervalInSeconds": 2, "LinearStepSize": {"Type": "INSTANCE_COUNT", "Value": 1}}}}
-    with Load(proxy.address) as load:
+    with Load(proxy.address, at_least=2000) as load:
         seconds, described, phases = update_and_wait(sm, "minus-2", DeploymentConfig=policy)
     report("linear 1 of 2 instances", seconds, load, phases)
     assert load.failures == []
@@ -209,7 +213,7 @@ def test_a_rolling_update_replaces_capacity_in_batches(mesh):
     config("minus-2", "minus", 2)
     policy = {"RollingUpdatePolicy": {"MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1},
                                       "WaitIntervalInSeconds": 1}}
-    with Load(proxy.address) as load:
+    with Load(proxy.address, at_least=2000) as load:
         seconds, described, phases = update_and_wait(sm, "minus-2", DeploymentConfig=policy)
     report("rolling, batches of 1", seconds, load, phases)
     assert load.failures == []
@@ -233,7 +237,7 @@ def test_a_broken_model_is_rolled_back_by_its_alarm(mesh):
             "Type": "CANARY", "WaitIntervalInSeconds": 60, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 10}}},
         "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "upd-5xx"}]},
     }
-    with Load(proxy.address) as load:
+    with Load(proxy.address, at_least=2000) as load:
         time.sleep(0.5)
         seconds, described, phases = update_and_wait(sm, "broken-1", DeploymentConfig=policy)
         time.sleep(0.5)

@@ -234,3 +234,20 @@ def test_targets_policies_and_activities_survive_a_restart(world):
     assert [(t.min_capacity, t.max_capacity) for t in again.describe_scalable_targets("sagemaker")] == [(2, 3)]
     assert [p.policy_name for p in again.describe_scaling_policies("sagemaker")] == ["p"]
     assert [a.to_capacity for a in again.describe_scaling_activities("sagemaker")] == [2]
+
+
+def test_a_customized_metric_tracks_its_statistic(world):
+    from mve.control.metric_catalog import ENDPOINTS
+
+    scaler, service, metrics, _, clock, _ = world
+    scaler.register_scalable_target(*KEYS, 1, 4)
+    scaler.put_scaling_policy("cpu", *KEYS, "TargetTrackingScaling", {
+        "TargetValue": 50.0, "ScaleOutCooldown": 0, "ScaleInCooldown": 0,
+        "CustomizedMetricSpecification": {
+            "Namespace": ENDPOINTS, "MetricName": "CPUUtilization", "Statistic": "Average",
+            "Dimensions": [{"Name": "EndpointName", "Value": "ep"}, {"Name": "VariantName", "Value": "A"}]}}, None)
+    assert scaler.evaluate() == 0  # no CPU samples yet: nothing to act on
+    cpu = BY_KEY[ENDPOINTS, "CPUUtilization"]
+    for i in range(5):
+        metrics.record([(cpu, variant_dimensions("ep", "A"), Samples(1, 140.0, 140.0, 140.0))], clock.now - SETTLE_S - 5 + i)
+    assert scaler.evaluate() == 1 and desired(service) == 3  # 140% on 1 instance: 3 at 50% each

@@ -231,3 +231,52 @@ def test_a_restart_during_an_update_rolls_it_back(world):
     assert endpoint.status == EndpointStatus.IN_SERVICE and endpoint.config_name == "old"
     assert "control plane restarted" in endpoint.failure_reason and world.get_deployment("e") is None
 
+
+
+def test_a_rolling_rollback_restores_blue_in_batches_and_a_failed_one_is_update_rollback_failed(world):
+    config = {"RollingUpdatePolicy": {"MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1}, "WaitIntervalInSeconds": 60,
+                                      "RollbackMaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1}},
+              "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "errors"}]}}
+    # The alarm fires in the first batch's bake, after one blue instance was stopped.
+    endpoint, shares, fleet, _ = run(world, config, alarm_at=1000.0 + 30)
+    assert endpoint.status == EndpointStatus.IN_SERVICE and endpoint.config_name == "old"
+    blue = [i for i in world.list_instances("e") if i.config_name == "old"]
+    assert len(blue) == 2  # the stopped one was started again
+    assert not [i for i in world.list_instances("e") if i.config_name == "new"]
+    assert shares[-1] == 0.0
+
+
+def test_a_rollback_that_cannot_restart_blue_is_update_rollback_failed(world, monkeypatch):
+    config = {"RollingUpdatePolicy": {"MaximumBatchSize": {"Type": "INSTANCE_COUNT", "Value": 1}, "WaitIntervalInSeconds": 60},
+              "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "errors"}]}}
+    original = FakeFleet.launch
+
+    async def launch(self, name, specs, config_name):
+        if config_name == "old":
+            return [RuntimeError("no capacity for the old model")]
+        return await original(self, name, specs, config_name)
+
+    monkeypatch.setattr(FakeFleet, "launch", launch)
+    endpoint, _, _, _ = run(world, config, alarm_at=1000.0 + 30)
+    assert endpoint.status == EndpointStatus.UPDATE_ROLLBACK_FAILED
+    assert "alarm errors went into ALARM" in endpoint.failure_reason and "no capacity for the old model" in endpoint.failure_reason
+    assert world.get_deployment("e") is None
+
+
+def test_each_fleet_keeps_its_variants_proportions(tmp_path):
+    from mve.control.records import GreenVariant, ModelRecord
+    from mve.control.routes import build_endpoint_routes
+
+    configs = {
+        "old": EndpointConfigRecord("old", "arn", [spec("A"), spec("B")], {}, 0.0),
+        "new": EndpointConfigRecord("new", "arn", [spec("B"), spec("C")], {}, 0.0),
+    }
+    endpoint = EndpointRecord("e", "arn", "old", EndpointStatus.UPDATING, "", 0, 0,
+                              [VariantState("A", 1.0, 1.0, 1), VariantState("B", 3.0, 3.0, 1)])
+    deployment = DeploymentRecord("e", "old", "new", {}, [GreenVariant("B", 1.0, 1), GreenVariant("C", 1.0, 1)],
+                                  DeploymentPhase.BAKING, 0.2, 0, 0)
+    models = {"m": ModelRecord("m", "arn", "onnxruntime", "x", {}, "/a", "sha", 1, [], [], 0.0)}
+    (route,) = build_endpoint_routes([endpoint], configs, models, [], {"e": deployment})
+    weights = {(v.variant_name, v.fleet): round(v.weight, 6) for v in route.variants}
+    # Blue keeps A:B = 1:3 on its 80%, green B:C = 1:1 on its 20%.
+    assert weights == {("A", "blue"): 0.2, ("B", "blue"): 0.6, ("B", "green"): 0.1, ("C", "green"): 0.1}
