@@ -67,14 +67,14 @@ def test_target_tracking_scales_out_under_load_and_back_in_when_idle(services, t
 
     wait_until(lambda: all(a["StatusCode"] != "InProgress" for a in activities()), timeout=10, what="activities settle")
     activities = activities()
-    steps = [(a["Description"], a["StatusCode"]) for a in reversed(activities)]
-    assert steps == [
-        ("Setting desired instance count to 3.", "Successful"),
-        ("Setting desired instance count to 2.", "Successful"),
-        ("Setting desired instance count to 1.", "Successful"),
-    ], steps
+    assert all(a["StatusCode"] == "Successful" for a in activities), activities
+    counts = [int(a["Description"].split()[-1].rstrip(".")) for a in reversed(activities)]
+    # Out (in one step, or two if the first evaluation saw part of the window) to 3, then in one at a time.
+    peak = counts.index(3)
+    assert counts[: peak + 1] == sorted(set(counts[: peak + 1])) and peak <= 1, counts
+    assert counts[peak:] == [3, 2, 1], counts
     out = activities[-1]
-    assert "SageMakerVariantInvocationsPerInstance" in out["Cause"] and "from 1 to 3" in out["Cause"]
+    assert "SageMakerVariantInvocationsPerInstance" in out["Cause"] and f"from 1 to {counts[0]}" in out["Cause"]
     assert out["EndTime"] >= out["StartTime"]
 
     # A manual count is clamped to the registered range.
