@@ -37,6 +37,22 @@ TAIL_LINES = 6
 MAX_REASON_CHARS = 1024
 
 
+# Model servers trace a request only when its caller's trace is sampled (the proxy decides, and
+# sends no header for a request it does not sample); they never start a trace of their own.
+# A model's own environment (CreateModel's Environment) may say otherwise.
+MODEL_SERVER_TRACING = {"OTEL_TRACES_SAMPLER": "parentbased_always_off"}
+
+
+def model_server_env(base: dict, model_environment: dict) -> dict:
+    """A model server's environment: the control plane's, its model's, and its tracing sampler."""
+    env = {**base, **MODEL_SERVER_TRACING, **model_environment, "PYTHONUNBUFFERED": "1"}
+    if env.get("OTEL_TRACES_EXPORTER", "none") == "none" and "OTEL_TRACES_SAMPLER" not in model_environment:
+        del env["OTEL_TRACES_SAMPLER"]  # tracing off: leave no OTEL_* behind that was not there
+        if "OTEL_TRACES_SAMPLER" in base:
+            env["OTEL_TRACES_SAMPLER"] = base["OTEL_TRACES_SAMPLER"]
+    return env
+
+
 class InstanceStartError(Exception):
     """An instance did not become ready; the message says why, for FailureReason."""
 
@@ -222,7 +238,7 @@ class LocalInstanceProvider:
         """Start a model server; returns at once (see `wait_ready`)."""
         log_path = self.log_dir / spec.endpoint_name / f"{spec.instance_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **spec.environment, "PYTHONUNBUFFERED": "1"}
+        env = model_server_env(os.environ, spec.environment)
         with log_path.open("ab") as log_file:
             process = await asyncio.create_subprocess_exec(
                 *self.command(spec),

@@ -216,14 +216,21 @@ def head_sampled(monkeypatch, sampler: str, arg: str = ""):
 
 
 def calls(tracing, metadatas):
-    """(recorded?, outgoing trace id, outgoing sampled flag, outgoing span id) per call."""
+    """(recorded?, trace id, outgoing sampled flag, outgoing span id or None) per call.
+
+    A dropped call sends no header upstream (None), so its trace id is the one it logs.
+    """
     from mve.tracing import ServerSpan, current_trace_id
 
     out = []
     for metadata in metadatas:
         with ServerSpan(tracing.tracer, "s/M", metadata, {"a": 1}) as span:
-            header = dict(outgoing_metadata())["traceparent"]
-            _, trace_id, span_id, flags = header.split("-")
+            outgoing = outgoing_metadata()
+            if outgoing is None:
+                assert not span.is_recording()
+                out.append((False, current_trace_id(), False, None))
+                continue
+            _, trace_id, span_id, flags = dict(outgoing)["traceparent"].split("-")
             assert current_trace_id() == trace_id
             out.append((span.is_recording(), trace_id, bool(int(flags, 16) & 1), span_id))
     return out
@@ -252,7 +259,7 @@ def test_a_remote_parent_decides_under_parent_based_sampling(monkeypatch):
     (rec1, t1, s1, _), (rec2, t2, s2, span2), (rec3, _, s3, _), (rec4, _, s4, _) = calls(
         tracing, [sampled, dropped, (), bad])
     assert rec1 and s1 and t1 == "ab" * 16
-    assert not rec2 and not s2 and t2 == "ef" * 16 and span2 != "cd" * 8
+    assert not rec2 and not s2 and t2 == "ef" * 16 and span2 is None  # dropped: nothing goes upstream
     assert not (rec3 or s3 or rec4 or s4)
     tracing.shutdown()
     (span,) = exporter.get_finished_spans()
@@ -281,9 +288,9 @@ def test_a_batch_of_dropped_and_sampled_callers_traces_only_the_sampled(monkeypa
     async def batch(metadatas):
         await asyncio.wait_for(asyncio.gather(*(member(i, m) for i, m in enumerate(metadatas))), 10)
 
-    asyncio.run(batch([(), (), ()]))  # all three dropped: no span anywhere, flags 00 upstream
+    asyncio.run(batch([(), (), ()]))  # all three dropped: no span anywhere, no header upstream
     (_, _, metadata), = pool.calls
-    assert metadata["traceparent"].endswith("-00")
+    assert metadata == {}
     asyncio.run(batch([(), sampled, ()]))  # one sampled: the batch span is its child, linked to it only
     tracing.shutdown()
     spans = {s.name: s for s in exporter.get_finished_spans()}
@@ -292,3 +299,13 @@ def test_a_batch_of_dropped_and_sampled_callers_traces_only_the_sampled(monkeypa
     assert batch_span.parent.span_id == caller.context.span_id
     assert [link.context.span_id for link in batch_span.links] == [caller.context.span_id]
     assert pool.calls[1][2]["traceparent"].split("-")[2] == format(batch_span.context.span_id, "016x")
+
+
+def test_model_servers_trace_only_what_their_caller_samples():
+    from mve.control.instances import model_server_env
+
+    traced = model_server_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                               "OTEL_TRACES_SAMPLER_ARG": "0.01"}, {})
+    assert traced["OTEL_TRACES_SAMPLER"] == "parentbased_always_off"
+    assert model_server_env({"OTEL_TRACES_EXPORTER": "otlp"}, {"OTEL_TRACES_SAMPLER": "always_on"})["OTEL_TRACES_SAMPLER"] == "always_on"
+    assert "OTEL_TRACES_SAMPLER" not in model_server_env({"PATH": "/bin"}, {})
