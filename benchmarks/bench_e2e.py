@@ -286,6 +286,8 @@ def main(argv=None) -> int:
                              "(C, ~6x less CPU per request; installed with apt-get when root)")
     parser.add_argument("--tracing-only", action="store_true",
                         help="run only the tracing rows (off / sampled 1%% / sampled 100%%) at the top concurrency")
+    parser.add_argument("--tracing-rounds", type=int, default=None, choices=range(1, 21), metavar="1-20",
+                        help="alternating rounds of the tracing rows (default: 3 full, 2 quick, 1 smoke)")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     try:
@@ -296,6 +298,8 @@ def main(argv=None) -> int:
         parser.error("--concurrency values must be 1-1024")
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = MODES[mode_name]
+    if args.tracing_rounds is not None:
+        mode = (*mode[:6], args.tracing_rounds)
     batching = {"MaxBatchSize": args.max_batch_size, "MaxDelayMicroseconds": args.max_delay_us}
     global LOAD_TOOL
     LOAD_TOOL = args.loadgen
