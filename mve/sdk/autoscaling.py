@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from mve._proto import autoscaling_pb2_grpc
 from mve.sdk import autoscaling_convert as convert
-from mve.sdk.base import BaseClient
+from mve.sdk.base import BaseClient, operation_method
 from mve.sdk.exceptions import ClientError, ClientExceptions
 from mve.sdk.waiters import Paginator
 
@@ -63,19 +63,7 @@ class ApplicationAutoScalingExceptions(ClientExceptions):
 
 
 def _operation_method(method_name: str, operation: str):
-    def method(self, **kwargs) -> dict:
-        stub_method = getattr(self._stub, operation)
-        response, metadata = self._call(operation, stub_method, kwargs,
-                                        lambda p: convert.build_request(operation, p))
-        out = convert.convert_response(operation, response)
-        out["ResponseMetadata"] = metadata
-        return out
-
-    method.__name__ = method_name
-    method.__qualname__ = f"ApplicationAutoScalingClient.{method_name}"
-    method.__doc__ = (f"{operation}, as boto3's ``application-autoscaling.{method_name}``: keyword arguments in, "
-                      "a dict out.")
-    return method
+    return operation_method("ApplicationAutoScalingClient", "application-autoscaling", method_name, operation, convert)
 
 
 class ApplicationAutoScalingClient(BaseClient):
@@ -93,15 +81,6 @@ class ApplicationAutoScalingClient(BaseClient):
         super().__init__(address, timeout)
         self.exceptions = ApplicationAutoScalingExceptions()
         self._stub = autoscaling_pb2_grpc.ApplicationAutoScalingStub(self._channel)
-
-    def _call(self, operation: str, method, params: dict, build):
-        try:
-            return super()._call(operation, method, params, build)
-        except ClientError as error:
-            cls = self.exceptions.from_code(error.response.get("Error", {}).get("Code", ""))
-            if type(error) is cls:
-                raise
-            raise cls(error.response, error.operation_name) from None
 
     def get_paginator(self, operation_name: str) -> Paginator:
         """A paginator (NextToken; PageSize sets MaxResults) for the three describe_* calls."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from mve.sdk import params as shapes
-from mve.sdk.exceptions import ClientExceptions, new_request_id, response_metadata, translate_rpc_error
+from mve.sdk.exceptions import ClientError, ClientExceptions, new_request_id, response_metadata, translate_rpc_error
 
 # Bodies go up to 6 MB; leave room for the envelope.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -47,10 +47,21 @@ class BaseClient:
         try:
             response = method(request, timeout=self.timeout, metadata=(("x-mve-request-id", request_id),))
         except grpc.RpcError as error:
-            raise translate_rpc_error(
-                error, operation=operation, address=self.address, timeout=self.timeout, request_id=request_id
+            raise self._client_error(
+                translate_rpc_error(
+                    error, operation=operation, address=self.address, timeout=self.timeout, request_id=request_id
+                )
             ) from None
         return response, response_metadata(request_id)
+
+    def _client_error(self, error: Exception) -> Exception:
+        """`error` as this client's own class for its code (boto3 has per-service exception classes)."""
+        if not isinstance(error, ClientError):
+            return error
+        cls = self.exceptions.from_code(error.response.get("Error", {}).get("Code", ""))
+        if cls is ClientError or type(error) is cls:
+            return error
+        return cls(error.response, error.operation_name)
 
     def can_paginate(self, operation_name: str) -> bool:
         """Whether `operation_name` (snake_case) has a paginator (the list_* calls)."""
@@ -68,3 +79,22 @@ class BaseClient:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.service_name} at {self.address}>"
+
+
+def operation_method(client: str, service: str, method_name: str, operation: str, convert):
+    """A client method for `operation`: boto3's keyword arguments in, its response dict out.
+
+    `convert` is the service's conversion module (``build_request``, ``convert_response``).
+    """
+
+    def method(self, **kwargs) -> dict:
+        stub_method = getattr(self._stub, operation)
+        response, metadata = self._call(operation, stub_method, kwargs, lambda p: convert.build_request(operation, p))
+        out = convert.convert_response(operation, response)
+        out["ResponseMetadata"] = metadata
+        return out
+
+    method.__name__ = method_name
+    method.__qualname__ = f"{client}.{method_name}"
+    method.__doc__ = f"{operation}, as boto3's ``{service}.{method_name}``: keyword arguments in, a dict out."
+    return method

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from mve._proto import metrics_pb2_grpc
 from mve.sdk import cloudwatch_convert as convert
-from mve.sdk.base import BaseClient
+from mve.sdk.base import BaseClient, operation_method
 from mve.sdk.exceptions import ClientError, ClientExceptions
 from mve.sdk.waiters import Paginator, Waiter
 
@@ -78,18 +78,7 @@ def _alarm_exists(response: dict | None, error: ClientError | None) -> str | Non
 
 
 def _operation_method(method_name: str, operation: str):
-    def method(self, **kwargs) -> dict:
-        stub_method = getattr(self._stub, operation)
-        response, metadata = self._call(operation, stub_method, kwargs,
-                                        lambda p: convert.build_request(operation, p))
-        out = convert.convert_response(operation, response)
-        out["ResponseMetadata"] = metadata
-        return out
-
-    method.__name__ = method_name
-    method.__qualname__ = f"CloudWatchClient.{method_name}"
-    method.__doc__ = f"{operation}, as boto3's ``cloudwatch.{method_name}``: keyword arguments in, a dict out."
-    return method
+    return operation_method("CloudWatchClient", "cloudwatch", method_name, operation, convert)
 
 
 class CloudWatchClient(BaseClient):
@@ -107,15 +96,6 @@ class CloudWatchClient(BaseClient):
         super().__init__(address, timeout)
         self.exceptions = CloudWatchExceptions()
         self._stub = metrics_pb2_grpc.CloudWatchStub(self._channel)
-
-    def _call(self, operation: str, method, params: dict, build):
-        try:
-            return super()._call(operation, method, params, build)
-        except ClientError as error:
-            cls = self.exceptions.from_code(error.response.get("Error", {}).get("Code", ""))
-            if type(error) is cls:
-                raise
-            raise cls(error.response, error.operation_name) from None
 
     def get_waiter(self, waiter_name: str) -> Waiter:
         """``alarm_exists``: poll describe_alarms until MetricAlarms is non-empty (5 s, 40 attempts)."""
