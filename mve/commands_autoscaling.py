@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from mve.commands import UsageError, _guarded, _positive
+from mve.commands_metrics import int_at_least
 from mve.scaling_view import DIMENSION, NAMESPACE, endpoint_prefix, resource_id
 
 POLICY_TYPES = ("TargetTrackingScaling", "StepScaling")
@@ -46,19 +47,6 @@ def parse_suspended_state(text: str) -> dict:
                              f"{', '.join(SUSPENDED_KEYS)}")
         state[key] = value.lower() == "true"
     return state
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    return parse
 
 
 def _given(**params) -> dict:
@@ -234,13 +222,13 @@ def register(subparsers) -> None:
         else:
             sub.add_argument("--resource-id", metavar="ID", help="endpoint/EP/variant/V")
             sub.add_argument("--variant", nargs=1, metavar="V", help="with --endpoint")
-        sub.add_argument("--max-results", type=_int_at_least(1), help="items per page (all pages are read)")
+        sub.add_argument("--max-results", type=int_at_least(1), help="items per page (all pages are read)")
         return sub
 
     register_target = add("register-scalable-target", "register or update a scalable target: a variant's "
                           "instance count range (RegisterScalableTarget)", single=True)
-    register_target.add_argument("--min-capacity", type=_int_at_least(0), help="required for a new target")
-    register_target.add_argument("--max-capacity", type=_int_at_least(0), help="required for a new target")
+    register_target.add_argument("--min-capacity", type=int_at_least(0), help="required for a new target")
+    register_target.add_argument("--max-capacity", type=int_at_least(0), help="required for a new target")
     register_target.add_argument("--suspended-state", metavar="JSON|SHORTHAND",
                                  help='{"DynamicScalingInSuspended": true, ...} or '
                                       "DynamicScalingInSuspended=true,DynamicScalingOutSuspended=false")
@@ -264,8 +252,8 @@ def register(subparsers) -> None:
     shortcut = put.add_argument_group("target tracking shortcut (instead of the JSON)")
     shortcut.add_argument("--target-value", type=float, help="e.g. 70 invocations per instance per minute")
     shortcut.add_argument("--predefined-metric", metavar="TYPE", help=f"default {PREDEFINED_METRICS[0]}")
-    shortcut.add_argument("--scale-in-cooldown", type=_int_at_least(0), metavar="S", help="seconds")
-    shortcut.add_argument("--scale-out-cooldown", type=_int_at_least(0), metavar="S", help="seconds")
+    shortcut.add_argument("--scale-in-cooldown", type=int_at_least(0), metavar="S", help="seconds")
+    shortcut.add_argument("--scale-out-cooldown", type=int_at_least(0), metavar="S", help="seconds")
     shortcut.add_argument("--disable-scale-in", action="store_true", help="only ever scale out")
 
     policies = describe("describe-scaling-policies", "scaling policies (DescribeScalingPolicies), all pages")

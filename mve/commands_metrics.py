@@ -70,7 +70,9 @@ def parse_queries(text: str) -> list[dict]:
     return queries
 
 
-def _int_at_least(minimum: int):
+def int_at_least(minimum: int):
+    """An argparse type: an integer of at least `minimum`."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -96,7 +98,7 @@ def _interval(text: str) -> float:
 def _window(text: str) -> int:
     from mve.top import valid_window
 
-    value = _int_at_least(1)(text)
+    value = int_at_least(1)(text)
     if not valid_window(value):
         raise argparse.ArgumentTypeError(f"must be 1, 5, 10, 30 or a multiple of 60 seconds, got {value}")
     return value
@@ -237,7 +239,7 @@ def register(subparsers) -> None:
     _metric_flags(stats, required=True)
     stats.add_argument("--start-time", type=parse_time, required=True, help=TIME_HELP)
     stats.add_argument("--end-time", type=parse_time, required=True, help=TIME_HELP)
-    stats.add_argument("--period", type=_int_at_least(1), required=True, help="seconds: 1, 5, 10, 30 or 60·n")
+    stats.add_argument("--period", type=int_at_least(1), required=True, help="seconds: 1, 5, 10, 30 or 60·n")
     stats.add_argument("--statistics", nargs="+", choices=STATISTICS)
     stats.add_argument("--extended-statistics", nargs="+", metavar="pNN", help="percentiles, e.g. p50 p99 p99.9")
     stats.add_argument("--unit", help="must be the metric's unit when given")
@@ -250,7 +252,7 @@ def register(subparsers) -> None:
     data.add_argument("--start-time", type=parse_time, required=True, help=TIME_HELP)
     data.add_argument("--end-time", type=parse_time, required=True, help=TIME_HELP)
     data.add_argument("--scan-by", choices=("TimestampDescending", "TimestampAscending"))
-    data.add_argument("--max-datapoints", type=_int_at_least(1), help="datapoints per page")
+    data.add_argument("--max-datapoints", type=int_at_least(1), help="datapoints per page")
 
     listing = add("list-metrics", "metrics that have data (ListMetrics), all pages")
     _metric_flags(listing, required=False, filters=True)
@@ -263,10 +265,10 @@ def register(subparsers) -> None:
     stat = alarm.add_mutually_exclusive_group(required=True)
     stat.add_argument("--statistic", choices=STATISTICS)
     stat.add_argument("--extended-statistic", metavar="pNN", help="a percentile, e.g. p99")
-    alarm.add_argument("--period", type=_int_at_least(1), required=True, help="seconds: 10, 30 or 60·n")
+    alarm.add_argument("--period", type=int_at_least(1), required=True, help="seconds: 10, 30 or 60·n")
     alarm.add_argument("--unit")
-    alarm.add_argument("--evaluation-periods", type=_int_at_least(1), required=True)
-    alarm.add_argument("--datapoints-to-alarm", type=_int_at_least(1), help="default: --evaluation-periods")
+    alarm.add_argument("--evaluation-periods", type=int_at_least(1), required=True)
+    alarm.add_argument("--datapoints-to-alarm", type=int_at_least(1), help="default: --evaluation-periods")
     alarm.add_argument("--threshold", type=float, required=True)
     alarm.add_argument("--comparison-operator", choices=COMPARISONS, required=True)
     alarm.add_argument("--treat-missing-data", choices=("breaching", "notBreaching", "ignore", "missing"))
@@ -278,7 +280,7 @@ def register(subparsers) -> None:
     describe.add_argument("--alarm-names", nargs="+", metavar="NAME")
     describe.add_argument("--alarm-name-prefix")
     describe.add_argument("--state-value", choices=("OK", "ALARM", "INSUFFICIENT_DATA"))
-    describe.add_argument("--max-records", type=_int_at_least(1), help="alarms per page")
+    describe.add_argument("--max-records", type=int_at_least(1), help="alarms per page")
 
     delete = add("delete-alarms", "delete alarms (DeleteAlarms)")
     delete.add_argument("--alarm-names", nargs="+", metavar="NAME", required=True)
@@ -288,7 +290,7 @@ def register(subparsers) -> None:
     history.add_argument("--history-item-type", choices=("ConfigurationUpdate", "StateUpdate", "Action"))
     history.add_argument("--start-date", type=parse_time, help=TIME_HELP)
     history.add_argument("--end-date", type=parse_time, help=TIME_HELP)
-    history.add_argument("--max-records", type=_int_at_least(1), help="items per page")
+    history.add_argument("--max-records", type=int_at_least(1), help="items per page")
     history.add_argument("--scan-by", choices=("TimestampDescending", "TimestampAscending"))
 
     top_help = ("live view of an endpoint's variants: traffic share, req/s, p50/p99 ModelLatency, 4xx/5xx, "
