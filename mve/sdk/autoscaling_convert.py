@@ -11,11 +11,8 @@ and times come back as UTC datetimes.
 
 from __future__ import annotations
 
-from datetime import timezone
-
-from google.protobuf import timestamp_pb2
-
 from mve._proto import autoscaling_pb2 as pb
+from mve.sdk.convert import put_time, with_token
 from mve.sdk.params import BOOLEAN, DOUBLE, INTEGER, STRING, ListOf, Scalar, Structure, struct
 
 # ---------------------------------------------------------------- shapes
@@ -235,9 +232,6 @@ def build_request(operation: str, params: dict):
 # ---------------------------------------------------------------- responses
 
 
-def _put_time(out: dict, key: str, message, field: str) -> None:
-    if message.HasField(field):
-        out[key] = getattr(message, field).ToDatetime(tzinfo=timezone.utc)
 
 
 def _put_set(out: dict, message, **names: str) -> None:
@@ -259,7 +253,7 @@ def _scalable_target(target: pb.ScalableTarget) -> dict:
     out = {"ServiceNamespace": target.service_namespace, "ResourceId": target.resource_id,
            "ScalableDimension": target.scalable_dimension, "MinCapacity": target.min_capacity,
            "MaxCapacity": target.max_capacity, "RoleARN": target.role_arn}
-    _put_time(out, "CreationTime", target, "creation_time")
+    put_time(out, "CreationTime", target, "creation_time")
     out["SuspendedState"] = _suspended_dict(target.suspended_state)
     _put_set(out, target, ScalableTargetARN="scalable_target_arn")
     return out
@@ -314,7 +308,7 @@ def _scaling_policy(policy: pb.ScalingPolicy) -> dict:
         out["TargetTrackingScalingPolicyConfiguration"] = _target_tracking(
             policy.target_tracking_scaling_policy_configuration)
     out["Alarms"] = _alarms(policy.alarms)
-    _put_time(out, "CreationTime", policy, "creation_time")
+    put_time(out, "CreationTime", policy, "creation_time")
     return out
 
 
@@ -322,29 +316,25 @@ def _activity(activity: pb.ScalingActivity) -> dict:
     out = {"ActivityId": activity.activity_id, "ServiceNamespace": activity.service_namespace,
            "ResourceId": activity.resource_id, "ScalableDimension": activity.scalable_dimension,
            "Description": activity.description, "Cause": activity.cause}
-    _put_time(out, "StartTime", activity, "start_time")
-    _put_time(out, "EndTime", activity, "end_time")
+    put_time(out, "StartTime", activity, "start_time")
+    put_time(out, "EndTime", activity, "end_time")
     out["StatusCode"] = activity.status_code
     _put_set(out, activity, StatusMessage="status_message", Details="details")
     return out
 
 
-def _with_token(out: dict, token: str) -> dict:
-    if token:
-        out["NextToken"] = token
-    return out
 
 
 RESPONSE_CONVERTERS = {
     "RegisterScalableTarget": lambda r: {"ScalableTargetARN": r.scalable_target_arn} if r.scalable_target_arn else {},
-    "DescribeScalableTargets": lambda r: _with_token(
+    "DescribeScalableTargets": lambda r: with_token(
         {"ScalableTargets": [_scalable_target(t) for t in r.scalable_targets]}, r.next_token),
     "DeregisterScalableTarget": lambda r: {},
     "PutScalingPolicy": lambda r: {"PolicyARN": r.policy_arn, "Alarms": _alarms(r.alarms)},
-    "DescribeScalingPolicies": lambda r: _with_token(
+    "DescribeScalingPolicies": lambda r: with_token(
         {"ScalingPolicies": [_scaling_policy(p) for p in r.scaling_policies]}, r.next_token),
     "DeleteScalingPolicy": lambda r: {},
-    "DescribeScalingActivities": lambda r: _with_token(
+    "DescribeScalingActivities": lambda r: with_token(
         {"ScalingActivities": [_activity(a) for a in r.scaling_activities]}, r.next_token),
 }
 

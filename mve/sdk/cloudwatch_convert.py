@@ -13,6 +13,7 @@ from datetime import timezone
 from google.protobuf import timestamp_pb2
 
 from mve._proto import metrics_pb2 as pb
+from mve.sdk.convert import put_time, with_token
 from mve.sdk.params import BOOLEAN, DOUBLE, INTEGER, STRING, TIMESTAMP, ListOf, Structure, parse_timestamp, struct
 
 # ---------------------------------------------------------------- shapes
@@ -226,9 +227,6 @@ def _dt(stamp: timestamp_pb2.Timestamp):
     return stamp.ToDatetime(tzinfo=timezone.utc)
 
 
-def _put_time(out: dict, key: str, message, field: str) -> None:
-    if message.HasField(field):
-        out[key] = _dt(getattr(message, field))
 
 
 def _dimension_dicts(dimensions) -> list[dict]:
@@ -241,7 +239,7 @@ _STATISTICS = (("SampleCount", "sample_count"), ("Average", "average"), ("Sum", 
 
 def _datapoint(point: pb.Datapoint) -> dict:
     out: dict = {}
-    _put_time(out, "Timestamp", point, "timestamp")
+    put_time(out, "Timestamp", point, "timestamp")
     for key, field in _STATISTICS:
         if point.HasField(field):
             out[key] = getattr(point, field)
@@ -266,7 +264,7 @@ def _alarm(alarm: pb.MetricAlarm) -> dict:
     out: dict = {"AlarmName": alarm.alarm_name, "AlarmArn": alarm.alarm_arn}
     if alarm.alarm_description:
         out["AlarmDescription"] = alarm.alarm_description
-    _put_time(out, "AlarmConfigurationUpdatedTimestamp", alarm, "alarm_configuration_updated_timestamp")
+    put_time(out, "AlarmConfigurationUpdatedTimestamp", alarm, "alarm_configuration_updated_timestamp")
     out.update({
         "ActionsEnabled": alarm.actions_enabled,
         "OKActions": list(alarm.ok_actions),
@@ -277,7 +275,7 @@ def _alarm(alarm: pb.MetricAlarm) -> dict:
     })
     if alarm.state_reason_data:
         out["StateReasonData"] = alarm.state_reason_data
-    _put_time(out, "StateUpdatedTimestamp", alarm, "state_updated_timestamp")
+    put_time(out, "StateUpdatedTimestamp", alarm, "state_updated_timestamp")
     out.update({"MetricName": alarm.metric_name, "Namespace": alarm.namespace})
     if alarm.statistic:
         out["Statistic"] = alarm.statistic
@@ -292,42 +290,38 @@ def _alarm(alarm: pb.MetricAlarm) -> dict:
     out.update({"Threshold": alarm.threshold, "ComparisonOperator": alarm.comparison_operator})
     if alarm.treat_missing_data:
         out["TreatMissingData"] = alarm.treat_missing_data
-    _put_time(out, "StateTransitionedTimestamp", alarm, "state_transitioned_timestamp")
+    put_time(out, "StateTransitionedTimestamp", alarm, "state_transitioned_timestamp")
     return out
 
 
 def _history_item(item: pb.AlarmHistoryItem) -> dict:
     out: dict = {"AlarmName": item.alarm_name, "AlarmType": item.alarm_type or "MetricAlarm"}
-    _put_time(out, "Timestamp", item, "timestamp")
+    put_time(out, "Timestamp", item, "timestamp")
     out.update({"HistoryItemType": item.history_item_type, "HistorySummary": item.history_summary,
                 "HistoryData": item.history_data})
     return out
 
 
-def _with_token(out: dict, token: str) -> dict:
-    if token:
-        out["NextToken"] = token
-    return out
 
 
 RESPONSE_CONVERTERS = {
     "GetMetricStatistics": lambda r: {"Label": r.label, "Datapoints": [_datapoint(p) for p in r.datapoints]},
     "GetMetricData": lambda r: {
         "MetricDataResults": [_metric_data_result(m) for m in r.metric_data_results],
-        **_with_token({}, r.next_token),
+        **with_token({}, r.next_token),
         "Messages": [],
     },
-    "ListMetrics": lambda r: _with_token(
+    "ListMetrics": lambda r: with_token(
         {"Metrics": [{"Namespace": m.namespace, "MetricName": m.metric_name,
                       "Dimensions": _dimension_dicts(m.dimensions)} for m in r.metrics]},
         r.next_token,
     ),
     "PutMetricAlarm": lambda r: {},
-    "DescribeAlarms": lambda r: _with_token(
+    "DescribeAlarms": lambda r: with_token(
         {"MetricAlarms": [_alarm(a) for a in r.metric_alarms], "CompositeAlarms": []}, r.next_token
     ),
     "DeleteAlarms": lambda r: {},
-    "DescribeAlarmHistory": lambda r: _with_token(
+    "DescribeAlarmHistory": lambda r: with_token(
         {"AlarmHistoryItems": [_history_item(i) for i in r.alarm_history_items]}, r.next_token
     ),
 }

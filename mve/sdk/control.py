@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from mve._proto import control_pb2_grpc
-from mve.sdk.base import BaseClient
-from mve.sdk.convert import build_request, convert_response
+from mve.sdk import convert
+from mve.sdk.base import BaseClient, operation_method
 from mve.sdk.waiters import Paginator, waiter_for
 
 # snake_case method -> API operation name; each method takes the operation's keyword arguments.
@@ -29,17 +29,7 @@ _LIST_KEYS = {"list_models": "Models", "list_endpoint_configs": "EndpointConfigs
 
 
 def _operation_method(method_name: str, operation: str):
-    def method(self, **kwargs) -> dict:
-        stub_method = getattr(self._stub, operation)
-        response, metadata = self._call(operation, stub_method, kwargs, lambda p: build_request(operation, p))
-        out = convert_response(operation, response)
-        out["ResponseMetadata"] = metadata
-        return out
-
-    method.__name__ = method_name
-    method.__qualname__ = f"SageMakerClient.{method_name}"
-    method.__doc__ = f"{operation}, as boto3's ``sagemaker.{method_name}``: keyword arguments in, a dict out."
-    return method
+    return operation_method("SageMakerClient", "sagemaker", method_name, operation, convert)
 
 
 class SageMakerClient(BaseClient):

@@ -293,22 +293,29 @@ def _summaries(items, fields: dict[str, str], times: tuple[str, ...]) -> list[di
     return rows
 
 
-def _with_token(out: dict, token: str) -> dict:
+def with_token(out: dict, token: str) -> dict:
+    """`out` with ``NextToken`` when there is a next page."""
     _put(out, "NextToken", token)
     return out
+
+
+def put_time(out: dict, key: str, message, field: str) -> None:
+    """``out[key]`` = the message's Timestamp `field` as an aware UTC datetime, when it is set."""
+    if message.HasField(field):
+        out[key] = getattr(message, field).ToDatetime(tzinfo=timezone.utc)
 
 
 RESPONSE_CONVERTERS = {
     "CreateModel": lambda r: {"ModelArn": r.model_arn},
     "DescribeModel": _describe_model,
-    "ListModels": lambda r: _with_token(
+    "ListModels": lambda r: with_token(
         {"Models": _summaries(r.models, {"ModelName": "model_name", "ModelArn": "model_arn"}, ("creation_time",))},
         r.next_token,
     ),
     "DeleteModel": lambda r: {},
     "CreateEndpointConfig": lambda r: {"EndpointConfigArn": r.endpoint_config_arn},
     "DescribeEndpointConfig": _describe_endpoint_config,
-    "ListEndpointConfigs": lambda r: _with_token(
+    "ListEndpointConfigs": lambda r: with_token(
         {
             "EndpointConfigs": _summaries(
                 r.endpoint_configs,
@@ -321,7 +328,7 @@ RESPONSE_CONVERTERS = {
     "DeleteEndpointConfig": lambda r: {},
     "CreateEndpoint": lambda r: {"EndpointArn": r.endpoint_arn},
     "DescribeEndpoint": _describe_endpoint,
-    "ListEndpoints": lambda r: _with_token(
+    "ListEndpoints": lambda r: with_token(
         {
             "Endpoints": _summaries(
                 r.endpoints,
