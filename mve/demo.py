@@ -5,7 +5,9 @@ It starts a mesh (free ports, a temporary data dir) unless ``--control-plane`` a
 cancer-weak as Variant1 and cancer-strong as Variant2, sends ``--requests`` invocations from a
 small thread pool, and prints per variant the share of traffic, latency (p50/p99) and accuracy
 against the labels. Then it shifts the weights to 25/75, shows the new split, calls Variant1 by
-TargetVariant, and deletes everything it created.
+TargetVariant, shows what the control plane's metrics recorded per variant, moves the endpoint to
+the more accurate variant alone with a canary UpdateEndpoint (rollback alarm on its 5xx errors)
+while requests keep coming, and deletes everything it created.
 """
 
 from __future__ import annotations
@@ -167,7 +169,110 @@ def _demo(args, console, stack: ExitStack) -> None:
     if set(targeted) != {"Variant1"}:
         raise DemoError(f"TargetVariant=Variant1 reached {sorted(set(targeted))}")
     console.print("TargetVariant=Variant1: 10 of 10 requests answered by Variant1")
-    console.print("cleaning up: endpoint, endpoint config, models" + ("" if args.control_plane else ", mesh"))
+
+    cw = mve.client("cloudwatch", address=control_plane)
+    stack.callback(cw.close)
+    sent = {v: sum(1 for r in first + second if r[0] == v) for v, _ in VARIANTS}
+    sent["Variant1"] += len(targeted)
+    console.print(metrics_table(cw, endpoint, sent))
+    winner = max(VARIANTS, key=lambda v: _accuracy(first + second, v[0]))[0]
+    _move_to_winner(sm, smr, cw, endpoint, winner, models[winner], console, stack, X)
+    console.print("cleaning up: endpoint, endpoint configs, alarm, models" + ("" if args.control_plane else ", mesh"))
+
+
+def _accuracy(results: list[tuple], variant: str) -> float:
+    correct = sum(c for v, _, c, _ in results if v == variant)
+    total = sum(t for v, _, _, t in results if v == variant)
+    return correct / total if total else 0.0
+
+
+def metrics_table(cw, endpoint: str, sent: dict[str, int]):
+    """What the control plane recorded per variant (GetMetricStatistics): requests, errors, latency.
+
+    Proxies report once a second: it waits (up to 10 s) until the counts reach what was `sent`.
+    """
+    from datetime import datetime, timedelta, timezone
+
+    from rich.table import Table
+
+    now = datetime.now(timezone.utc)
+    table = Table(title="the control plane's metrics (GetMetricStatistics, last 10 minutes)")
+    for column in ("variant", "Invocations", "5XX errors", "ModelLatency p50 ms", "p99 ms"):
+        table.add_column(column, justify="right" if column != "variant" else "left")
+    deadline = time.monotonic() + 10
+    for variant, _ in VARIANTS:
+        dims = [{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": variant}]
+
+        def stat(metric, **kwargs):
+            points = cw.get_metric_statistics(Namespace="AWS/SageMaker", MetricName=metric, Dimensions=dims,
+                                              StartTime=now - timedelta(minutes=10), EndTime=now + timedelta(minutes=1),
+                                              Period=660, **kwargs)["Datapoints"]
+            return points[0] if points else {}
+
+        calls = stat("Invocations", Statistics=["Sum"])
+        while calls.get("Sum", 0) < sent[variant] and time.monotonic() < deadline:
+            time.sleep(0.2)
+            calls = stat("Invocations", Statistics=["Sum"])
+        errors = stat("Invocation5XXErrors", Statistics=["Sum"])
+        latency = stat("ModelLatency", ExtendedStatistics=["p50", "p99"]).get("ExtendedStatistics", {})
+        table.add_row(variant, f"{calls.get('Sum', 0):.0f}", f"{errors.get('Sum', 0):.0f}",
+                      f"{latency.get('p50', float('nan')) / 1000:.2f}", f"{latency.get('p99', float('nan')) / 1000:.2f}")
+    return table
+
+
+def _move_to_winner(sm, smr, cw, endpoint: str, winner: str, model: str, console, stack: ExitStack, X) -> None:
+    """UpdateEndpoint to a config with the winner only: a 20% canary, 2 s of baking, rollback by alarm."""
+    import threading
+
+    config = f"{endpoint}-winner"
+    sm.create_endpoint_config(EndpointConfigName=config, ProductionVariants=[
+        {"VariantName": winner, "ModelName": model, "InitialInstanceCount": 1, "InstanceType": "ml.cpu.small",
+         "InitialVariantWeight": 1.0}])
+    stack.callback(_quietly, sm.delete_endpoint_config, EndpointConfigName=config)
+    alarm = f"{endpoint}-{winner}-5xx"
+    cw.put_metric_alarm(
+        AlarmName=alarm, Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors",
+        Dimensions=[{"Name": "EndpointName", "Value": endpoint}, {"Name": "VariantName", "Value": winner}],
+        Statistic="Sum", Period=1, EvaluationPeriods=2, Threshold=1,
+        ComparisonOperator="GreaterThanOrEqualToThreshold", TreatMissingData="notBreaching")
+    stack.callback(_quietly, cw.delete_alarms, AlarmNames=[alarm])
+    stack.callback(_delete_endpoint, sm, endpoint)  # first at cleanup: the configs and models it uses go after
+    sent, failed, stop = [0], [0], threading.Event()
+    body = _npy(X[:1])
+
+    def load() -> None:
+        while not stop.is_set() and sent[0] < 100_000:
+            try:
+                smr.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="application/x-npy")
+            except Exception:  # noqa: BLE001 - counted: the update must lose none
+                failed[0] += 1
+            sent[0] += 1
+
+    threads = [threading.Thread(target=load, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    started = time.monotonic()
+    try:
+        with console.status(f"UpdateEndpoint to {config} ({winner} only): canary 20%, 2 s baking, rollback alarm {alarm}"):
+            sm.update_endpoint(EndpointName=endpoint, EndpointConfigName=config, DeploymentConfig={
+                "BlueGreenUpdatePolicy": {"TrafficRoutingConfiguration": {
+                    "Type": "CANARY", "WaitIntervalInSeconds": 2, "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20}}},
+                "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": alarm}]}})
+            while True:
+                described = sm.describe_endpoint(EndpointName=endpoint)
+                if described["EndpointStatus"] == "InService" and "PendingDeploymentSummary" not in described:
+                    break
+                if time.monotonic() - started > 120:
+                    raise DemoError(f"the update of {endpoint} did not finish in 120 s")
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+    if described["EndpointConfigName"] != config:
+        raise DemoError(f"the update rolled back: {described.get('FailureReason')}")
+    console.print(f"moved to the winner {winner} in {time.monotonic() - started:.1f} s: "
+                  f"{sent[0]} requests during the update, {failed[0]} failed")
 
 
 def _wait_for_weights(sm, endpoint: str, weights: dict[str, float], timeout_s: float = 30.0) -> None:
@@ -182,6 +287,12 @@ def _wait_for_weights(sm, endpoint: str, weights: dict[str, float], timeout_s: f
 
 
 def _delete_endpoint(sm, endpoint: str) -> None:
+    from mve.sdk import ClientError
+
+    try:
+        sm.describe_endpoint(EndpointName=endpoint)
+    except ClientError:
+        return  # deleted already
     _quietly(sm.delete_endpoint, EndpointName=endpoint)
     _quietly(lambda **kw: sm.get_waiter("endpoint_deleted").wait(**kw), EndpointName=endpoint,
              WaiterConfig={"Delay": 0.2, "MaxAttempts": 150})

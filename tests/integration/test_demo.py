@@ -19,3 +19,6 @@ def test_demo_runs_to_completion_and_shows_the_split():
     assert "Variant1 (cancer-weak)" in output and "Variant2 (cancer-strong)" in output
     assert "%" in output and "p99 ms" in output
     assert "TargetVariant=Variant1: 10 of 10" in output
+    assert "the control plane's metrics (GetMetricStatistics" in output
+    assert "moved to the winner Variant2 in" in output and "requests during the update, 0 failed" in output
+    assert "cleanup:" not in output  # everything it made was deleted
