@@ -107,12 +107,14 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
     An instance that answered UNAVAILABLE is ejected for a moment (`VariantState.eject`), so the
     requests after it do not each pay for a failed first try.
 
+    The retry gets only what is left of `timeout` (the caller's deadline), never a fresh one.
+
     Errors come back as domain errors: INVALID_ARGUMENT from the model -> ValidationError with the
     model's message; an unreachable instance with no other to try -> ModelNotReady; any other
     failure -> ModelError carrying OriginalStatusCode and OriginalMessage.
     """
     index, instance = variant.acquire()
-    started = time.perf_counter()
+    first_started = started = time.perf_counter()
     try:
         response = await _call(pool, instance, request, timeout)
         return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
@@ -135,8 +137,15 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
         )
     index, instance = other
     started = time.perf_counter()
+    left = timeout - (started - first_started)
+    if left <= 0:
+        variant.release(index)
+        raise ModelNotReady(
+            f"Variant {variant.name} of endpoint {variant.endpoint_name}: instance {instance.instance_id} was "
+            f"unreachable and no time was left of the deadline to try another"
+        )
     try:
-        response = await _call(pool, instance, request, timeout)
+        response = await _call(pool, instance, request, left)
         return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.UNAVAILABLE:

@@ -6,6 +6,8 @@ import asyncio
 import io
 import json
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -124,6 +126,21 @@ def test_an_unavailable_instance_is_retried_once_on_the_other():
         assert invoke(dataplane).invoked_production_variant == "v1"
     variant = dataplane.router.pick("ep")
     assert list(variant.balancer.outstanding_all()) == [0, 0]
+
+
+def test_the_retry_on_another_instance_gets_only_what_is_left_of_the_deadline():
+    def slow_refusal(request):
+        time.sleep(0.3)  # the first instance takes 0.3 s to fail
+        raise rpc_error(grpc.StatusCode.UNAVAILABLE, "connection reset")
+
+    dataplane, pool, _ = setup({"a0": slow_refusal, "a1": doubling_model})
+    for _ in range(50):  # until the balancer tries a0 first (a random tie-break)
+        pool.calls.clear()
+        invoke(dataplane, time_remaining=2.0)
+        if pool.calls[0][0] == "a0":
+            break
+    (_, _, first), (_, _, retry) = pool.calls
+    assert first == pytest.approx(2.0) and retry <= 2.0 - 0.3
 
 
 def test_an_unavailable_only_instance_is_model_not_ready():
