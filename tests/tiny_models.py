@@ -2,7 +2,9 @@
 
 - "plus" answers x + 1 and "minus" x - 1, so an answer tells which model served it;
 - "broken" reshapes x to [-1, 3]: it answers for N = 3 and fails inside ONNX Runtime for N = 1
-  or 2, which the model server reports as INTERNAL (a 5xx model error).
+  or 2, which the model server reports as INTERNAL (a 5xx model error);
+- "slow" is four dense layers of 1536 units (about 7 million multiply-adds per row, milliseconds
+  on one thread): an instance with a small, known capacity.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import io
 
 import numpy as np
 
-KINDS = ("plus", "minus", "broken")
+KINDS = ("plus", "minus", "broken", "slow")
+SLOW_WIDTH = 1536
 
 
 def build_model(path, kind: str) -> None:
@@ -24,6 +27,17 @@ def build_model(path, kind: str) -> None:
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", 3])
         shape = helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])
         nodes, initializers = [helper.make_node("Reshape", ["x", "shape"], ["y"])], [shape]
+    elif kind == "slow":
+        rng = np.random.default_rng(0)
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", SLOW_WIDTH])
+        shapes = [(2, SLOW_WIDTH)] + [(SLOW_WIDTH, SLOW_WIDTH)] * 3
+        initializers, nodes, last = [], [], "x"
+        for i, shape in enumerate(shapes):
+            weights = (rng.standard_normal(shape) / np.sqrt(shape[0])).astype(np.float32)
+            initializers.append(helper.make_tensor(f"w{i}", TensorProto.FLOAT, shape, weights.tobytes(), raw=True))
+            out = "y" if i == len(shapes) - 1 else f"h{i}"
+            nodes.append(helper.make_node("MatMul", [last, f"w{i}"], [out]))
+            last = out
     elif kind in ("plus", "minus"):
         y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])
         one = helper.make_tensor("one", TensorProto.FLOAT, [1], [1.0])

@@ -33,6 +33,12 @@ def register(subparsers) -> None:
                         help=f"Prometheus text on http://METRICS_HOST:PORT/metrics; 0 for a free port, "
                         f"-1 to turn it off (default {DEFAULT_METRICS_PORT})")
     parser.add_argument("--metrics-host", default=None, help="address the metrics port binds (default: --host)")
+    parser.add_argument("--max-in-flight-per-instance", type=int, default=None, metavar="N",
+                        help="requests in flight to one model server before more are refused with "
+                        "ModelNotReadyException (unbatched variants; default 64, 1-100000)")
+    parser.add_argument("--max-in-flight", type=int, default=None, metavar="N",
+                        help="requests in flight to all model servers of this proxy before more are refused "
+                        "(default 4096, 1-1000000)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -55,6 +61,10 @@ def settings_from_args(args: argparse.Namespace):
         stats_interval_s=pick(args.stats_interval, "STATS_INTERVAL_S", defaults.stats_interval_s),
         metrics_port=pick(args.metrics_port, "PROXY_METRICS_PORT", defaults.metrics_port),
         metrics_host=pick(args.metrics_host, "PROXY_METRICS_HOST", defaults.metrics_host),
+        max_in_flight_per_instance=pick(
+            args.max_in_flight_per_instance, "PROXY_MAX_IN_FLIGHT_PER_INSTANCE", defaults.max_in_flight_per_instance
+        ),
+        max_in_flight=pick(args.max_in_flight, "PROXY_MAX_IN_FLIGHT", defaults.max_in_flight),
     ).validate()
 
 

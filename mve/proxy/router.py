@@ -82,16 +82,23 @@ class VariantState:
     ejected_until: dict[int, float] = field(default_factory=dict, repr=False)
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
-    def acquire(self) -> tuple[int, Instance]:
+    def acquire(self, limit: int = 0) -> tuple[int, Instance]:
         """Pick an instance (least outstanding requests, ejected ones skipped) and count the request.
 
-        Every successful call must be paired with `release` of the returned index.
+        Every successful call must be paired with `release` of the returned index. With a `limit`,
+        ModelNotReady when even the least loaded instance has that many requests outstanding.
         """
         if self.balancer is None:
             raise ModelNotReady(
                 f"Variant {self.name} of endpoint {self.endpoint_name} has no healthy instance to take the request"
             )
         index = self.balancer.acquire()
+        if limit and self.balancer.outstanding(index) > limit:
+            self.balancer.release(index)
+            raise ModelNotReady(
+                f"Variant {self.name} of endpoint {self.endpoint_name}: every instance has {limit} requests in "
+                f"flight, its limit (--max-in-flight-per-instance); retry later"
+            )
         if self.ejected_until and self.ejected_until.get(index, 0.0) > self.clock():
             other = self.acquire_other(index)
             if other is not None:

@@ -41,7 +41,11 @@ class ProxyServer:
         self.settings = settings
         self.tracing = tracing
         self.router = Router(seed=seed)
-        self.pool = UpstreamPool(close_grace_s=settings.model_timeout_s)
+        self.pool = UpstreamPool(
+            close_grace_s=settings.model_timeout_s,
+            max_in_flight=settings.max_in_flight,
+            max_in_flight_per_instance=settings.max_in_flight_per_instance,
+        )
         self.stats = StatsBook()
         self.dataplane = DataPlane(
             self.router, self.pool, self.stats, model_timeout_s=settings.model_timeout_s,

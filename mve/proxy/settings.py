@@ -39,6 +39,11 @@ class ProxySettings:
     resubscribe_min_s: float = 0.1
     resubscribe_max_s: float = 2.0
     grace_s: float = 5.0
+    # Requests in flight to model servers, unbatched path: past either bound a request is refused at
+    # once with ModelNotReadyException instead of queueing without limit (batched variants have their
+    # own bounds: MaxBatchesInFlightPerInstance and MaxQueueRows).
+    max_in_flight_per_instance: int = 64
+    max_in_flight: int = 4096
     # Prometheus text on http://METRICS_HOST:METRICS_PORT/metrics; 0 picks a free port, -1 turns it off.
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the proxy binds
@@ -57,6 +62,8 @@ class ProxySettings:
         _check_range("resubscribe_min_s", self.resubscribe_min_s, 0.001, 60.0)
         _check_range("resubscribe_max_s", self.resubscribe_max_s, self.resubscribe_min_s, 600.0)
         _check_range("--grace", self.grace_s, 0.0, 600.0)
+        _check_range("--max-in-flight-per-instance", self.max_in_flight_per_instance, 1, 100_000)
+        _check_range("--max-in-flight", self.max_in_flight, 1, 1_000_000)
         if not METRICS_OFF <= self.metrics_port <= 65535:
             raise ValidationError(
                 f"--metrics-port must be 0-65535 (0 picks a free port, -1 turns the exporter off), got {self.metrics_port}"

@@ -38,8 +38,12 @@ CHANNEL_OPTIONS = [
 class UpstreamPool:
     """One channel and ``GRPCInferenceService`` stub per model-server address."""
 
-    def __init__(self, close_grace_s: float = 60.0):
+    def __init__(self, close_grace_s: float = 60.0, *, max_in_flight: int = 0, max_in_flight_per_instance: int = 0):
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Bounds on requests in flight (0: none): the whole proxy's and each instance's.
+        self.max_in_flight = max_in_flight
+        self.max_in_flight_per_instance = max_in_flight_per_instance
+        self.in_flight = 0
         self._stubs: dict[str, pb_grpc.GRPCInferenceServiceStub] = {}
         self._raw: dict[str, grpc.aio.UnaryUnaryMultiCallable] = {}
         self._close_grace_s = close_grace_s
@@ -113,7 +117,12 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
     model's message; an unreachable instance with no other to try -> ModelNotReady; any other
     failure -> ModelError carrying OriginalStatusCode and OriginalMessage.
     """
-    index, instance = variant.acquire()
+    if pool.max_in_flight and pool.in_flight >= pool.max_in_flight:
+        raise ModelNotReady(
+            f"The proxy has {pool.in_flight} requests in flight, its limit (--max-in-flight); retry later"
+        )
+    index, instance = variant.acquire(pool.max_in_flight_per_instance)
+    pool.in_flight += 1
     first_started = started = time.perf_counter()
     try:
         response = await _call(pool, instance, request, timeout)
@@ -124,6 +133,7 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
         first_error = error
     finally:
         variant.release(index)
+        pool.in_flight -= 1
     if variant.eject(index):
         log.warning(
             "event=instance_ejected endpoint=%s variant=%s instance=%s address=%s message=%r",

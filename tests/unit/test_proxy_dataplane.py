@@ -50,6 +50,9 @@ class FakeStub:
 class FakePool:
     """Stands in for UpstreamPool: per-address behaviour, every call recorded."""
 
+    max_in_flight = max_in_flight_per_instance = 0  # UpstreamPool's bounds: none here
+    in_flight = 0
+
     def __init__(self, behaviours):
         self.behaviours = behaviours
         self.calls = []
@@ -231,3 +234,43 @@ def test_stats_requests_carry_every_counter():
     assert stats.drain() == {}
     totals = stats.snapshot()[("ep", "v1")]
     assert totals.invocations == 4 and totals.model_latency.count == 2
+
+
+def test_requests_past_the_in_flight_bounds_are_refused_at_once():
+    from mve.proxy.upstream import infer_on_variant
+
+    release = None
+
+    class HeldStub:
+        async def ModelInfer(self, request, timeout=None, metadata=None):
+            await release.wait()
+            return doubling_model(request)
+
+    class HeldPool(FakePool):
+        def stub(self, address):
+            return HeldStub()
+
+    async def main(per_instance: int, per_proxy: int):
+        nonlocal release
+        release = asyncio.Event()
+        dataplane, _, _ = setup({"a0": doubling_model, "a1": doubling_model})
+        pool = HeldPool({})
+        pool.max_in_flight_per_instance, pool.max_in_flight = per_instance, per_proxy
+        variant = dataplane.router.pick("ep")
+        request = pb.ModelInferRequest(model_name="m1")
+        request.inputs.add(name="input", datatype="FP32", shape=[1, 3])
+        request.raw_input_contents.append(np.ones((1, 3), np.float32).tobytes())
+        held = [asyncio.ensure_future(infer_on_variant(pool, variant, request, 5.0)) for _ in range(4)]
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(ModelNotReady, match="limit") as refused:
+            await infer_on_variant(pool, variant, request, 5.0)
+        assert time.perf_counter() - started < 0.05  # refused at once, not after a wait
+        release.set()
+        await asyncio.gather(*held)
+        assert pool.in_flight == 0 and list(variant.balancer.outstanding_all()) == [0, 0]
+        await infer_on_variant(pool, variant, request, 5.0)  # room again
+        return str(refused.value)
+
+    assert "--max-in-flight-per-instance" in asyncio.run(main(per_instance=2, per_proxy=0))  # 2 instances x 2
+    assert "--max-in-flight)" in asyncio.run(main(per_instance=0, per_proxy=4))

@@ -105,6 +105,9 @@ def test_trace_context_round_trips_through_grpc_metadata():
 class RecordingPool:
     """UpstreamPool with tracing on: records each call's request and metadata, answers y = x."""
 
+    max_in_flight = max_in_flight_per_instance = 0  # UpstreamPool's bounds: none here
+    in_flight = 0
+
     def __init__(self, delay: float = 0.0):
         self.tracing = True
         self.calls = []

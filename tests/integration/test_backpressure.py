@@ -1,0 +1,103 @@
+"""Overload: a real proxy in front of one slow model-server instance, driven far past its capacity.
+
+With ``--max-in-flight-per-instance 2`` the requests beyond the bound are refused at once with
+ModelNotReadyException instead of queueing: the refusals are fast, the accepted requests keep a
+bounded latency, and the proxy's memory stays bounded."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from procs import wait_until
+from tiny_models import build_model, npy
+
+import mve
+from mve.sdk import ClientError
+
+pytestmark = pytest.mark.integration
+
+EP = "slow"
+BODY = npy(np.ones((1, 2), np.float32))
+
+
+def rss_mb(pid: int) -> float:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def test_requests_past_an_instances_bound_are_refused_fast_and_the_rest_stay_bounded(services, tmp_path):
+    build_model(tmp_path / "slow.onnx", "slow")
+    cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0"])
+    proxy = services(["proxy", "--control-plane", cp.address, "--port", "0", "--max-in-flight-per-instance", "2"])
+    sm = mve.client("sagemaker", address=cp.address)
+    sm.create_model(ModelName="slow", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / "slow.onnx")})
+    sm.create_endpoint_config(EndpointConfigName="slow", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "slow", "InitialInstanceCount": 1, "InstanceType": "ml.cpu.small",
+        "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName=EP, EndpointConfigName="slow")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    runtime = mve.client("sagemaker-runtime", address=proxy.address)
+
+    def invoke() -> None:
+        runtime.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+
+    wait_until(lambda: _answers(invoke), timeout=20, what="the proxy serves the endpoint")
+    alone = []
+    for _ in range(20):
+        started = time.perf_counter()
+        invoke()
+        alone.append(time.perf_counter() - started)
+    one = float(np.median(alone))  # one request at a time: the instance's service time, and then some
+
+    accepted, refused, other = [], [], []
+    lock = threading.Lock()
+    stop_at = time.monotonic() + 4.0
+    rss = []
+
+    def client() -> None:
+        mine = mve.client("sagemaker-runtime", address=proxy.address)
+        while time.monotonic() < stop_at:
+            started = time.perf_counter()
+            try:
+                mine.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+                kind = accepted
+            except ClientError as error:
+                kind = refused if error.response["Error"]["Code"] == "ModelNotReadyException" else other
+                if kind is other:
+                    print(error)
+            with lock:
+                kind.append(time.perf_counter() - started)
+
+    threads = [threading.Thread(target=client) for _ in range(24)]  # 12x the 2 requests an instance may hold
+    for thread in threads:
+        thread.start()
+    while any(t.is_alive() for t in threads):
+        rss.append(rss_mb(proxy.process.pid))
+        time.sleep(0.2)
+    for thread in threads:
+        thread.join()
+    p99_accepted, p99_refused = np.percentile(accepted, 99), np.percentile(refused, 99)
+    print(f"\noverload: one request alone {one * 1000:.1f} ms; {len(accepted)} accepted (p50 "
+          f"{np.median(accepted) * 1000:.1f} ms, p99 {p99_accepted * 1000:.1f} ms), {len(refused)} refused (p50 "
+          f"{np.median(refused) * 1000:.1f} ms, p99 {p99_refused * 1000:.1f} ms), {len(other)} other errors; "
+          f"proxy RSS max {max(rss):.0f} MB")
+    assert other == []
+    assert len(refused) > len(accepted)  # far past capacity: most are turned away...
+    # ...at once: faster than an accepted request (the 24 client threads share one Python process,
+    # so the client side sets the floor of both).
+    assert np.median(refused) < np.median(accepted) and p99_refused < 0.5
+    assert p99_accepted < 10 * one + 0.2  # the admitted wait behind at most 2 others, not behind everyone
+    assert max(rss) < 200
+
+
+def _answers(invoke) -> bool:
+    try:
+        invoke()
+        return True
+    except ClientError:
+        return False
