@@ -101,3 +101,51 @@ def _answers(invoke) -> bool:
         return True
     except ClientError:
         return False
+
+
+def test_calls_in_flight_on_a_killed_instance_are_retried_on_its_sibling(services, tmp_path):
+    import os
+    import signal
+
+    build_model(tmp_path / "slow.onnx", "slow")
+    cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0"])
+    proxy = services(["proxy", "--control-plane", cp.address, "--port", "0"])
+    sm = mve.client("sagemaker", address=cp.address)
+    sm.create_model(ModelName="slow", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / "slow.onnx")})
+    sm.create_endpoint_config(EndpointConfigName="slow", ProductionVariants=[{
+        "VariantName": "AllTraffic", "ModelName": "slow", "InitialInstanceCount": 2, "InstanceType": "ml.cpu.small",
+        "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName=EP, EndpointConfigName="slow")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    runtime = mve.client("sagemaker-runtime", address=proxy.address)
+    wait_until(lambda: _answers(lambda: runtime.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")),
+               timeout=20, what="the proxy serves the endpoint")
+    pids = [int(line.split("pid=")[1].split()[0]) for line in cp.output if "event=instance_ready" in line]
+    assert len(pids) == 2
+
+    ok, failed = [0], []
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def client() -> None:
+        mine = mve.client("sagemaker-runtime", address=proxy.address)
+        while not stop.is_set():
+            try:
+                mine.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+                with lock:
+                    ok[0] += 1
+            except ClientError as error:
+                with lock:
+                    failed.append(f"{error.response['Error']['Code']}: {error.response['Error']['Message']}")
+
+    threads = [threading.Thread(target=client) for _ in range(8)]  # both instances always have calls in flight
+    for thread in threads:
+        thread.start()
+    time.sleep(1.0)
+    os.kill(pids[0], signal.SIGKILL)
+    time.sleep(2.0)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    print(f"\nSIGKILL of one of two instances under load: {ok[0]} answered, {len(failed)} failed {failed[:3]}")
+    assert ok[0] > 0 and failed == []
