@@ -41,6 +41,7 @@ from mve.errors import MveError, ValidationError
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 60.0
+AGGREGATE = {"Average": lambda v: sum(v) / len(v), "Minimum": min, "Maximum": max}
 # Proxies report a second's counts about a second later: the window ends this long before now.
 SETTLE_S = 2.0
 
@@ -251,8 +252,10 @@ class Autoscaler:
             cause = f"policy {policy.policy_name}: {label} was {value:.4g} against the target {goal:g}"
             return capacity, policy, cause, {"MetricValue": value, "TargetValue": goal, "Metric": label}
         for alarm in self.alarms.list_alarms():
-            actions = getattr(alarm.definition, "alarm_actions", ())
-            if policy.arn not in actions or alarm.state.value != "ALARM":
+            definition = alarm.definition
+            if policy.arn not in definition.alarm_actions or not definition.actions_enabled:
+                continue
+            if alarm.state.value != "ALARM":
                 continue
             if now - policy.last_applied < policy.config["Cooldown"]:
                 return None
@@ -260,12 +263,16 @@ class Autoscaler:
             points = data.get("recentDatapoints") or []
             if not points:
                 return None
-            breach = points[0] - alarm.definition.threshold
-            capacity = step_capacity(policy.config, current, breach)
+            # The evaluated datapoints, aggregated as the policy says (Average by default).
+            value = AGGREGATE[policy.config["MetricAggregationType"]](points)
+            capacity = step_capacity(policy.config, current, value - definition.threshold)
             if capacity is None:
                 return None
-            cause = f"alarm {alarm.name} in state ALARM triggered policy {policy.policy_name} (metric {points[0]:g}, threshold {alarm.definition.threshold:g})"
-            return capacity, policy, cause, {"MetricValue": points[0], "Alarm": alarm.name}
+            cause = (
+                f"alarm {alarm.name} in state ALARM triggered policy {policy.policy_name} "
+                f"(metric {value:g}, threshold {definition.threshold:g})"
+            )
+            return capacity, policy, cause, {"MetricValue": value, "Alarm": alarm.name}
         return None
 
     def _tracked_value(self, config: dict, target: ScalableTarget, now: float) -> tuple[float | None, str]:

@@ -251,3 +251,26 @@ def test_a_customized_metric_tracks_its_statistic(world):
     for i in range(5):
         metrics.record([(cpu, variant_dimensions("ep", "A"), Samples(1, 140.0, 140.0, 140.0))], clock.now - SETTLE_S - 5 + i)
     assert scaler.evaluate() == 1 and desired(service) == 3  # 140% on 1 instance: 3 at 50% each
+
+
+def test_step_scaling_aggregates_the_alarms_datapoints_and_honours_actions_enabled(world):
+    from dataclasses import replace
+
+    scaler, service, metrics, alarms, clock, _ = world
+    scaler.register_scalable_target(*KEYS, 1, 9)
+    policy = scaler.put_scaling_policy("steps", *KEYS, "StepScaling", None, {
+        "AdjustmentType": "ExactCapacity", "Cooldown": 0, "MetricAggregationType": "Maximum",
+        "StepAdjustments": [{"MetricIntervalLowerBound": 0, "MetricIntervalUpperBound": 100, "ScalingAdjustment": 2},
+                            {"MetricIntervalLowerBound": 100, "ScalingAdjustment": 5}]})
+    alarm = validate_definition(AlarmDefinition(
+        name="busy", namespace=SAGEMAKER, metric_name="InvocationsPerInstance", dimensions=variant_dimensions("ep", "A"),
+        period=1, evaluation_periods=2, datapoints_to_alarm=1, threshold=10, comparison_operator="GreaterThanThreshold",
+        statistic="Sum", alarm_actions=(policy.arn,), actions_enabled=False), action_exists=scaler.policy_exists)
+    alarms.put(alarm)
+    for ago, value in ((2, 50), (1, 150)):  # the datapoints: 50 then 150
+        metrics.record([(PER_INSTANCE, variant_dimensions("ep", "A"), Samples(value, value, 1, 1))], clock.now - ago)
+    alarms.evaluate_all()
+    assert alarms.get("busy").state.value == "ALARM"
+    assert scaler.evaluate() == 0  # ActionsEnabled=False: the alarm drives nothing
+    alarms.put(replace(alarm, actions_enabled=True))
+    assert scaler.evaluate() == 1 and desired(service) == 5  # Maximum of 50 and 150: breach 140
