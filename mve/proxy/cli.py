@@ -17,7 +17,8 @@ def register(subparsers) -> None:
             "Serve mve.v1.EndpointRuntime/InvokeEndpoint and the Open Inference Protocol for every "
             "endpoint in the routing table the control plane streams (WatchRoutes). Flags default "
             "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S, MVE_STATS_INTERVAL_S, "
-            "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST."
+            "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST, MVE_PROXY_DRAIN_S, MVE_PROXY_MAX_IN_FLIGHT_PER_INSTANCE, "
+            "MVE_PROXY_MAX_IN_FLIGHT."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -33,6 +34,9 @@ def register(subparsers) -> None:
                         help=f"Prometheus text on http://METRICS_HOST:PORT/metrics; 0 for a free port, "
                         f"-1 to turn it off (default {DEFAULT_METRICS_PORT})")
     parser.add_argument("--metrics-host", default=None, help="address the metrics port binds (default: --host)")
+    parser.add_argument("--drain-seconds", type=float, default=None, metavar="SECONDS",
+                        help="on SIGTERM, how long health says NOT_SERVING while calls are still taken, before the "
+                        "server stops taking new ones (default 1, 0-600)")
     parser.add_argument("--max-in-flight-per-instance", type=int, default=None, metavar="N",
                         help="requests in flight to one model server before more are refused with "
                         "ModelNotReadyException (unbatched variants; default 64, 1-100000)")
@@ -65,6 +69,7 @@ def settings_from_args(args: argparse.Namespace):
             args.max_in_flight_per_instance, "PROXY_MAX_IN_FLIGHT_PER_INSTANCE", defaults.max_in_flight_per_instance
         ),
         max_in_flight=pick(args.max_in_flight, "PROXY_MAX_IN_FLIGHT", defaults.max_in_flight),
+        drain_s=pick(args.drain_seconds, "PROXY_DRAIN_S", defaults.drain_s),
     ).validate()
 
 

@@ -119,8 +119,12 @@ class ProxyServer:
         return self.metrics.address if self.metrics is not None else ""
 
     async def stop(self) -> None:
-        """Stop taking requests, let those in flight finish (grace), then close everything."""
+        """Say NOT_SERVING, keep serving for the drain, stop taking requests, let those in flight
+        finish (grace), then close everything."""
         await self.health.enter_graceful_shutdown()
+        if self.settings.drain_s > 0:
+            log.info("event=proxy_draining seconds=%g", self.settings.drain_s)
+            await asyncio.sleep(self.settings.drain_s)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         if self.server is not None:

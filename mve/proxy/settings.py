@@ -39,6 +39,9 @@ class ProxySettings:
     resubscribe_min_s: float = 0.1
     resubscribe_max_s: float = 2.0
     grace_s: float = 5.0
+    # On SIGTERM: health says NOT_SERVING this long while requests are still served, so that
+    # clients and load balancers that watch health move away before the server stops taking calls.
+    drain_s: float = 1.0
     # Requests in flight to model servers, unbatched path: past either bound a request is refused at
     # once with ModelNotReadyException instead of queueing without limit (batched variants have their
     # own bounds: MaxBatchesInFlightPerInstance and MaxQueueRows).
@@ -62,6 +65,7 @@ class ProxySettings:
         _check_range("resubscribe_min_s", self.resubscribe_min_s, 0.001, 60.0)
         _check_range("resubscribe_max_s", self.resubscribe_max_s, self.resubscribe_min_s, 600.0)
         _check_range("--grace", self.grace_s, 0.0, 600.0)
+        _check_range("--drain-seconds", self.drain_s, 0.0, 600.0)
         _check_range("--max-in-flight-per-instance", self.max_in_flight_per_instance, 1, 100_000)
         _check_range("--max-in-flight", self.max_in_flight, 1, 1_000_000)
         if not METRICS_OFF <= self.metrics_port <= 65535:
