@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-from rich.console import Console
 
-from mve.commands_output import print_json
+from mve.commands_output import fresh_console, plain, print_json
 from mve.scaling_view import suspended_text, table
-
-
-def _console() -> Console:
-    # Made per call so that the terminal width (and $COLUMNS) is read when printing.
-    return Console()
-
-
-def _plain(response: dict) -> dict:
-    return {k: v for k, v in response.items() if k != "ResponseMetadata"}
 
 
 def _print(columns: list[str], rows: list[list], empty: str) -> None:
     if rows:
-        _console().print(table(columns, rows))
+        fresh_console().print(table(columns, rows))
     else:
-        _console().print(empty)
+        fresh_console().print(empty)
 
 
 def _number(value: float) -> str:
@@ -68,7 +58,7 @@ def policy_summary(policy: dict) -> str:
 
 def show_targets(args, response: dict) -> int:
     """DescribeScalableTargets: resource, min, max, suspended scaling and creation time."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -82,7 +72,7 @@ def show_targets(args, response: dict) -> int:
 
 def show_policies(args, response: dict) -> int:
     """DescribeScalingPolicies: name, resource, type, a one-line configuration and its alarms."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -97,7 +87,7 @@ def show_activities(args, response: dict) -> int:
     """DescribeScalingActivities: newest first, with the change (from→to), status, cause and end time."""
     from mve.scaling_view import change_text, newest_activities
 
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -110,27 +100,27 @@ def show_activities(args, response: dict) -> int:
 
 def show_registered(args, resource: str, response: dict) -> int:
     """RegisterScalableTarget: the target and its ARN."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
     bounds = [f"{word} {value}" for word, value in (("min", args.min_capacity), ("max", args.max_capacity))
               if value is not None]
     arn = data.get("ScalableTargetARN")
-    _console().print(f"registered {resource}" + (f" ({', '.join(bounds)})" if bounds else "")
+    fresh_console().print(f"registered {resource}" + (f" ({', '.join(bounds)})" if bounds else "")
                      + (f": {arn}" if arn else ""))
     return 0
 
 
 def show_put_policy(args, name: str, response: dict) -> int:
     """PutScalingPolicy: the policy's ARN and the alarms it watches."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
-    _console().print(f"put scaling policy {name}: {data.get('PolicyARN', '')}")
+    fresh_console().print(f"put scaling policy {name}: {data.get('PolicyARN', '')}")
     for alarm in data.get("Alarms", []):
-        _console().print(f"  alarm {alarm['AlarmName']}")
+        fresh_console().print(f"  alarm {alarm['AlarmName']}")
     return 0
 
 
@@ -139,7 +129,7 @@ def done(args, message: str) -> int:
     if args.json:
         print_json({})
     else:
-        _console().print(message)
+        fresh_console().print(message)
     return 0
 
 

@@ -4,22 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from rich.console import Console
 from rich.table import Table
 
-from mve.commands_output import print_json
-
-
-
-def _console() -> Console:
-    # Made per call so that the terminal width (and $COLUMNS) is read when printing.
-    return Console()
+from mve.commands_output import fresh_console, plain, print_json
 
 _STATISTICS = ("SampleCount", "Average", "Sum", "Minimum", "Maximum")
-
-
-def _plain(response: dict) -> dict:
-    return {k: v for k, v in response.items() if k != "ResponseMetadata"}
 
 
 def _cell(value) -> str:
@@ -39,19 +28,19 @@ def dimensions_text(dimensions: list[dict]) -> str:
 
 def _print(columns: list[str], rows: list[list], title: str | None = None, empty: str = "nothing") -> None:
     if not rows:
-        _console().print(f"{title}: {empty}" if title else empty)
+        fresh_console().print(f"{title}: {empty}" if title else empty)
         return
     table = Table(title=title, title_justify="left")
     for column in columns:
         table.add_column(column)
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
-    _console().print(table)
+    fresh_console().print(table)
 
 
 def show_statistics(args, response: dict) -> int:
     """GetMetricStatistics: one row per datapoint, oldest first, a column per statistic returned."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -69,7 +58,7 @@ def show_statistics(args, response: dict) -> int:
 
 def show_metric_data(args, response: dict) -> int:
     """GetMetricData: one row per timestamp, one column per query (its Label, else its Id)."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -84,13 +73,13 @@ def show_metric_data(args, response: dict) -> int:
     _print(["Timestamp", *columns], rows, empty="no datapoints")
     partial = [r["Id"] for r in results if r.get("StatusCode") not in ("Complete", None)]
     if partial and rows:
-        _console().print(f"StatusCode PartialData: {', '.join(partial)}")
+        fresh_console().print(f"StatusCode PartialData: {', '.join(partial)}")
     return 0
 
 
 def show_metrics(args, response: dict) -> int:
     """ListMetrics: namespace, metric name and dimensions."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -102,7 +91,7 @@ def show_metrics(args, response: dict) -> int:
 
 def show_alarms(args, response: dict) -> int:
     """DescribeAlarms: one row per metric alarm with its state and condition."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -123,7 +112,7 @@ _OPERATORS = {"GreaterThanOrEqualToThreshold": ">=", "GreaterThanThreshold": ">"
 
 def show_history(args, response: dict) -> int:
     """DescribeAlarmHistory: time, alarm, item type and summary."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -138,5 +127,5 @@ def done(args, message: str) -> int:
     if args.json:
         print_json({})
     else:
-        _console().print(message)
+        fresh_console().print(message)
     return 0

@@ -13,8 +13,14 @@ from rich.table import Table
 _console = Console()
 
 
-def _plain(response: dict) -> dict:
+def plain(response: dict) -> dict:
+    """A boto3-shaped response without its ResponseMetadata (what `--json` prints)."""
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
+
+
+def fresh_console() -> Console:
+    """A console made now, so that the terminal width (and $COLUMNS) is read when printing."""
+    return Console()
 
 
 def _default(value):
@@ -58,7 +64,7 @@ def show(args, response: dict) -> int:
     An endpoint's LastDeploymentConfig is one line of text, and its PendingDeploymentSummary a
     table of the new (green) variants with their statuses.
     """
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
@@ -138,7 +144,7 @@ def progress_line(description: dict) -> str:
 
 def show_list(args, response: dict, key: str) -> int:
     """A list_* response: one table row per item."""
-    data = _plain(response)
+    data = plain(response)
     if args.json:
         print_json(data)
         return 0
