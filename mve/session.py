@@ -105,13 +105,22 @@ class Session:
         tags=None,
         wait: bool = True,
         data_capture_config_dict: dict | None = None,
+        shadow_production_variants: list[dict] | None = None,
     ) -> str:
-        """Create endpoint config `name` with `production_variants`, then endpoint `name`; wait if asked."""
+        """Create endpoint config `name` with `production_variants`, then endpoint `name`; wait if asked.
+
+        `data_capture_config_dict` is boto3's DataCaptureConfig (what the SageMaker SDK's
+        ``DataCaptureConfig._to_request_dict()`` gives; its DestinationS3Uri a local directory or
+        file:// URI here). `shadow_production_variants` (mve's keyword; the SageMaker SDK has none)
+        are ProductionVariant dicts, as `production_variant` makes them.
+        """
         config = {"EndpointConfigName": name, "ProductionVariants": list(production_variants)}
         if tags:
             config["Tags"] = list(tags)
         if data_capture_config_dict is not None:
             config["DataCaptureConfig"] = dict(data_capture_config_dict)
+        if shadow_production_variants:
+            config["ShadowProductionVariants"] = list(shadow_production_variants)
         self.sagemaker_client.create_endpoint_config(**config)
         self.sagemaker_client.create_endpoint(EndpointName=name, EndpointConfigName=name)
         if wait:
@@ -207,7 +216,8 @@ class Predictor:
     """An endpoint, called with numpy in and numpy/JSON out (the SageMaker SDK's Predictor).
 
     ``Predictor(name, sagemaker_session=session)``; ``session=`` works as well. `content_type`
-    and `accept` default to npy; the last response's variant is kept in ``last_invoked_variant``.
+    and `accept` default to npy; the last response's variant is kept in ``last_invoked_variant``
+    and its inference id (what feedback names) in ``last_inference_id``.
     """
 
     def __init__(self, endpoint_name: str, sagemaker_session: Session | None = None, *, session: Session | None = None,
@@ -217,6 +227,7 @@ class Predictor:
         self.content_type = content_type
         self.accept = accept
         self.last_invoked_variant: str | None = None
+        self.last_inference_id: str | None = None
 
     def predict(self, data, initial_args: dict | None = None, target_variant: str | None = None,
                 inference_id: str | None = None, custom_attributes: str | None = None):
@@ -231,6 +242,7 @@ class Predictor:
         params.update(initial_args or {})
         response = self.session.sagemaker_runtime_client.invoke_endpoint(**params)
         self.last_invoked_variant = response.get("InvokedProductionVariant")
+        self.last_inference_id = response.get("InferenceId")
         return deserialize(response["Body"].read(), response.get("ContentType", ""))
 
     def delete_endpoint(self, delete_endpoint_config: bool = True) -> None:

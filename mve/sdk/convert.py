@@ -43,13 +43,14 @@ def _variant(spec: dict) -> pb.ProductionVariant:
 
 
 def _data_capture(spec: dict) -> pb.DataCaptureConfig:
+    """boto3's DataCaptureConfig as the proto; EnableCapture defaults to true, as SageMaker's does."""
     modes: list[str] = []
     for option in spec.get("CaptureOptions", ()):
         mode = option["CaptureMode"]
         modes.extend(["Input", "Output"] if mode == "InputAndOutput" else [mode])
     header = spec.get("CaptureContentTypeHeader", {})
     return pb.DataCaptureConfig(
-        enable_capture=spec.get("EnableCapture", False),
+        enable_capture=spec.get("EnableCapture", True),
         initial_sampling_percentage=spec.get("InitialSamplingPercentage", 0),
         destination_s3_uri=spec.get("DestinationS3Uri", ""),
         capture_modes=modes,
@@ -232,6 +233,22 @@ def _describe_model(r: pb.DescribeModelResponse) -> dict:
     return out
 
 
+def _data_capture_dict(config: pb.DataCaptureConfig) -> dict:
+    """The proto as boto3's DataCaptureConfig; no capture modes means both directions."""
+    capture = {
+        "EnableCapture": config.enable_capture,
+        "InitialSamplingPercentage": config.initial_sampling_percentage,
+        "DestinationS3Uri": config.destination_s3_uri,
+        "CaptureOptions": [{"CaptureMode": m} for m in config.capture_modes or ("Input", "Output")],
+    }
+    if config.csv_content_types or config.json_content_types:
+        capture["CaptureContentTypeHeader"] = {
+            "CsvContentTypes": list(config.csv_content_types),
+            "JsonContentTypes": list(config.json_content_types),
+        }
+    return capture
+
+
 def _describe_endpoint_config(r: pb.DescribeEndpointConfigResponse) -> dict:
     out = {
         "EndpointConfigName": r.endpoint_config_name,
@@ -239,21 +256,27 @@ def _describe_endpoint_config(r: pb.DescribeEndpointConfigResponse) -> dict:
         "ProductionVariants": [_variant_spec(v) for v in r.production_variants],
     }
     _put(out, "ShadowProductionVariants", [_variant_spec(v) for v in r.shadow_production_variants])
-    if r.HasField("data_capture_config"):
-        dc = r.data_capture_config
-        capture = {
-            "EnableCapture": dc.enable_capture,
-            "InitialSamplingPercentage": dc.initial_sampling_percentage,
-            "DestinationS3Uri": dc.destination_s3_uri,
-            "CaptureOptions": [{"CaptureMode": m} for m in dc.capture_modes],
-        }
-        if dc.csv_content_types or dc.json_content_types:
-            capture["CaptureContentTypeHeader"] = {
-                "CsvContentTypes": list(dc.csv_content_types),
-                "JsonContentTypes": list(dc.json_content_types),
-            }
-        out["DataCaptureConfig"] = capture
+    if is_set(r, "data_capture_config"):
+        out["DataCaptureConfig"] = _data_capture_dict(r.data_capture_config)
     out.update(_time(r, "creation_time"))
+    return out
+
+
+def _data_capture_summary(summary: pb.DataCaptureConfigSummary) -> dict:
+    return {
+        "EnableCapture": summary.enable_capture,
+        "CaptureStatus": summary.capture_status,
+        "CurrentSamplingPercentage": summary.current_sampling_percentage,
+        "DestinationS3Uri": summary.destination_s3_uri,
+    }
+
+
+def _weight_change(change: pb.WeightChange) -> dict:
+    out: dict = {}
+    put_time(out, "Time", change, "time")
+    out["Source"] = change.source
+    out["Weights"] = [{"VariantName": w.variant_name, "Weight": w.weight} for w in change.weights]
+    _put(out, "Reason", change.reason)
     return out
 
 
@@ -280,6 +303,10 @@ def _describe_endpoint(r: pb.DescribeEndpointResponse) -> dict:
         out["LastDeploymentConfig"] = deployment_config_to_dict(r.last_deployment_config)
     if is_set(r, "pending_deployment_summary"):
         out["PendingDeploymentSummary"] = _pending_deployment_summary(r.pending_deployment_summary)
+    if is_set(r, "data_capture_config"):
+        out["DataCaptureConfig"] = _data_capture_summary(r.data_capture_config)
+    # mve's own: the weight changes a bandit policy made, newest first.
+    _put(out, "AutomaticWeightChanges", [_weight_change(c) for c in r.automatic_weight_changes])
     return out
 
 

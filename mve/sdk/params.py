@@ -47,6 +47,13 @@ class MapOf:
     value: object
 
 
+@dataclass(frozen=True)
+class Unsupported:
+    """A boto3 parameter mve knows and refuses before any call, saying `why` (instead of ignoring it)."""
+
+    why: str
+
+
 STRING = Scalar((str,))
 INTEGER = Scalar((int,))
 DOUBLE = Scalar((float, int))
@@ -83,12 +90,19 @@ PRODUCTION_VARIANT = struct(
     ),
 )
 
+# boto3 requires InitialSamplingPercentage, DestinationS3Uri and CaptureOptions; mve captures both
+# directions when CaptureOptions is left out, and EnableCapture defaults to true as in SageMaker.
 DATA_CAPTURE_CONFIG = struct(
+    ("InitialSamplingPercentage", "DestinationS3Uri"),
     EnableCapture=BOOLEAN,
     InitialSamplingPercentage=INTEGER,
     DestinationS3Uri=STRING,
     CaptureOptions=ListOf(struct(("CaptureMode",), CaptureMode=STRING)),
     CaptureContentTypeHeader=struct(CsvContentTypes=ListOf(STRING), JsonContentTypes=ListOf(STRING)),
+    KmsKeyId=Unsupported(
+        "mve writes capture files to a local directory on the proxies' machines and encrypts nothing with KMS; "
+        "leave KmsKeyId out (use an encrypted file system for encryption at rest)"
+    ),
 )
 
 
@@ -223,6 +237,8 @@ def _check(shape, value, path: str, problems: list[str]) -> None:
             if not isinstance(key, str):
                 problems.append(f"Invalid type for parameter {path} key {key!r}, valid types: {str}")
             _check(shape.value, item, f"{path}.{key}", problems)
+    elif isinstance(shape, Unsupported):
+        problems.append(f"Unsupported parameter {path}: {shape.why}")
     elif shape is TIMESTAMP:
         if not _is_timestamp(value):
             problems.append(
@@ -313,4 +329,6 @@ def validate(operation: str, params: dict, operations: dict[str, Structure] | No
         raise ParamValidationError("\n".join(problems))
 
 
-__all__ = ["OPERATIONS", "TIMESTAMP", "parse_timestamp", "ListOf", "MapOf", "Scalar", "Structure", "validate"]
+__all__ = [
+    "OPERATIONS", "TIMESTAMP", "parse_timestamp", "ListOf", "MapOf", "Scalar", "Structure", "Unsupported", "validate",
+]

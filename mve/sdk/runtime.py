@@ -82,9 +82,11 @@ class SageMakerRuntimeClient(BaseClient):
     def invoke_endpoint(self, **kwargs) -> dict:
         """InvokeEndpoint(EndpointName, Body, ContentType, Accept, TargetVariant, InferenceId,
         CustomAttributes[, RoutingKey]) -> {"Body": StreamingBody, "ContentType",
-        "InvokedProductionVariant", "CustomAttributes"?, "ResponseMetadata"}.
+        "InvokedProductionVariant", "CustomAttributes"?, "InferenceId"?, "ResponseMetadata"}.
 
-        Body is bytes, str (sent as UTF-8) or a file-like object with ``read()``.
+        Body is bytes, str (sent as UTF-8) or a file-like object with ``read()``. ``InferenceId`` is
+        mve's own response key (boto3's response has none): the caller's InferenceId, or the one the
+        proxy made for the invocation; it is what ``mve.client("experiments").send_feedback`` names.
         """
         response, metadata = self._call("InvokeEndpoint", self._stub.InvokeEndpoint, kwargs, _invoke_request)
         out = {
@@ -94,5 +96,7 @@ class SageMakerRuntimeClient(BaseClient):
         }
         if response.custom_attributes:
             out["CustomAttributes"] = response.custom_attributes
+        if response.inference_id:
+            out["InferenceId"] = response.inference_id
         out["ResponseMetadata"] = metadata
         return out
