@@ -73,7 +73,11 @@ class Batching:
 
 @dataclass(frozen=True)
 class VariantSpec:
-    """One production variant of an endpoint config, defaults filled in."""
+    """One production or shadow variant of an endpoint config, defaults filled in.
+
+    For a shadow variant, `initial_variant_weight` sets its sampling: the part of the endpoint's
+    requests copied to it is its weight over the sum of the production weights (at most 1).
+    """
 
     variant_name: str
     model_name: str
@@ -87,7 +91,11 @@ class VariantSpec:
 
 @dataclass
 class EndpointConfigRecord:
-    """An immutable endpoint config."""
+    """An immutable endpoint config.
+
+    `data_capture` is the validated DataCaptureConfig with proto field names as keys
+    (`mve.control.validation.validate_data_capture`), or {} when the config has none.
+    """
 
     name: str
     arn: str
@@ -95,10 +103,20 @@ class EndpointConfigRecord:
     data_capture: dict
     creation_time: float
     tags: dict[str, str] = field(default_factory=dict)
+    shadow_variants: list[VariantSpec] = field(default_factory=list)
+
+    @property
+    def all_variants(self) -> list[VariantSpec]:
+        """Production variants, then shadow variants."""
+        return [*self.production_variants, *self.shadow_variants]
 
     def variant(self, name: str) -> VariantSpec | None:
-        """The production variant called `name`, or None."""
-        return next((v for v in self.production_variants if v.variant_name == name), None)
+        """The production or shadow variant called `name`, or None."""
+        return next((v for v in self.all_variants if v.variant_name == name), None)
+
+    def is_shadow(self, name: str) -> bool:
+        """True when `name` is one of the config's shadow variants."""
+        return any(v.variant_name == name for v in self.shadow_variants)
 
 
 @dataclass
@@ -112,6 +130,8 @@ class VariantState:
     status: str = ""  # "" when settled, else Creating | Updating | Deleting
     status_message: str = ""
     status_since: float = 0.0
+    # A shadow variant: its weight is a sampling weight relative to the production weights.
+    shadow: bool = False
 
 
 @dataclass
@@ -127,10 +147,33 @@ class EndpointRecord:
     last_modified_time: float
     variants: list[VariantState]
     tags: dict[str, str] = field(default_factory=dict)
+    # The DataCaptureConfig the endpoint kept from an earlier config through UpdateEndpoint's
+    # RetainAllVariantProperties; None: its config's own.
+    data_capture: dict | None = None
 
     def variant(self, name: str) -> VariantState | None:
-        """The state of the variant called `name`, or None."""
+        """The state of the (production or shadow) variant called `name`, or None."""
         return next((v for v in self.variants if v.variant_name == name), None)
+
+    @property
+    def production_variants(self) -> list[VariantState]:
+        """The variants that answer callers."""
+        return [v for v in self.variants if not v.shadow]
+
+    @property
+    def shadow_variants(self) -> list[VariantState]:
+        """The variants that get copies of sampled requests."""
+        return [v for v in self.variants if v.shadow]
+
+    def production_weights(self) -> dict[str, float]:
+        """Current weight of each production variant."""
+        return {v.variant_name: v.current_weight for v in self.production_variants}
+
+    def data_capture_in_effect(self, config: EndpointConfigRecord | None) -> dict:
+        """The DataCaptureConfig the endpoint applies: the retained one, else its config's ({}: none)."""
+        if self.data_capture is not None:
+            return self.data_capture
+        return config.data_capture if config is not None else {}
 
 
 @dataclass
@@ -171,6 +214,7 @@ class GreenVariant:
     variant_name: str
     weight: float
     instance_count: int
+    shadow: bool = False
 
 
 @dataclass
@@ -194,3 +238,34 @@ class DeploymentRecord:
     message: str = ""
     # Green instances started so far per variant (a rolling update starts them in batches).
     started: dict[str, int] = field(default_factory=dict)
+    # The DataCaptureConfig the endpoint keeps after the update (RetainAllVariantProperties
+    # without DataCaptureConfig excluded); None: the new config's.
+    data_capture: dict | None = None
+
+
+class WeightChangeSource:
+    """Who changed an endpoint's production weights."""
+
+    CREATE = "create"  # CreateEndpoint, with the config's initial weights
+    OPERATOR = "operator"  # UpdateEndpointWeightsAndCapacities
+    DEPLOYMENT = "deployment"  # UpdateEndpoint moving traffic between fleets, or finishing
+    BANDIT = "bandit"  # an experiment's bandit policy
+
+    #: Sources that are not automatic (DescribeEndpoint's AutomaticWeightChanges leaves them out).
+    MANUAL = frozenset({CREATE, OPERATOR, DEPLOYMENT})
+
+
+@dataclass(frozen=True)
+class WeightChange:
+    """One change of an endpoint's production weights, as the store keeps it.
+
+    `weights` holds every production variant's weight after the change, by variant name. They are
+    relative: a variant's share of the traffic is its weight over their sum. During an update a
+    name that is in both fleets has its two shares added (then the weights sum to 1).
+    """
+
+    endpoint_name: str
+    time: float
+    source: str
+    weights: dict[str, float]
+    reason: str = ""

@@ -27,6 +27,8 @@ from mve.control.records import (
     TensorSpec,
     VariantSpec,
     VariantState,
+    WeightChange,
+    WeightChangeSource,
 )
 from mve.errors import ResourceAlreadyExists
 
@@ -40,12 +42,13 @@ CREATE TABLE IF NOT EXISTS config_models (
     config_name TEXT NOT NULL, model_name TEXT NOT NULL, PRIMARY KEY (config_name, model_name));
 CREATE TABLE IF NOT EXISTS endpoints (
     name TEXT PRIMARY KEY, arn TEXT NOT NULL, config_name TEXT NOT NULL, status TEXT NOT NULL,
-    failure_reason TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL, tags TEXT NOT NULL);
+    failure_reason TEXT NOT NULL, created REAL NOT NULL, modified REAL NOT NULL, tags TEXT NOT NULL,
+    data_capture TEXT NOT NULL DEFAULT '');
 CREATE TABLE IF NOT EXISTS variants (
     endpoint_name TEXT NOT NULL, position INTEGER NOT NULL, variant_name TEXT NOT NULL,
     desired_weight REAL NOT NULL, current_weight REAL NOT NULL, desired_instance_count INTEGER NOT NULL,
     status TEXT NOT NULL, status_message TEXT NOT NULL, status_since REAL NOT NULL,
-    PRIMARY KEY (endpoint_name, variant_name));
+    shadow INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (endpoint_name, variant_name));
 CREATE TABLE IF NOT EXISTS instances (
     endpoint_name TEXT NOT NULL, variant_name TEXT NOT NULL, instance_id TEXT NOT NULL,
     pid INTEGER NOT NULL, address TEXT NOT NULL, status TEXT NOT NULL, started REAL NOT NULL,
@@ -53,7 +56,22 @@ CREATE TABLE IF NOT EXISTS instances (
 DROP TABLE IF EXISTS variant_stats;
 CREATE TABLE IF NOT EXISTS deployments (endpoint_name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS deployment_configs (endpoint_name TEXT PRIMARY KEY, body TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS weight_changes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint_name TEXT NOT NULL, time REAL NOT NULL,
+    source TEXT NOT NULL, weights TEXT NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS weight_changes_by_time ON weight_changes (endpoint_name, time, id);
 """
+
+# Columns added after the first stores were written: (table, column, definition).
+_ADDED_COLUMNS = (
+    ("instances", "config_name", "TEXT NOT NULL DEFAULT ''"),  # updates
+    ("variants", "shadow", "INTEGER NOT NULL DEFAULT 0"),  # shadow variants
+    ("endpoints", "data_capture", "TEXT NOT NULL DEFAULT ''"),  # a retained DataCaptureConfig
+)
+_ENDPOINT_COLUMNS = "name, arn, config_name, status, failure_reason, created, modified, tags, data_capture"
+_VARIANT_COLUMNS = (
+    "variant_name, desired_weight, current_weight, desired_instance_count, status, status_message, status_since, shadow"
+)
 
 
 class Store:
@@ -86,6 +104,20 @@ class Store:
     def delete_deployment(self, endpoint_name: str) -> None: ...
     def put_last_deployment_config(self, endpoint_name: str, policy: dict | None) -> None: ...
     def get_last_deployment_config(self, endpoint_name: str) -> dict | None: ...
+    def record_weight_change(
+        self, endpoint_name: str, time: float, source: str, weights: dict[str, float], reason: str = ""
+    ) -> WeightChange: ...
+    def weight_changes(
+        self,
+        endpoint_name: str,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        *,
+        automatic_only: bool = False,
+        newest_first: bool = False,
+    ) -> list[WeightChange]: ...
+    def weights_in_effect(self, endpoint_name: str, at: float | None = None) -> WeightChange | None: ...
     def close(self) -> None: ...
 
 
@@ -102,12 +134,20 @@ def _deployment_from_json(body: str) -> DeploymentRecord:
     return DeploymentRecord(**data)
 
 
+def _variant_from_json(data: dict) -> VariantSpec:
+    return VariantSpec(**{**data, "batching": Batching(**data["batching"])})
+
+
 def _config_from_json(body: str) -> EndpointConfigRecord:
     data = json.loads(body)
-    data["production_variants"] = [
-        VariantSpec(**{**v, "batching": Batching(**v["batching"])}) for v in data["production_variants"]
-    ]
+    data["production_variants"] = [_variant_from_json(v) for v in data["production_variants"]]
+    # Configs stored before shadow variants existed have none.
+    data["shadow_variants"] = [_variant_from_json(v) for v in data.get("shadow_variants", [])]
     return EndpointConfigRecord(**data)
+
+
+def _weight_change(row) -> WeightChange:
+    return WeightChange(endpoint_name=row[0], time=row[1], source=row[2], weights=json.loads(row[3]), reason=row[4])
 
 
 class SqliteStore(Store):
@@ -121,9 +161,10 @@ class SqliteStore(Store):
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
-        columns = [row[1] for row in self._db.execute("PRAGMA table_info(instances)")]
-        if "config_name" not in columns:  # a store from before updates existed
-            self._db.execute("ALTER TABLE instances ADD COLUMN config_name TEXT NOT NULL DEFAULT ''")
+        for table, column, definition in _ADDED_COLUMNS:
+            columns = [row[1] for row in self._db.execute(f"PRAGMA table_info({table})")]
+            if column not in columns:  # a store written by an older mve
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
         with self._tx():
             row = self._db.execute("SELECT value FROM meta WHERE key='control_plane_id'").fetchone()
             if row is None:
@@ -197,7 +238,7 @@ class SqliteStore(Store):
                 )
                 db.executemany(
                     "INSERT OR IGNORE INTO config_models VALUES (?, ?)",
-                    [(config.name, v.model_name) for v in config.production_variants],
+                    [(config.name, v.model_name) for v in config.all_variants],
                 )
         except sqlite3.IntegrityError:
             raise ResourceAlreadyExists(f'Cannot create already existing endpoint configuration "{config.arn}".') from None
@@ -227,7 +268,7 @@ class SqliteStore(Store):
     def _write_variants(self, db: sqlite3.Connection, endpoint: EndpointRecord) -> None:
         db.execute("DELETE FROM variants WHERE endpoint_name=?", (endpoint.name,))
         db.executemany(
-            "INSERT INTO variants VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            f"INSERT INTO variants (endpoint_name, position, {_VARIANT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     endpoint.name,
@@ -239,6 +280,7 @@ class SqliteStore(Store):
                     v.status,
                     v.status_message,
                     v.status_since,
+                    int(v.shadow),
                 )
                 for position, v in enumerate(endpoint.variants)
             ],
@@ -249,7 +291,7 @@ class SqliteStore(Store):
         try:
             with self._tx() as db:
                 db.execute(
-                    "INSERT INTO endpoints VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO endpoints ({_ENDPOINT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         endpoint.name,
                         endpoint.arn,
@@ -259,6 +301,7 @@ class SqliteStore(Store):
                         endpoint.creation_time,
                         endpoint.last_modified_time,
                         json.dumps(endpoint.tags),
+                        _capture_column(endpoint.data_capture),
                     ),
                 )
                 self._write_variants(db, endpoint)
@@ -269,19 +312,24 @@ class SqliteStore(Store):
         """Write an existing endpoint's status and variant state."""
         with self._tx() as db:
             db.execute(
-                "UPDATE endpoints SET config_name=?, status=?, failure_reason=?, modified=? WHERE name=?",
-                (endpoint.config_name, endpoint.status, endpoint.failure_reason, endpoint.last_modified_time, endpoint.name),
+                "UPDATE endpoints SET config_name=?, status=?, failure_reason=?, modified=?, data_capture=? WHERE name=?",
+                (
+                    endpoint.config_name,
+                    endpoint.status,
+                    endpoint.failure_reason,
+                    endpoint.last_modified_time,
+                    _capture_column(endpoint.data_capture),
+                    endpoint.name,
+                ),
             )
             self._write_variants(db, endpoint)
 
     def _endpoint(self, row) -> EndpointRecord:
         name = row[0]
         variants = [
-            VariantState(*r)
+            VariantState(*r[:-1], shadow=bool(r[-1]))
             for r in self._db.execute(
-                "SELECT variant_name, desired_weight, current_weight, desired_instance_count, status, "
-                "status_message, status_since FROM variants WHERE endpoint_name=? ORDER BY position",
-                (name,),
+                f"SELECT {_VARIANT_COLUMNS} FROM variants WHERE endpoint_name=? ORDER BY position", (name,)
             )
         ]
         return EndpointRecord(
@@ -294,21 +342,24 @@ class SqliteStore(Store):
             last_modified_time=row[6],
             variants=variants,
             tags=json.loads(row[7]),
+            data_capture=json.loads(row[8]) if row[8] else None,
         )
 
     def get_endpoint(self, name: str) -> EndpointRecord | None:
         """The endpoint called `name`, or None."""
-        row = self._db.execute("SELECT * FROM endpoints WHERE name=?", (name,)).fetchone()
+        row = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints WHERE name=?", (name,)).fetchone()
         return self._endpoint(row) if row else None
 
     def list_endpoints(self) -> list[EndpointRecord]:
         """Every endpoint."""
-        return [self._endpoint(r) for r in self._db.execute("SELECT * FROM endpoints ORDER BY created").fetchall()]
+        rows = self._db.execute(f"SELECT {_ENDPOINT_COLUMNS} FROM endpoints ORDER BY created").fetchall()
+        return [self._endpoint(r) for r in rows]
 
     def delete_endpoint(self, name: str) -> bool:
-        """Delete an endpoint with its variants and instance records; False when there was none."""
+        """Delete an endpoint with its variants, instance records and weight history; False when there was none."""
         with self._tx() as db:
             db.execute("DELETE FROM variants WHERE endpoint_name=?", (name,))
+            db.execute("DELETE FROM weight_changes WHERE endpoint_name=?", (name,))
             db.execute("DELETE FROM instances WHERE endpoint_name=?", (name,))
             db.execute("DELETE FROM deployments WHERE endpoint_name=?", (name,))
             db.execute("DELETE FROM deployment_configs WHERE endpoint_name=?", (name,))
@@ -386,3 +437,63 @@ class SqliteStore(Store):
         row = self._db.execute("SELECT body FROM deployment_configs WHERE endpoint_name=?", (endpoint_name,)).fetchone()
         return json.loads(row[0]) if row else None
 
+
+    # ------------------------------------------------------------ weight history
+
+    def record_weight_change(
+        self, endpoint_name: str, time: float, source: str, weights: dict[str, float], reason: str = ""
+    ) -> WeightChange:
+        """Append one change of the endpoint's production weights (`WeightChange`) and return it."""
+        change = WeightChange(endpoint_name, time, source, {k: float(v) for k, v in weights.items()}, reason)
+        self._db.execute(
+            "INSERT INTO weight_changes (endpoint_name, time, source, weights, reason) VALUES (?, ?, ?, ?, ?)",
+            (endpoint_name, time, source, json.dumps(change.weights), reason),
+        )
+        return change
+
+    def weight_changes(
+        self,
+        endpoint_name: str,
+        since: float | None = None,
+        until: float | None = None,
+        limit: int | None = None,
+        *,
+        automatic_only: bool = False,
+        newest_first: bool = False,
+    ) -> list[WeightChange]:
+        """The endpoint's weight changes with `since` <= time < `until`, oldest first.
+
+        `limit` keeps the first `limit` in that order (with `newest_first`, the newest ones);
+        `automatic_only` keeps the changes not made by CreateEndpoint, an operator or an update.
+        Changes at the same time keep the order they were recorded in.
+        """
+        sql = "SELECT endpoint_name, time, source, weights, reason FROM weight_changes WHERE endpoint_name=?"
+        args: list = [endpoint_name]
+        if since is not None:
+            sql += " AND time >= ?"
+            args.append(since)
+        if until is not None:
+            sql += " AND time < ?"
+            args.append(until)
+        if automatic_only:
+            sql += f" AND source NOT IN ({', '.join('?' for _ in WeightChangeSource.MANUAL)})"
+            args.extend(sorted(WeightChangeSource.MANUAL))
+        sql += " ORDER BY time DESC, id DESC" if newest_first else " ORDER BY time, id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(max(limit, 0))
+        return [_weight_change(row) for row in self._db.execute(sql, args).fetchall()]
+
+    def weights_in_effect(self, endpoint_name: str, at: float | None = None) -> WeightChange | None:
+        """The last weight change at or before `at` (default: the latest), or None."""
+        sql = "SELECT endpoint_name, time, source, weights, reason FROM weight_changes WHERE endpoint_name=?"
+        args: list = [endpoint_name]
+        if at is not None:
+            sql += " AND time <= ?"
+            args.append(at)
+        row = self._db.execute(sql + " ORDER BY time DESC, id DESC LIMIT 1", args).fetchone()
+        return _weight_change(row) if row else None
+
+
+def _capture_column(capture: dict | None) -> str:
+    return "" if capture is None else json.dumps(capture)
