@@ -18,6 +18,14 @@ NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 ROUTING_STRATEGIES = ("LEAST_OUTSTANDING_REQUESTS", "RANDOM")
 DEFAULT_ROUTING_STRATEGY = "RANDOM"
 MAX_PRODUCTION_VARIANTS = 10
+# Production and shadow variants together (SageMaker: one production plus one shadow in a shadow test).
+MAX_VARIANTS = 10
+CAPTURE_MODES = ("Input", "Output", "InputAndOutput")
+MAX_CAPTURE_MODES = 32
+MAX_CAPTURE_CONTENT_TYPES = 10
+MAX_CONTENT_TYPE_LENGTH = 256
+MAX_DESTINATION_LENGTH = 512
+MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 MAX_BATCH_SIZE = 1024
 MAX_BATCH_DELAY_US = 1_000_000
 MAX_BATCHES_IN_FLIGHT = 64
@@ -168,20 +176,103 @@ def validate_variant(
     )
 
 
-def validate_variant_set(variants: list[VariantSpec]) -> None:
-    """1-10 variants, unique names, weights with a positive sum."""
+def validate_variant_set(variants: list[VariantSpec], shadows: list[VariantSpec] = ()) -> None:
+    """1-10 production variants, at most 10 variants with the shadows, unique names, production weights with a positive sum.
+
+    mve allows several production and several shadow variants in one config; SageMaker allows one of each
+    in a shadow test.
+    """
     if not variants:
-        raise ValidationError("ProductionVariants must have at least 1 variant.")
+        when = " when ShadowProductionVariants are given" if shadows else ""
+        raise ValidationError(f"ProductionVariants must have at least 1 variant{when}.")
     if len(variants) > MAX_PRODUCTION_VARIANTS:
         raise ValidationError(
             f"ProductionVariants has {len(variants)} variants; at most {MAX_PRODUCTION_VARIANTS} are allowed."
         )
+    if len(variants) + len(shadows) > MAX_VARIANTS:
+        raise ValidationError(
+            f"ProductionVariants and ShadowProductionVariants have {len(variants) + len(shadows)} variants together; "
+            f"at most {MAX_VARIANTS} are allowed."
+        )
     seen: set[str] = set()
-    for variant in variants:
+    for variant in [*variants, *shadows]:
         if variant.variant_name in seen:
-            raise ValidationError(f"VariantName {variant.variant_name!r} appears more than once; names must be unique.")
+            raise ValidationError(
+                f"VariantName {variant.variant_name!r} appears more than once; names must be unique across "
+                "ProductionVariants and ShadowProductionVariants."
+            )
         seen.add(variant.variant_name)
     validate_weight_sum({v.variant_name: v.initial_variant_weight for v in variants})
+
+
+def validate_data_capture(capture: dict | None) -> dict:
+    """A DataCaptureConfig (proto field names as keys) checked and with every key filled in; {} for None.
+
+    The destination is a local directory: an absolute path or a file:///abs/path URI on the
+    proxies' machines. It is required when capture is enabled and checked whenever it is given.
+    """
+    if capture is None:
+        return {}
+    enabled = bool(capture.get("enable_capture", False))
+    sampling = capture.get("initial_sampling_percentage", 0)
+    if not isinstance(sampling, int) or not 0 <= sampling <= 100:
+        raise ValidationError(f"DataCaptureConfig.InitialSamplingPercentage must be 0-100, got {sampling!r}.")
+    destination = str(capture.get("destination_s3_uri", ""))
+    if destination or enabled:
+        validate_capture_destination(destination)
+    modes = list(capture.get("capture_modes", []))
+    if len(modes) > MAX_CAPTURE_MODES:
+        raise ValidationError(f"DataCaptureConfig.CaptureOptions may hold at most {MAX_CAPTURE_MODES} entries, got {len(modes)}.")
+    for mode in modes:
+        if mode not in CAPTURE_MODES:
+            raise ValidationError(
+                f"DataCaptureConfig.CaptureOptions.CaptureMode {mode!r} is invalid: expected one of {', '.join(CAPTURE_MODES)}."
+            )
+    content_types = {}
+    for key, field_name in (("csv_content_types", "CsvContentTypes"), ("json_content_types", "JsonContentTypes")):
+        content_types[key] = _content_types(list(capture.get(key, [])), f"DataCaptureConfig.CaptureContentTypeHeader.{field_name}")
+    return {
+        "enable_capture": enabled,
+        "initial_sampling_percentage": sampling,
+        "destination_s3_uri": destination,
+        "capture_modes": modes,
+        **content_types,
+    }
+
+
+def validate_capture_destination(destination: str) -> str:
+    """DestinationS3Uri: an absolute local path or file:///abs/path, at most 512 characters."""
+    field_name = "DataCaptureConfig.DestinationS3Uri"
+    if not destination:
+        raise ValidationError(f"{field_name} is required when EnableCapture is true.")
+    if len(destination) > MAX_DESTINATION_LENGTH:
+        raise ValidationError(f"{field_name} must be at most {MAX_DESTINATION_LENGTH} characters, got {len(destination)}.")
+    where = "mve writes captures to a local directory or file:// URI on the proxies' machines"
+    path = destination
+    if destination.startswith("file://"):
+        path = destination[len("file://") :]
+        if not path.startswith("/"):
+            raise ValidationError(
+                f"{field_name} {destination!r} is invalid: a file:// URI takes an absolute path and no host "
+                f"(file:///abs/path); {where}."
+            )
+    elif "://" in destination:
+        raise ValidationError(f"{field_name} {destination!r} is not supported: {where} (an absolute path or file:///abs/path).")
+    if not path.startswith("/"):
+        raise ValidationError(f"{field_name} {destination!r} must be an absolute path or file:///abs/path; {where}.")
+    return destination
+
+
+def _content_types(values: list[str], field_name: str) -> list[str]:
+    if len(values) > MAX_CAPTURE_CONTENT_TYPES:
+        raise ValidationError(f"{field_name} may hold at most {MAX_CAPTURE_CONTENT_TYPES} media types, got {len(values)}.")
+    for value in values:
+        if len(value) > MAX_CONTENT_TYPE_LENGTH or not MEDIA_TYPE.match(value):
+            raise ValidationError(
+                f"{field_name} {value[:80]!r} is invalid: expected a media type type/subtype of at most "
+                f"{MAX_CONTENT_TYPE_LENGTH} characters (for example text/csv or application/json)."
+            )
+    return values
 
 
 def validate_weight_sum(weights: dict[str, float]) -> None:
