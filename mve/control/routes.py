@@ -1,7 +1,8 @@
 """Routing tables: built from the store, versioned, and sent to every WatchRoutes subscriber.
 
 A table lists every routable endpoint (InService, Updating, ...) with its variants' weights,
-routing strategy, batching, model inputs/outputs and healthy (InService) instances. The version
+routing strategy, batching, model inputs/outputs and healthy (InService) instances; its shadow
+variants with their sampling fractions; and its data capture when capture is enabled. The version
 increases (durably, across restarts) only when the content changes. Each subscriber has a queue
 of one slot that always holds the newest table, so a slow subscriber skips stale tables and never
 holds anyone else up.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import AsyncIterator
+
+from google.protobuf import json_format
 
 from mve._proto import control_pb2 as pb
 from mve.control.records import (
@@ -57,6 +60,62 @@ def _variant_route(spec: VariantSpec, model: ModelRecord | None, weight: float, 
     )
 
 
+def sampling_fraction(shadow_weight: float, production_weight_sum: float) -> float:
+    """The part of an endpoint's requests copied to a shadow variant: its weight over the production sum, at most 1."""
+    if production_weight_sum <= 0:
+        return 0.0
+    return min(1.0, shadow_weight / production_weight_sum)
+
+
+def production_shares(endpoint: EndpointRecord, deployment: DeploymentRecord | None = None) -> dict[str, float]:
+    """The weight of each production variant name as routed now.
+
+    Outside an update, and during one before any traffic moved, these are the variants' current
+    weights. Once traffic moves, each fleet's weights are scaled to its share of the traffic (blue
+    1 - green_share, green green_share) and the shares of a name in both fleets are added, so the
+    result sums to 1.
+    """
+    weights = endpoint.production_weights()
+    if deployment is None or deployment.green_share <= 0:
+        return weights
+    blue_total = sum(weights.values()) or 1.0
+    shares = {name: weight / blue_total * (1.0 - deployment.green_share) for name, weight in weights.items()}
+    green = [g for g in deployment.green if not g.shadow]
+    green_total = sum(g.weight for g in green) or 1.0
+    for variant in green:
+        shares[variant.variant_name] = shares.get(variant.variant_name, 0.0) + variant.weight / green_total * deployment.green_share
+    return shares
+
+
+def data_capture_route(capture: dict) -> pb.DataCaptureConfig | None:
+    """The routing table's DataCaptureConfig for an endpoint's capture settings; None when capture is off."""
+    if not capture.get("enable_capture"):
+        return None
+    return json_format.ParseDict(capture, pb.DataCaptureConfig())
+
+
+def _shadow_routes(
+    endpoint: EndpointRecord, config: EndpointConfigRecord, models: dict[str, ModelRecord], serving
+) -> list[pb.VariantRoute]:
+    """The endpoint's shadow variants, each with its sampling fraction as its weight.
+
+    Shadows are only ever the serving config's, so their `fleet` is always empty.
+    """
+    production_sum = sum(endpoint.production_weights().values())
+    routes = []
+    for state in endpoint.shadow_variants:
+        spec = config.variant(state.variant_name)
+        if spec is None:
+            continue
+        routes.append(
+            _variant_route(
+                spec, models.get(spec.model_name), sampling_fraction(state.current_weight, production_sum),
+                serving(endpoint.name, endpoint.config_name, state.variant_name), "",
+            )
+        )
+    return routes
+
+
 def build_endpoint_routes(
     endpoints: list[EndpointRecord],
     configs: dict[str, EndpointConfigRecord],
@@ -69,6 +128,8 @@ def build_endpoint_routes(
     An endpoint with an update in progress has two fleets: its serving config's variants ("blue")
     and the new config's ("green"), each fleet's weights scaled so that green receives the
     deployment's `green_share` of the traffic and every variant keeps its proportion in its fleet.
+    Shadow variants and data capture are the serving config's until the update finishes: the new
+    config's shadows start with green but receive copies only once the endpoint runs that config.
     """
     deployments = deployments or {}
     ready: dict[tuple[str, str, str], list[InstanceRecord]] = {}
@@ -89,8 +150,8 @@ def build_endpoint_routes(
         deployment = deployments.get(endpoint.name)
         green_config = configs.get(deployment.new_config) if deployment is not None else None
         blue_share = 1.0 - deployment.green_share if green_config is not None else 1.0
-        blue_total = sum(v.current_weight for v in endpoint.variants) or 1.0
-        for state in endpoint.variants:
+        blue_total = sum(endpoint.production_weights().values()) or 1.0
+        for state in endpoint.production_variants:
             spec = config.variant(state.variant_name)
             if spec is None:
                 continue
@@ -103,8 +164,9 @@ def build_endpoint_routes(
                 )
             )
         if green_config is not None:
-            green_total = sum(g.weight for g in deployment.green) or 1.0
-            for green in deployment.green:
+            production_green = [g for g in deployment.green if not g.shadow]
+            green_total = sum(g.weight for g in production_green) or 1.0
+            for green in production_green:
                 spec = green_config.variant(green.variant_name)
                 if spec is None:
                     continue
@@ -114,6 +176,10 @@ def build_endpoint_routes(
                         ready.get((endpoint.name, deployment.new_config, green.variant_name), []), "green",
                     )
                 )
+        route.shadow_variants.extend(_shadow_routes(endpoint, config, models, serving))
+        capture = data_capture_route(endpoint.data_capture_in_effect(config))
+        if capture is not None:
+            route.data_capture.CopyFrom(capture)
         routes.append(route)
     return routes
 
@@ -124,7 +190,7 @@ def build_routes_from_store(store: Store) -> list[pb.EndpointRoute]:
     deployments = {d.endpoint_name: d for d in store.list_deployments()}
     names = {e.config_name for e in endpoints} | {d.new_config for d in deployments.values()}
     configs = {name: store.get_config(name) for name in names}
-    model_names = {v.model_name for c in configs.values() if c for v in c.production_variants}
+    model_names = {v.model_name for c in configs.values() if c for v in c.all_variants}
     models = {name: store.get_model(name) for name in model_names}
     return build_endpoint_routes(
         endpoints,
