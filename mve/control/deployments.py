@@ -15,6 +15,11 @@ config's fleet ("green") and moves traffic to it, as SageMaker's deployment guar
   with a FailureReason naming the cause. A failed rollback leaves UpdateRollbackFailed.
 - A green fleet that fails to start never touches blue: the endpoint stays InService on its old
   config with the reason in FailureReason.
+- Shadow variants: the new config's shadows start with green (a rolling update starts them with
+  its first batch) and count for no traffic share; blue's shadows and data capture stay in the
+  routing table until the update finishes, then the new config's apply.
+- Every move of traffic (each shift, the switch, a rollback) is recorded in the endpoint's weight
+  history with source "deployment" (`mve.control.routes.production_shares`).
 
 Progress is stored (`DeploymentRecord`): a control plane that restarts during an update rolls it
 back (`DeploymentRunner.recover`). Time and sleeping are injected, so tests run a ten-minute
@@ -39,8 +44,9 @@ from mve.control.records import (
     GreenVariant,
     InstanceStatus,
     VariantState,
+    WeightChangeSource,
 )
-from mve.control.routes import RoutePublisher
+from mve.control.routes import RoutePublisher, production_shares
 from mve.control.store import Store
 from mve.errors import ValidationError
 
@@ -217,21 +223,23 @@ def batch_instances(size: tuple[str, int] | None, total: int) -> int:
 def green_variants(
     endpoint: EndpointRecord, config: EndpointConfigRecord, retain_all: bool, excluded: tuple[str, ...]
 ) -> list[GreenVariant]:
-    """The new config's variants with the weights and counts they start with.
+    """The new config's production and shadow variants with the weights and counts they start with.
 
-    With RetainAllVariantProperties a variant of the same name keeps its current desired weight
-    and instance count, except the properties named in ExcludeRetainedVariantProperties.
+    With RetainAllVariantProperties a variant of the same name and role (production or shadow)
+    keeps its current desired weight and instance count, except the properties named in
+    ExcludeRetainedVariantProperties.
     """
     out = []
-    for spec in config.production_variants:
+    for spec in config.all_variants:
+        shadow = config.is_shadow(spec.variant_name)
         weight, count = spec.initial_variant_weight, spec.initial_instance_count
         current = endpoint.variant(spec.variant_name) if retain_all else None
-        if current is not None:
+        if current is not None and current.shadow == shadow:
             if "DesiredWeight" not in excluded:
                 weight = current.desired_weight
             if "DesiredInstanceCount" not in excluded:
                 count = current.desired_instance_count
-        out.append(GreenVariant(spec.variant_name, weight, count))
+        out.append(GreenVariant(spec.variant_name, weight, count, shadow))
     return out
 
 
@@ -318,6 +326,7 @@ class DeploymentRunner:
             endpoint.last_modified_time = self._clock()
             _settle_variants(endpoint)
             self._store.save_endpoint(endpoint)
+            self._record_traffic(endpoint.name, "traffic back on the old fleet: the control plane restarted during the update")
             log.warning("event=update_rolled_back endpoint=%s reason=control_plane_restart", endpoint.name)
 
     # ------------------------------------------------------------ the run
@@ -350,7 +359,7 @@ class DeploymentRunner:
         name = deployment.endpoint_name
         if not await self._start_green(deployment, [(g, g.instance_count) for g in deployment.green]):
             return
-        green_total = sum(g.instance_count for g in deployment.green)
+        green_total = sum(g.instance_count for g in deployment.green if not g.shadow)
         for share in traffic_steps(policy, green_total):
             self._check(deployment, watch)
             self._set(name, phase=DeploymentPhase.SHIFTING, green_share=share, message=f"{share:.0%} of traffic on the new fleet")
@@ -363,15 +372,18 @@ class DeploymentRunner:
 
     async def _rolling(self, deployment: DeploymentRecord, policy: Policy, watch: _Watch) -> None:
         name = deployment.endpoint_name
-        green_total = sum(g.instance_count for g in deployment.green)
+        production = [g for g in deployment.green if not g.shadow]
+        # Shadows take no traffic, so they are no part of the capacity moved batch by batch.
+        shadows = [(g, g.instance_count) for g in deployment.green if g.shadow]
+        green_total = sum(g.instance_count for g in production)
         batch = batch_instances(policy.size, green_total)
         started = 0
-        need = {g.variant_name: g.instance_count for g in deployment.green}
+        need = {g.variant_name: g.instance_count for g in production}
         first = True
         while started < green_total:
-            launches = _spread(deployment.green, need, batch)
+            launches = _spread(production, need, batch)
             if first:
-                if not await self._start_green(deployment, launches):
+                if not await self._start_green(deployment, launches + shadows):
                     return
                 first = False
             else:
@@ -381,7 +393,13 @@ class DeploymentRunner:
                     raise Rollback(f"Rolling update to {deployment.new_config} failed to start instances: {errors[0]}")
             for green, count in launches:
                 need[green.variant_name] -= count
-            self._set(name, started={g.variant_name: g.instance_count - need[g.variant_name] for g in deployment.green})
+            self._set(
+                name,
+                started={
+                    **{g.variant_name: count for g, count in shadows},
+                    **{g.variant_name: g.instance_count - need[g.variant_name] for g in production},
+                },
+            )
             started += sum(count for _, count in launches)
             share = started / green_total
             self._check(deployment, watch)
@@ -453,14 +471,18 @@ class DeploymentRunner:
                 )
 
     async def _retire_blue(self, name: str, old_config: str, count: int, *, final: bool) -> None:
-        """Stop up to `count` blue instances; every blue variant keeps one until the final batch."""
+        """Stop up to `count` blue production instances; every blue variant keeps one, and blue's
+        shadows all of theirs, until the final batch."""
         blue = self._fleet(name, old_config)
         if final:
             victims = blue
         else:
+            endpoint = self._store.get_endpoint(name)
+            shadows = {v.variant_name for v in endpoint.shadow_variants} if endpoint is not None else set()
             by_variant: dict[str, list] = {}
             for record in blue:
-                by_variant.setdefault(record.variant_name, []).append(record)
+                if record.variant_name not in shadows:
+                    by_variant.setdefault(record.variant_name, []).append(record)
             victims = []
             while len(victims) < count:
                 spare = [records for records in by_variant.values() if len(records) > 1]
@@ -482,14 +504,17 @@ class DeploymentRunner:
                 desired_weight=g.weight,
                 current_weight=g.weight,
                 desired_instance_count=g.instance_count,
+                shadow=g.shadow,
             )
             for g in deployment.green
         ]
+        endpoint.data_capture = deployment.data_capture
         endpoint.failure_reason = ""
         endpoint.last_modified_time = self._clock()
         self._store.save_endpoint(endpoint)
         self._store.put_last_deployment_config(name, deployment.policy.get("given"))
         self._store.delete_deployment(name)
+        self._record_traffic(name, f"update to endpoint config {deployment.new_config} finished")
         self._routes.publish()  # blue leaves the table: its instances no longer serve the endpoint's config
         await self._stop(name, self._fleet(name, deployment.old_config))
         endpoint = self._store.get_endpoint(name)
@@ -553,12 +578,26 @@ class DeploymentRunner:
         updated = replace(deployment, **changes)
         self._store.put_deployment(updated)
         if "green_share" in changes:
+            self._record_traffic(
+                name, f"update to endpoint config {updated.new_config}: {updated.green_share:.0%} of traffic on the new fleet"
+            )
             self._routes.publish()
         if "phase" in changes or "green_share" in changes:
             log.info(
                 "event=update_progress endpoint=%s phase=%s green_share=%.3f message=%r",
                 name, updated.phase, updated.green_share, updated.message,
             )
+
+    def _record_traffic(self, name: str, reason: str) -> None:
+        """Add the endpoint's traffic split as routed now to its weight history, when it changed."""
+        endpoint = self._store.get_endpoint(name)
+        if endpoint is None:
+            return
+        weights = production_shares(endpoint, self._store.get_deployment(name))
+        last = self._store.weights_in_effect(name)
+        if last is not None and same_split(last.weights, weights):
+            return
+        self._store.record_weight_change(name, self._clock(), WeightChangeSource.DEPLOYMENT, weights, reason)
 
     def _end(self, name: str, reason: str) -> None:
         """The update is over without switching: InService on the old config, with the reason."""
@@ -585,6 +624,14 @@ class DeploymentRunner:
             r for r in self._store.list_instances(name)
             if r.config_name == config_name and r.status != InstanceStatus.STOPPING
         ]
+
+
+def same_split(a: dict[str, float], b: dict[str, float], tolerance: float = 1e-9) -> bool:
+    """True when two weight maps split traffic the same way (weights are relative; absent means 0)."""
+    total_a, total_b = sum(a.values()), sum(b.values())
+    if total_a <= 0 or total_b <= 0:
+        return total_a <= 0 and total_b <= 0
+    return all(abs(a.get(k, 0.0) / total_a - b.get(k, 0.0) / total_b) <= tolerance for k in a.keys() | b.keys())
 
 
 def _settle_variants(endpoint: EndpointRecord) -> None:
@@ -624,5 +671,6 @@ __all__ = [
     "batch_instances",
     "green_variants",
     "parse_deployment_config",
+    "same_split",
     "traffic_steps",
 ]
