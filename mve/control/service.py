@@ -34,6 +34,8 @@ from mve.control.records import (
     ModelRecord,
     VariantSpec,
     VariantState,
+    WeightChange,
+    WeightChangeSource,
 )
 from mve.control.routes import RoutePublisher
 from mve.control.store import Store
@@ -41,6 +43,7 @@ from mve.control.validation import (
     Limits,
     ListQuery,
     check_batchable,
+    validate_data_capture,
     validate_instance_count,
     validate_model_data_url,
     validate_name,
@@ -56,6 +59,8 @@ ARN_PREFIX = "arn:mve:sagemaker:local:000000000000"
 SUPPORTED_IMAGES = ("onnxruntime",)
 DEFAULT_IMAGE = "onnxruntime"
 MAX_TAGS = 50
+AUTOMATIC_CHANGES_SHOWN = 20  # DescribeEndpoint's AutomaticWeightChanges
+MAX_REASON_LENGTH = 4096
 
 T = TypeVar("T")
 
@@ -196,38 +201,53 @@ class ControlService:
     # ------------------------------------------------------------ endpoint configs
 
     def create_endpoint_config(
-        self, name: str, variants: Sequence[VariantSpec], data_capture: dict, tags: dict[str, str]
+        self,
+        name: str,
+        variants: Sequence[VariantSpec],
+        data_capture: dict | None,
+        tags: dict[str, str],
+        shadow_variants: Sequence[VariantSpec] = (),
     ) -> EndpointConfigRecord:
-        """Register an immutable endpoint config whose variants are valid and whose models exist."""
+        """Register an immutable endpoint config whose variants are valid and whose models exist.
+
+        `data_capture` is a DataCaptureConfig with proto field names as keys (None or {}: none);
+        `shadow_variants` are validated like production variants (mve allows several of each, 10 in all).
+        """
         validate_name(name, "EndpointConfigName")
         _validate_tags(tags)
-        validate_variant_set(list(variants))
-        for variant in variants:
-            model = self.store.get_model(variant.model_name)
-            if model is None:
-                raise ResourceNotFound(
-                    f'Could not find model "{arn("model", variant.model_name)}" (variant {variant.variant_name!r}).'
-                )
-            check_batchable(
-                variant.batching,
-                variant.variant_name,
-                model.name,
-                [("input", spec) for spec in model.inputs] + [("output", spec) for spec in model.outputs],
-            )
-        sampling = int(data_capture.get("initial_sampling_percentage", 0))
-        if not 0 <= sampling <= 100:
-            raise ValidationError(f"DataCaptureConfig.InitialSamplingPercentage must be 0-100, got {sampling}.")
+        validate_variant_set(list(variants), list(shadow_variants))
+        for variant in [*variants, *shadow_variants]:
+            self._check_variant_model(variant)
+        capture = validate_data_capture(data_capture or None)
         config = EndpointConfigRecord(
             name=name,
             arn=arn("endpoint-config", name),
             production_variants=list(variants),
-            data_capture=dict(data_capture),
+            data_capture=capture,
             creation_time=self._clock(),
             tags=dict(tags),
+            shadow_variants=list(shadow_variants),
         )
         self.store.insert_config(config)
-        log.info("event=endpoint_config_created endpoint_config=%s variants=%d", name, len(variants))
+        log.info(
+            "event=endpoint_config_created endpoint_config=%s variants=%d shadow_variants=%d capture=%s",
+            name, len(variants), len(shadow_variants), capture.get("enable_capture", False),
+        )
         return config
+
+    def _check_variant_model(self, variant: VariantSpec) -> None:
+        """The variant's model exists and, with batching on, has a batch dimension everywhere."""
+        model = self.store.get_model(variant.model_name)
+        if model is None:
+            raise ResourceNotFound(
+                f'Could not find model "{arn("model", variant.model_name)}" (variant {variant.variant_name!r}).'
+            )
+        check_batchable(
+            variant.batching,
+            variant.variant_name,
+            model.name,
+            [("input", spec) for spec in model.inputs] + [("output", spec) for spec in model.outputs],
+        )
 
     def describe_endpoint_config(self, name: str) -> EndpointConfigRecord:
         """The endpoint config called `name`, or ResourceNotFound."""
@@ -276,12 +296,17 @@ class ControlService:
                     desired_instance_count=v.initial_instance_count,
                     status="Creating",
                     status_since=now,
+                    shadow=config.is_shadow(v.variant_name),
                 )
-                for v in config.production_variants
+                for v in config.all_variants
             ],
             tags=dict(tags),
         )
         self.store.insert_endpoint(endpoint)
+        self.store.record_weight_change(
+            name, now, WeightChangeSource.CREATE, endpoint.production_weights(),
+            f"CreateEndpoint with endpoint config {config_name}",
+        )
         log.info("event=endpoint_creating endpoint=%s endpoint_config=%s", name, config_name)
         self.reconciler.kick(name)
         return endpoint
@@ -294,13 +319,21 @@ class ControlService:
         return endpoint, self.reconciler.current_instance_counts(name)
 
     def endpoint_images(self, endpoint: EndpointRecord) -> dict[str, str]:
-        """The image each variant runs (for DeployedImages)."""
+        """The image each (production or shadow) variant runs (for DeployedImages)."""
         config = self.store.get_config(endpoint.config_name)
         images: dict[str, str] = {}
-        for variant in config.production_variants if config else []:
+        for variant in config.all_variants if config else []:
             model = self.store.get_model(variant.model_name)
             images[variant.variant_name] = model.image if model else DEFAULT_IMAGE
         return images
+
+    def data_capture_of(self, endpoint: EndpointRecord) -> dict:
+        """The DataCaptureConfig the endpoint applies ({} when it has none)."""
+        return endpoint.data_capture_in_effect(self.store.get_config(endpoint.config_name))
+
+    def automatic_weight_changes(self, name: str, limit: int = AUTOMATIC_CHANGES_SHOWN) -> list[WeightChange]:
+        """The endpoint's newest weight changes made by the control plane itself (a bandit), newest first."""
+        return self.store.weight_changes(name, limit=limit, automatic_only=True, newest_first=True)
 
     def list_endpoints(self, query: ListQuery) -> tuple[list[EndpointRecord], str]:
         """A page of endpoints and the next token."""
@@ -321,7 +354,10 @@ class ControlService:
     ) -> EndpointRecord:
         """Start moving an InService endpoint to another endpoint config (`mve.control.deployments`).
 
-        Returns at once with the endpoint Updating; DescribeEndpoint shows the progress.
+        Returns at once with the endpoint Updating; DescribeEndpoint shows the progress. The new
+        config's shadow variants start with its production variants; until the update finishes the
+        endpoint keeps its old shadows and data capture. With RetainAllVariantProperties the endpoint
+        keeps its DataCaptureConfig too, unless ExcludeRetainedVariantProperties names it.
         """
         validate_name(name, "EndpointName")
         validate_name(config_name, "EndpointConfigName")
@@ -351,7 +387,9 @@ class ControlService:
         for variant in green:
             validate_instance_count(variant.instance_count, f"InstanceCount of variant {variant.variant_name}", self.limits)
         if policy.mode in ("CANARY", "LINEAR"):
-            traffic_steps(policy, sum(g.instance_count for g in green))  # refuses a canary above half the fleet
+            # refuses a canary above half the fleet (the production fleet: shadows take no traffic)
+            traffic_steps(policy, sum(g.instance_count for g in green if not g.shadow))
+        retain_capture = retain_all_variant_properties and "DataCaptureConfig" not in exclude_retained
         now = self._clock()
         endpoint.status = EndpointStatus.UPDATING
         endpoint.failure_reason = ""
@@ -368,6 +406,7 @@ class ControlService:
                 green_share=0.0,
                 started_at=now,
                 phase_since=now,
+                data_capture=self.data_capture_of(endpoint) if retain_capture else None,
             )
         )
         log.info("event=endpoint_updating endpoint=%s from=%s to=%s", name, endpoint.config_name, config_name)
@@ -433,13 +472,8 @@ class ControlService:
                 )
         changes = [self._within_scaling_range(name, change) for change in changes]
         by_name = {c.variant_name: c for c in changes}
-        weights = {
-            v.variant_name: by_name[v.variant_name].desired_weight
-            if v.variant_name in by_name and by_name[v.variant_name].desired_weight is not None
-            else v.desired_weight
-            for v in endpoint.variants
-        }
-        validate_weight_sum(weights)
+        before = endpoint.production_weights()
+        validate_weight_sum(_weights_after(endpoint, {c.variant_name: c.desired_weight for c in changes}))
         now = self._clock()
         for variant in endpoint.variants:
             change = by_name.get(variant.variant_name)
@@ -455,9 +489,54 @@ class ControlService:
         endpoint.failure_reason = ""
         endpoint.last_modified_time = now
         self.store.save_endpoint(endpoint)
+        if endpoint.production_weights() != before:
+            self.store.record_weight_change(
+                name, now, WeightChangeSource.OPERATOR, endpoint.production_weights(), "UpdateEndpointWeightsAndCapacities"
+            )
         self.routes.publish()
         log.info("event=endpoint_updating endpoint=%s changes=%s", name, [(c.variant_name, c.desired_weight, c.desired_instance_count) for c in changes])
         self.reconciler.kick(name)
+        return endpoint
+
+    def apply_automatic_weights(
+        self, endpoint_name: str, weights: dict[str, float], source: str, reason: str
+    ) -> EndpointRecord:
+        """Set production weights chosen by the control plane itself (a bandit), routed at once.
+
+        Only on an InService endpoint with no update in progress; `weights` names production
+        variants only (the others keep their weight) and is checked like
+        UpdateEndpointWeightsAndCapacities. Each weight becomes the variant's desired and current
+        weight; the endpoint stays InService (no Updating step, as no instance changes), the change
+        is recorded with `source` and `reason`, and the new routing table is published.
+        """
+        endpoint, _ = self.describe_endpoint(endpoint_name)
+        self._refuse_during_update(endpoint)
+        if endpoint.status != EndpointStatus.IN_SERVICE:
+            raise ValidationError(
+                f'Cannot change the weights of endpoint "{endpoint.arn}": it is {endpoint.status}, not InService.'
+            )
+        _check_automatic_source(source, reason)
+        if not weights:
+            raise ValidationError("Automatic weights must name at least 1 variant.")
+        production = {v.variant_name for v in endpoint.production_variants}
+        unknown = sorted(set(weights) - production)
+        if unknown:
+            raise ValidationError(
+                f"Automatic weights may only name production variants of endpoint {endpoint_name!r}; "
+                f"{unknown} are not among {sorted(production)}."
+            )
+        for variant_name, weight in weights.items():
+            validate_weight(weight, f"DesiredWeight of variant {variant_name!r}")
+        validate_weight_sum(_weights_after(endpoint, weights))
+        now = self._clock()
+        for variant in endpoint.production_variants:
+            if variant.variant_name in weights:
+                variant.desired_weight = variant.current_weight = float(weights[variant.variant_name])
+        endpoint.last_modified_time = now
+        self.store.save_endpoint(endpoint)
+        self.store.record_weight_change(endpoint_name, now, source, endpoint.production_weights(), reason)
+        self.routes.publish()
+        log.info("event=automatic_weights endpoint=%s source=%s weights=%s", endpoint_name, source, endpoint.production_weights())
         return endpoint
 
     def delete_endpoint(self, name: str) -> None:
@@ -501,6 +580,27 @@ class ControlService:
         if self.metrics is None:
             return True
         return self.metrics.apply_report(proxy_id, incarnation, sequence, interval_end, items)
+
+
+def _weights_after(endpoint: EndpointRecord, changes: dict[str, float | None]) -> dict[str, float]:
+    """The production weights once `changes` (None: unchanged) apply; shadows are not production."""
+    return {
+        v.variant_name: changes[v.variant_name] if changes.get(v.variant_name) is not None else v.desired_weight
+        for v in endpoint.production_variants
+    }
+
+
+def _check_automatic_source(source: str, reason: str) -> None:
+    """An automatic change names its source (not one of the manual ones) and a reason of sane length."""
+    if not source or len(source) > 64:
+        raise ValidationError("The source of an automatic weight change must be 1-64 characters (e.g. 'bandit').")
+    if source in WeightChangeSource.MANUAL:
+        raise ValidationError(
+            f"Source {source!r} is reserved for CreateEndpoint, UpdateEndpointWeightsAndCapacities and UpdateEndpoint; "
+            "an automatic weight change names its own source (e.g. 'bandit')."
+        )
+    if len(reason) > MAX_REASON_LENGTH:
+        raise ValidationError(f"The reason of an automatic weight change must be at most {MAX_REASON_LENGTH} characters.")
 
 
 __all__ = ["ControlService", "WeightAndCapacity", "arn"]

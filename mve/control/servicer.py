@@ -23,10 +23,11 @@ from mve.control.records import (
     ModelRecord,
     TensorSpec,
     VariantSpec,
+    VariantState,
+    WeightChange,
 )
 from mve.control.service import ControlService, WeightAndCapacity
 from mve.control.validation import validate_list_query, validate_variant
-from mve.errors import ValidationError
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -105,55 +106,96 @@ def describe_model_response(model: ModelRecord) -> pb.DescribeModelResponse:
     )
 
 
+def data_capture_from_proto(message: pb.CreateEndpointConfigRequest) -> dict | None:
+    """The request's DataCaptureConfig as a dict with proto field names, or None when it has none."""
+    if not message.HasField("data_capture_config"):
+        return None
+    return json_format.MessageToDict(message.data_capture_config, preserving_proto_field_name=True)
+
+
 def describe_config_response(config: EndpointConfigRecord) -> pb.DescribeEndpointConfigResponse:
     """DescribeEndpointConfig's answer for a config."""
     response = pb.DescribeEndpointConfigResponse(
         endpoint_config_name=config.name,
         endpoint_config_arn=config.arn,
         production_variants=[variant_to_proto(v) for v in config.production_variants],
+        shadow_production_variants=[variant_to_proto(v) for v in config.shadow_variants],
         creation_time=_ts(config.creation_time),
     )
-    json_format.ParseDict(config.data_capture, response.data_capture_config)
+    if config.data_capture:
+        json_format.ParseDict(config.data_capture, response.data_capture_config)
     return response
 
 
-def describe_endpoint_response(
-    endpoint: EndpointRecord, counts: dict[str, int], images: dict[str, str]
-) -> pb.DescribeEndpointResponse:
-    """DescribeEndpoint's answer: status, FailureReason and per-variant weights, counts and status."""
-    variants = []
-    for state in endpoint.variants:
-        summary = pb.ProductionVariantSummary(
-            variant_name=state.variant_name,
-            current_weight=state.current_weight,
-            desired_weight=state.desired_weight,
-            current_instance_count=counts.get(state.variant_name, 0),
-            desired_instance_count=state.desired_instance_count,
+def data_capture_summary(capture: dict) -> pb.DataCaptureConfigSummary:
+    """DescribeEndpoint's DataCaptureConfigSummary of the capture an endpoint applies."""
+    enabled = bool(capture.get("enable_capture", False))
+    return pb.DataCaptureConfigSummary(
+        enable_capture=enabled,
+        capture_status="Started" if enabled else "Stopped",
+        current_sampling_percentage=int(capture.get("initial_sampling_percentage", 0)),
+        destination_s3_uri=capture.get("destination_s3_uri", ""),
+    )
+
+
+def weight_change_to_proto(change: WeightChange) -> pb.WeightChange:
+    """One recorded weight change as DescribeEndpoint's WeightChange."""
+    return pb.WeightChange(
+        time=_ts(change.time),
+        source=change.source,
+        weights=[pb.VariantWeight(variant_name=name, weight=weight) for name, weight in change.weights.items()],
+        reason=change.reason,
+    )
+
+
+def _variant_summary(
+    endpoint: EndpointRecord, state: VariantState, counts: dict[str, int], images: dict[str, str]
+) -> pb.ProductionVariantSummary:
+    summary = pb.ProductionVariantSummary(
+        variant_name=state.variant_name,
+        current_weight=state.current_weight,
+        desired_weight=state.desired_weight,
+        current_instance_count=counts.get(state.variant_name, 0),
+        desired_instance_count=state.desired_instance_count,
+    )
+    if state.status:
+        summary.variant_status.append(
+            pb.ProductionVariantStatus(
+                status=state.status, status_message=state.status_message, start_time=_ts(state.status_since)
+            )
         )
-        if state.status:
-            summary.variant_status.append(
-                pb.ProductionVariantStatus(
-                    status=state.status, status_message=state.status_message, start_time=_ts(state.status_since)
-                )
-            )
-        image = images.get(state.variant_name, "")
-        if image:
-            summary.deployed_images.append(
-                pb.DeployedImage(
-                    specified_image=image, resolved_image=image, resolution_time=_ts(endpoint.creation_time)
-                )
-            )
-        variants.append(summary)
-    return pb.DescribeEndpointResponse(
+    image = images.get(state.variant_name, "")
+    if image:
+        summary.deployed_images.append(
+            pb.DeployedImage(specified_image=image, resolved_image=image, resolution_time=_ts(endpoint.creation_time))
+        )
+    return summary
+
+
+def describe_endpoint_response(
+    endpoint: EndpointRecord,
+    counts: dict[str, int],
+    images: dict[str, str],
+    data_capture: dict | None = None,
+    automatic_changes: list[WeightChange] = (),
+) -> pb.DescribeEndpointResponse:
+    """DescribeEndpoint's answer: status, FailureReason, per-variant weights, counts and status
+    (production and shadow variants apart), the data capture summary and the automatic weight changes."""
+    response = pb.DescribeEndpointResponse(
         endpoint_name=endpoint.name,
         endpoint_arn=endpoint.arn,
         endpoint_config_name=endpoint.config_name,
-        production_variants=variants,
+        production_variants=[_variant_summary(endpoint, s, counts, images) for s in endpoint.production_variants],
+        shadow_production_variants=[_variant_summary(endpoint, s, counts, images) for s in endpoint.shadow_variants],
         endpoint_status=endpoint.status,
         failure_reason=endpoint.failure_reason,
         creation_time=_ts(endpoint.creation_time),
         last_modified_time=_ts(endpoint.last_modified_time),
+        automatic_weight_changes=[weight_change_to_proto(c) for c in automatic_changes],
     )
+    if data_capture:
+        response.data_capture_config.CopyFrom(data_capture_summary(data_capture))
+    return response
 
 
 def _size_dict(size) -> dict | None:
@@ -244,6 +286,7 @@ def pending_summary(deployment: DeploymentRecord, counts: dict[str, int]) -> pb.
                 variant_status=[status],
             )
             for g in deployment.green
+            if not g.shadow
         ],
     )
 
@@ -287,15 +330,10 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
     # ------------------------------------------------------------ endpoint configs
 
     async def CreateEndpointConfig(self, request, context):
-        if request.shadow_production_variants:
-            raise ValidationError("ShadowProductionVariants are not supported yet.")
-        if request.data_capture_config.enable_capture:
-            # Refused rather than stored and ignored: a config that says it captures must capture.
-            raise ValidationError("DataCaptureConfig.EnableCapture is not supported yet.")
         variants = [variant_from_proto(v, self._service) for v in request.production_variants]
-        capture = json_format.MessageToDict(request.data_capture_config, preserving_proto_field_name=True)
+        shadows = [variant_from_proto(v, self._service) for v in request.shadow_production_variants]
         config = self._service.create_endpoint_config(
-            request.endpoint_config_name, variants, capture, _tags(request.tags)
+            request.endpoint_config_name, variants, data_capture_from_proto(request), _tags(request.tags), shadows
         )
         return pb.CreateEndpointConfigResponse(endpoint_config_arn=config.arn)
 
@@ -329,7 +367,13 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
 
     async def DescribeEndpoint(self, request, context):
         endpoint, counts = self._service.describe_endpoint(request.endpoint_name)
-        response = describe_endpoint_response(endpoint, counts, self._service.endpoint_images(endpoint))
+        response = describe_endpoint_response(
+            endpoint,
+            counts,
+            self._service.endpoint_images(endpoint),
+            self._service.data_capture_of(endpoint),
+            self._service.automatic_weight_changes(endpoint.name),
+        )
         deployment = self._service.deployment_of(endpoint.name)
         if deployment is not None:
             green_counts = self._service.reconciler.current_instance_counts(endpoint.name, deployment.new_config)
