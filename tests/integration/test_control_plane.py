@@ -446,15 +446,17 @@ CASES = {
     "list sorted by an unknown field": (
         lambda s: s.ListModels(pb.ListModelsRequest(sort_by="Size")), INVALID, "ValidationException", "SortBy"
     ),
-    "data capture (not supported yet)": (
+    "data capture to S3": (
         lambda s: s.CreateEndpointConfig(
             pb.CreateEndpointConfigRequest(
                 endpoint_config_name="capture-config",
                 production_variants=[variant("A", "mlp")],
-                data_capture_config=pb.DataCaptureConfig(enable_capture=True, initial_sampling_percentage=10),
+                data_capture_config=pb.DataCaptureConfig(
+                    enable_capture=True, initial_sampling_percentage=10, destination_s3_uri="s3://bucket/capture"
+                ),
             )
         ),
-        INVALID, "ValidationException", "EnableCapture is not supported yet",
+        INVALID, "ValidationException", "DataCaptureConfig.DestinationS3Uri 's3://bucket/capture' is not supported",
     ),
     "update endpoint to the config it runs": (
         lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(endpoint_name="ab", endpoint_config_name="ab-config")),
