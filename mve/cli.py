@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "mve.commands",  # models, endpoint-configs, endpoints, invoke, ...
     "mve.commands_metrics",  # metrics (CloudWatch verbs), top
     "mve.commands_autoscaling",  # autoscaling (Application Auto Scaling verbs)
+    "mve.commands_experiments",  # report, feedback, bandit
     "mve.mesh",  # up
     "mve.demo",  # demo
 )

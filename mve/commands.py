@@ -36,17 +36,20 @@ def _client(args, service: str):
     return client(service, address=address, **({"timeout": args.timeout} if args.timeout else {}))
 
 
-def parse_variant(text: str) -> dict:
-    """``name=V1,model=M,instances=1,weight=1,instance-type=ml.cpu.small`` -> a ProductionVariant dict."""
+def parse_variant(text: str, flag: str = "--variant") -> dict:
+    """``name=V1,model=M,instances=1,weight=1,instance-type=ml.cpu.small`` -> a ProductionVariant dict.
+
+    `flag` names the flag in errors (``--shadow-variant`` takes the same syntax).
+    """
     fields: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = part.partition("=")
         if not sep or key not in VARIANT_KEYS:
-            raise UsageError(f"--variant part {part!r} must be KEY=VALUE with KEY one of: {', '.join(VARIANT_KEYS)}")
+            raise UsageError(f"{flag} part {part!r} must be KEY=VALUE with KEY one of: {', '.join(VARIANT_KEYS)}")
         fields[key] = value
     missing = [k for k in ("name", "model") if k not in fields]
     if missing:
-        raise UsageError(f"--variant {text!r} needs {' and '.join(missing)}=...")
+        raise UsageError(f"{flag} {text!r} needs {' and '.join(missing)}=...")
     variant: dict = {"VariantName": fields["name"], "ModelName": fields["model"],
                      "InitialInstanceCount": _number(fields.get("instances", "1"), int, "instances"),
                      "InstanceType": fields.get("instance-type", "ml.cpu.small"),
@@ -143,8 +146,14 @@ def _configs(args) -> int:
     if args.action == "describe":
         return out.show(args, sm.describe_endpoint_config(EndpointConfigName=args.name))
     if args.action == "create":
-        variants = [parse_variant(text) for text in args.variant]
-        return out.show(args, sm.create_endpoint_config(EndpointConfigName=args.name, ProductionVariants=variants))
+        params = {"EndpointConfigName": args.name, "ProductionVariants": [parse_variant(text) for text in args.variant]}
+        if args.shadow_variant:
+            params["ShadowProductionVariants"] = [parse_variant(text, "--shadow-variant") for text in args.shadow_variant]
+        if args.data_capture:
+            from mve.commands_experiments_input import parse_data_capture
+
+            params["DataCaptureConfig"] = parse_data_capture(args.data_capture)
+        return out.show(args, sm.create_endpoint_config(**params))
     sm.delete_endpoint_config(EndpointConfigName=args.name)
     return out.done(args, f"deleted endpoint config {args.name}")
 
@@ -289,6 +298,14 @@ def register(subparsers) -> None:
                         help="name=V1,model=M[,instances=1,weight=1,instance-type=ml.cpu.small,routing=RANDOM,"
                              "startup-timeout=S,max-batch-size=N,max-delay-us=US,max-batches-in-flight=N,max-queue-rows=N]; "
                              "repeat per variant")
+    create.add_argument("--shadow-variant", action="append", metavar="SPEC",
+                        help="a shadow variant, same syntax as --variant: it gets a copy of a sampled part of the "
+                             "traffic (its weight over the production weights) and its answers are never returned; "
+                             "repeat per shadow")
+    create.add_argument("--data-capture", metavar="SPEC",
+                        help="dest=DIR[,sampling=100,modes=Input+Output,csv=text/csv,json=application/json,"
+                             "enable=true]: capture sampled requests and responses as JSON Lines under DIR "
+                             "(a local directory or file:// URI; csv= and json= may repeat)")
     add("delete", "delete an endpoint config")
 
     add = _group(subparsers, "endpoint", ["endpoints"], "create, list, describe, update and delete endpoints",

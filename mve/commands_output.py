@@ -80,6 +80,8 @@ def show(args, response: dict) -> int:
             fields.add_row(key, f"updating to {value.get('EndpointConfigName', '')}{since}")
             nested.append((f"PendingDeploymentSummary: {value.get('EndpointConfigName', '')}",
                            value.get("ProductionVariants", [])))
+        elif key == "DataCaptureConfig":
+            fields.add_row(key, capture_text(value))
         elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
             nested.append((key, value))
         else:
@@ -87,10 +89,31 @@ def show(args, response: dict) -> int:
     _console.print(fields)
     for key, rows in nested:
         # DeployedImages says little on a terminal (always onnxruntime); --json keeps it.
-        flat = [{k: (_status(v) if k == "VariantStatus" else v) for k, v in row.items() if k != "DeployedImages"}
-                for row in rows]
+        flat = [{k: _nested_cell(k, v) for k, v in row.items() if k != "DeployedImages"} for row in rows]
         _console.print(_table(flat, title=key))
     return 0
+
+
+def _nested_cell(key: str, value):
+    if key == "VariantStatus":
+        return _status(value)
+    if key == "Weights" and isinstance(value, list):  # AutomaticWeightChanges
+        return ", ".join(f"{w.get('VariantName', '')} {w.get('Weight', 0):.3g}" for w in value)
+    if key == "CaptureOptions" and isinstance(value, list):
+        return "+".join(o.get("CaptureMode", "") for o in value)
+    return value
+
+
+def capture_text(config: dict) -> str:
+    """A DataCaptureConfig (or DescribeEndpoint's summary) in one line, e.g.
+    ``Started: 20% of invocations, Input+Output, to /var/capture``."""
+    if "CaptureStatus" in config:
+        state, sampling = config["CaptureStatus"], config.get("CurrentSamplingPercentage", 0)
+    else:
+        state, sampling = ("enabled" if config.get("EnableCapture") else "disabled"), config.get(
+            "InitialSamplingPercentage", 0)
+    modes = "+".join(o.get("CaptureMode", "") for o in config.get("CaptureOptions", []))
+    return f"{state}: {sampling}% of invocations{', ' + modes if modes else ''}, to {config.get('DestinationS3Uri', '')}"
 
 
 def _status(statuses) -> str:
@@ -178,17 +201,19 @@ def _decoded_body(body: bytes, content_type: str):
 
 
 def show_invocation(args, response: dict) -> int:
-    """An InvokeEndpoint response: the body on stdout, the invoked variant on stderr (all JSON with --json)."""
+    """An InvokeEndpoint response: the body on stdout, the invoked variant and inference id on stderr
+    (all JSON with --json)."""
     body = response["Body"].read()
     content_type = response.get("ContentType", "")
     if args.json:
         print_json({"InvokedProductionVariant": response.get("InvokedProductionVariant"),
                     "ContentType": content_type, "CustomAttributes": response.get("CustomAttributes"),
-                    "Body": _decoded_body(body, content_type)})
+                    "InferenceId": response.get("InferenceId"), "Body": _decoded_body(body, content_type)})
         return 0
     decoded = _decoded_body(body, content_type)
     text = decoded if isinstance(decoded, str) else json.dumps(decoded)
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
-    print(f"InvokedProductionVariant: {response.get('InvokedProductionVariant')}  ContentType: {content_type}",
-          file=sys.stderr)
+    inference_id = f"  InferenceId: {response['InferenceId']}" if response.get("InferenceId") else ""
+    print(f"InvokedProductionVariant: {response.get('InvokedProductionVariant')}  ContentType: {content_type}"
+          f"{inference_id}", file=sys.stderr)
     return 0
