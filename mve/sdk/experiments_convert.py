@@ -72,13 +72,14 @@ def label_text(value) -> str:
     """A ground-truth label as the text the service compares with the model's predicted label.
 
     Text stays as it is; integers and integral floats become decimal integers (``1``, ``1.0`` and
-    ``np.int64(1)`` all give ``"1"``); other floats their shortest repr; bools ``"True"``/``"False"``.
+    ``np.int64(1)`` all give ``"1"``); other floats their shortest repr; bools ``"1"``/``"0"``. These
+    are the control plane's rules for the model's predicted labels, so equal labels compare equal.
     A NaN or infinite label is a ValueError.
     """
     if isinstance(value, str):
         return value
     if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
+        return "1" if value else "0"
     if isinstance(value, (int, np.integer)):
         return str(int(value))
     number = float(value)
@@ -135,6 +136,13 @@ def _report_request(p: dict) -> pb.GetExperimentReportRequest:
 
 
 def _bandit_policy(p: dict) -> pb.PutBanditPolicyRequest:
+    # BanditPolicy's fields have no presence: 0 reads as "not given" and the service applies its
+    # default, which for ExplorationFloor (0-0.5, default 0.05) would silently replace an explicit 0.
+    if "ExplorationFloor" in p and p["ExplorationFloor"] == 0:
+        raise ParamValidationError(
+            "Invalid value for parameter ExplorationFloor, value: 0: mve.v1.BanditPolicy cannot tell 0 from "
+            "'not given' (the service would apply its default 0.05); give a small positive floor such as 0.001"
+        )
     policy = pb.BanditPolicy(
         endpoint_name=p["EndpointName"],
         interval_in_seconds=p.get("IntervalInSeconds", 0),

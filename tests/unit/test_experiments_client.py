@@ -72,16 +72,23 @@ def test_bad_parameters_are_all_reported_before_any_call():
         exp.put_bandit_policy(IntervalInSeconds=30)
     with pytest.raises(ParamValidationError, match="Invalid type for parameter MinRewardsPerVariant, value: '20'"):
         exp.put_bandit_policy(EndpointName="ab", MinRewardsPerVariant="20")
+    with pytest.raises(ParamValidationError, match="cannot tell 0 from 'not given'"):
+        exp.put_bandit_policy(EndpointName="ab", ExplorationFloor=0)
     for method in (exp.describe_bandit_policy, exp.delete_bandit_policy):
         with pytest.raises(ParamValidationError, match='Missing required parameter in input: "EndpointName"'):
             method()
 
 
 def test_labels_are_sent_as_text():
+    # the control plane's rules for predicted labels (mve.control.capture_records.label_text)
     assert [label_text(v) for v in (1, 1.0, np.int64(0), np.float32(2.0), 0.25, "benign", True, np.bool_(False))] == [
-        "1", "1", "0", "2", "0.25", "benign", "True", "False"]
+        "1", "1", "0", "2", "0.25", "benign", "1", "0"]
     with pytest.raises(ValueError):
         label_text(float("nan"))
+    from mve.control.capture_records import label_text as predicted_label_text
+
+    for value in (1, 1.0, np.int64(3), np.float64(2.0), 0.25, "benign", True, np.bool_(False)):
+        assert label_text(value) == predicted_label_text(value), value
     assert response_key("invocation_4xx_errors") == "Invocation4XXErrors"
     assert response_key("model_latency_p99_us") == "ModelLatencyP99Microseconds"
     assert response_key("always_valid_p_value") == "AlwaysValidPValue" and response_key("ci_low") == "CiLow"
