@@ -3,6 +3,7 @@ SDK's response (``--json``) for machines. The report's rows come from `mve.repor
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from rich.table import Table
@@ -48,11 +49,23 @@ def print_report(report: dict) -> None:
         console.print(f"note: {note}")
 
 
+def finite_json(value):
+    """`value` with every NaN or infinite float as None: JSON has no such numbers (a variant of
+    weight 0 that got invocations has an infinite chi-square)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite_json(v) for v in value]
+    return value
+
+
 def show_report(args, response: dict) -> int:
-    """GetExperimentReport: the tables, or the response as JSON with ``--json``."""
+    """GetExperimentReport: the tables, or the response as JSON with ``--json`` (non-finite numbers null)."""
     data = plain(response)
     if args.json:
-        print_json(data)
+        print_json(finite_json(data))
     else:
         print_report(data)
     return 0
@@ -107,4 +120,4 @@ def done(args, message: str) -> int:
     return 0
 
 
-__all__ = ["done", "print_report", "show_feedback", "show_policy", "show_report"]
+__all__ = ["done", "finite_json", "print_report", "show_feedback", "show_policy", "show_report"]

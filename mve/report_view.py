@@ -113,8 +113,9 @@ def sample_ratio_text(report: dict) -> tuple[str, bool]:
                        zip(check["VariantNames"], check["Observed"], check["Expected"]))
     stats = f"χ² = {check['ChiSquare']:.3g}, p = {p_value(check['PValue'])}"
     if check.get("Mismatch"):
-        return (f"SAMPLE RATIO MISMATCH ({stats} < {SRM_THRESHOLD:g}): {counts}. The traffic does not follow "
-                "the weights, so the comparisons above cannot be trusted until the cause is found.", True)
+        why = check.get("Note") or "the traffic does not follow the weights"
+        return (f"SAMPLE RATIO MISMATCH ({stats} < {SRM_THRESHOLD:g}): {counts}. {why[:1].upper() + why[1:]}; "
+                "the comparisons cannot be trusted until the cause is found.", True)
     return f"Sample ratio: OK ({stats}): {counts}.", False
 
 

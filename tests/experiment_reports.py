@@ -38,7 +38,8 @@ def _series(variant: str, accuracy: float, error_rate: float) -> pb.VariantSerie
 def canned_report(endpoint: str) -> pb.GetExperimentReportResponse:
     """A two-variant report: Variant2 better and significant, one shadow, one bandit change.
 
-    Endpoint "skewed" has a sample-ratio mismatch; endpoint "quiet" has no series at all.
+    Endpoint "skewed" has a sample-ratio mismatch, "zeroed" one with an infinite chi-square (a
+    variant of weight 0 got invocations); endpoint "quiet" has no series at all.
     """
     baseline = pb.VariantReport(
         variant_name="Variant1", current_weight=0.5, invocations=500, traffic_share=0.5, invocation_4xx_errors=1,
@@ -70,7 +71,12 @@ def canned_report(endpoint: str) -> pb.GetExperimentReportResponse:
     if endpoint == "skewed":
         report.sample_ratio.CopyFrom(pb.SampleRatioCheck(
             applicable=True, chi_square=160.0, p_value=1e-36, mismatch=True, variant_names=["Variant1", "Variant2"],
-            observed=[700, 300], expected=[500, 500]))
+            observed=[700, 300], expected=[500, 500],
+            note="the split does not match the weights (p < 0.001): check TargetVariant or sticky RoutingKey traffic"))
+    if endpoint == "zeroed":  # a variant of weight 0 got invocations: chi-square is infinite
+        report.sample_ratio.CopyFrom(pb.SampleRatioCheck(
+            applicable=True, chi_square=float("inf"), p_value=0.0, mismatch=True, variant_names=["Variant1", "Variant2"],
+            observed=[700, 3], expected=[703, 0], note="Variant2 got invocations while its weight was 0"))
     if endpoint == "quiet":
         del report.series[:]
     return report

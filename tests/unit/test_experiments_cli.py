@@ -154,7 +154,13 @@ def test_report_flags_a_sample_ratio_mismatch(control_plane, capsys):
     assert main(["report", "skewed", "--control-plane", address]) == 0
     out = capsys.readouterr().out
     assert "SAMPLE RATIO MISMATCH (χ² = 160, p = <0.0001 < 0.001): Variant1 700 (expected 500)" in out
+    assert "The split does not match the weights (p < 0.001): check TargetVariant" in out
     assert "cannot be trusted" in out and "Sample ratio: OK" not in out
+    assert main(["report", "zeroed", "--control-plane", address]) == 0
+    assert "SAMPLE RATIO MISMATCH (χ² = inf, p = <0.0001 < 0.001)" in capsys.readouterr().out
+    assert main(["report", "zeroed", "--json", "--control-plane", address]) == 0
+    check = json.loads(capsys.readouterr().out)["SampleRatio"]  # strict JSON: no Infinity
+    assert check["ChiSquare"] is None and check["Mismatch"] is True
 
 
 def test_report_json(control_plane, capsys):
