@@ -200,9 +200,45 @@ def _where(behavior) -> str:
     return getattr(behavior, "__qualname__", None) or type(behavior).__qualname__
 
 
+class _Undecodable:
+    """What a tolerant deserializer hands over for bytes that are not the method's request message."""
+
+    __slots__ = ("message_name", "size")
+
+    def __init__(self, message_name: str, size: int):
+        self.message_name = message_name
+        self.size = size
+
+    def error(self) -> ValidationError:
+        return ValidationError(f"the request ({self.size} bytes) is not a valid {self.message_name}")
+
+
+def _tolerant(deserializer):
+    """`deserializer`, returning an `_Undecodable` instead of raising on bytes that do not parse.
+
+    grpc answers UNKNOWN ("Exception deserializing request!") when a deserializer raises; with
+    this, the handler answers INVALID_ARGUMENT / ValidationException naming the message instead.
+    """
+    if deserializer is None:
+        return None
+    message_type = getattr(deserializer, "__self__", None)
+    descriptor = getattr(message_type, "DESCRIPTOR", None)
+    name = getattr(descriptor, "full_name", None) or "request message"
+
+    def deserialize(data: bytes):
+        try:
+            return deserializer(data)
+        except Exception:  # noqa: BLE001 - DecodeError, or anything a bad byte string makes it raise
+            return _Undecodable(name, len(data))
+
+    return deserialize
+
+
 def _wrap_unary(behavior):
     async def handler(request, context):
         try:
+            if type(request) is _Undecodable:
+                raise request.error()
             return await behavior(request, context)
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
@@ -220,6 +256,8 @@ def _wrap_stream(behavior):
 
     async def handler(request, context):
         try:
+            if type(request) is _Undecodable:
+                raise request.error()
             async for response in behavior(request, context):
                 yield response
         except (grpc.aio.AbortError, grpc.RpcError):
@@ -233,13 +271,14 @@ def _wrap_stream(behavior):
 def map_errors(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
     """`handler` with its unary or server-streaming behaviour wrapped in the error mapping.
 
-    A behaviour (or the object of a bound method) with ``maps_errors = True`` raises no MveError
+    Request bytes that are not the method's message become a ValidationException (INVALID_ARGUMENT)
+    naming the message, not grpc's UNKNOWN. A behaviour (or the object of a bound method) with ``maps_errors = True`` raises no MveError
     and is returned as it is: a hot path can map its errors itself and skip the extra coroutine.
     """
     if handler is None:
         return None
     kwargs = dict(
-        request_deserializer=handler.request_deserializer,
+        request_deserializer=_tolerant(handler.request_deserializer),
         response_serializer=handler.response_serializer,
     )
     if handler.unary_unary is not None:

@@ -96,3 +96,39 @@ class _EndedCall:
 def test_an_error_for_a_call_that_already_ended_ends_the_handler_quietly_as_cancelled():
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(errors.abort_with_error(_EndedCall(), errors.ServiceUnavailable("timed out waiting for a batch")))
+
+
+async def _call_raw(method: str, payload: bytes, stream: bool = False):
+    """Send `payload` as the request bytes of `method` (no serializer: the bytes go as they are)."""
+    server = grpc.aio.server(interceptors=[errors.ErrorInterceptor()])
+    health_pb2_grpc.add_HealthServicer_to_server(_Health(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            if stream:
+                call = channel.unary_stream(method)
+                return [r async for r in call(payload, timeout=5)]
+            return await channel.unary_unary(method)(payload, timeout=5)
+    finally:
+        await server.stop(None)
+
+
+# 0x0a declares field 1 (length-delimited) then claims 100 bytes that are not there.
+TRUNCATED = b"\x0a\x64abc"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["unary", "server-stream"])
+def test_bytes_that_are_not_the_request_message_are_a_validation_error_naming_it(stream):
+    method = "/grpc.health.v1.Health/" + ("Watch" if stream else "Check")
+    with pytest.raises(grpc.RpcError) as info:
+        asyncio.run(_call_raw(method, TRUNCATED, stream))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert errors.reason_of(info.value) == "ValidationException"
+    assert "grpc.health.v1.HealthCheckRequest" in info.value.details()
+
+
+def test_valid_request_bytes_still_reach_the_handler():
+    request = health_pb2.HealthCheckRequest(service="ok").SerializeToString()
+    answer = asyncio.run(_call_raw("/grpc.health.v1.Health/Check", request))
+    assert health_pb2.HealthCheckResponse.FromString(answer).status == health_pb2.HealthCheckResponse.SERVING
