@@ -7,8 +7,9 @@ Every distribution comes from scipy or scikit-learn; nothing here hand-rolls a q
 - Classification quality: accuracy, precision, recall, F1 and ROC AUC from `sklearn.metrics`, the
   positive label against every other label.
 - Against a baseline: the two-proportion z-test (pooled standard error for the p-value, unpooled
-  for the interval of the difference) and Welch's t-test (`scipy.stats.ttest_ind(equal_var=False)`,
-  its interval on the Welch–Satterthwaite degrees of freedom).
+  for the interval of the difference) and Welch's t-test (`scipy.stats.ttest_ind_from_stats` with
+  ``equal_var=False``: `ttest_ind` on the samples' moments, without its warning on a constant
+  sample), its interval on the Welch–Satterthwaite degrees of freedom.
 - Peeking: an always-valid p-value from the mixture sequential probability ratio test (mSPRT,
   Johari, Pekelis & Walsh 2017) over the time-ordered observations, with a normal mixture of
   variance ``tau² = (TAU_IN_SD x pooled standard deviation)²``:
@@ -166,17 +167,21 @@ def two_proportion_test(
 def welch_test(values: np.ndarray, base_values: np.ndarray, confidence_level: float) -> tuple[float, float, float, float]:
     """(difference, ci_low, ci_high, p) of the variant's mean minus the baseline's, by Welch's t-test.
 
-    Both samples need at least 2 observations. Two constant samples: the difference is exact (p 1
-    when they are equal, 0 otherwise).
+    Both samples need at least 2 observations. The interval uses the Welch–Satterthwaite degrees
+    of freedom. Two constant samples: the difference is exact (p 1 when they are equal, else 0).
     """
     values = np.asarray(values, dtype=np.float64)
     base_values = np.asarray(base_values, dtype=np.float64)
-    difference = float(values.mean() - base_values.mean())
-    if values.var() == 0.0 and base_values.var() == 0.0:
+    mean, base_mean = float(values.mean()), float(base_values.mean())
+    sd, base_sd = float(values.std(ddof=1)), float(base_values.std(ddof=1))
+    difference = mean - base_mean
+    if sd == 0.0 and base_sd == 0.0:
         return difference, difference, difference, 1.0 if difference == 0.0 else 0.0
-    result = stats.ttest_ind(values, base_values, equal_var=False)
-    interval = result.confidence_interval(confidence_level)
-    return difference, float(interval.low), float(interval.high), float(result.pvalue)
+    result = stats.ttest_ind_from_stats(mean, sd, values.size, base_mean, base_sd, base_values.size, equal_var=False)
+    v, v0 = sd**2 / values.size, base_sd**2 / base_values.size
+    df = (v + v0) ** 2 / (v**2 / (values.size - 1) + v0**2 / (base_values.size - 1))
+    half = float(stats.t.ppf(0.5 + confidence_level / 2, df)) * math.sqrt(v + v0)
+    return difference, difference - half, difference + half, float(result.pvalue)
 
 
 def msprt_p_value(
