@@ -68,6 +68,10 @@ def register(subparsers) -> None:
         "--autoscaling-window", dest="autoscaling_window_s", type=float,
         help="seconds of metrics target tracking averages over, 5-3600 (default 60)",
     )
+    parser.add_argument(
+        "--capture-index-interval", dest="capture_index_interval_s", type=float,
+        help="seconds between reads of the data-capture files for experiment reports and bandits, 0.2-60 (default 1)",
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
 

@@ -15,7 +15,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mve._proto import autoscaling_pb2, autoscaling_pb2_grpc, control_pb2, control_pb2_grpc, metrics_pb2, metrics_pb2_grpc
+from mve._proto import (
+    autoscaling_pb2,
+    autoscaling_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+    experiments_pb2,
+    experiments_pb2_grpc,
+    metrics_pb2,
+    metrics_pb2_grpc,
+)
 from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
 from mve.control.autoscaler import Autoscaler
@@ -24,6 +33,8 @@ from mve.control.autoscaling_servicer import ApplicationAutoScalingServicer
 from mve.control.cloudwatch import CloudWatchService
 from mve.control.cloudwatch_servicer import CloudWatchServicer
 from mve.control.deployments import DeploymentRunner
+from mve.control.experiments import Experiments
+from mve.control.experiments_servicer import ExperimentsServicer
 from mve.control.instances import LocalInstanceProvider
 from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
@@ -45,6 +56,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_name
 CLOUDWATCH_NAME = metrics_pb2.DESCRIPTOR.services_by_name["CloudWatch"].full_name
 AUTOSCALING_NAME = autoscaling_pb2.DESCRIPTOR.services_by_name["ApplicationAutoScaling"].full_name
+EXPERIMENTS_NAME = experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name
 COMPACT_INTERVAL_S = 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -74,6 +86,10 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
     )
     service.autoscaler = Autoscaler(
         AutoscalingStore(settings.db_path), service, metrics, alarms, window_s=settings.autoscaling_window_s
+    )
+    service.experiments = Experiments(
+        service, settings.experiments_db_path, settings.metrics_db_path,
+        retention_s=settings.metrics_retention_days * 86400,
     )
     return service
 
@@ -109,6 +125,7 @@ def _background_tasks(service: ControlService, settings: ControlPlaneSettings) -
         asyncio.create_task(sampler.run_forever(settings.utilization_interval_s), name="utilization"),
         asyncio.create_task(_compact_forever(service.metrics), name="metrics-compact"),
         asyncio.create_task(service.autoscaler.run_forever(settings.autoscaling_interval_s), name="autoscaling"),
+        *service.experiments.background_tasks(settings.capture_index_interval_s),
     ]
 
 
@@ -138,10 +155,11 @@ async def serve(settings: ControlPlaneSettings) -> int:
     autoscaling_pb2_grpc.add_ApplicationAutoScalingServicer_to_server(
         ApplicationAutoScalingServicer(service.autoscaler), server
     )
+    experiments_pb2_grpc.add_ExperimentsServicer_to_server(ExperimentsServicer(service.experiments), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, EXPERIMENTS_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -166,6 +184,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
             await server.stop(grace=0)
             service.store.close()
             service.metrics.close()
+            service.experiments.close()
             return 1
     service.deployments.recover()  # updates cut short by a restart go back to their old config
     await service.reconciler.recover()
@@ -196,6 +215,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     service.store.close()
     service.metrics.close()
     service.autoscaler.store.close()
+    await asyncio.to_thread(service.experiments.close)  # after the index's pass in progress
     if tracing is not None:
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=control_plane_stopped")

@@ -20,6 +20,9 @@ validated once at start.
 | utilization_interval_s | --utilization-interval | MVE_UTILIZATION_INTERVAL_S | 1.0 | 0.1-60: how often each model server's CPU and memory are sampled |
 | autoscaling_interval_s | --autoscaling-interval | MVE_AUTOSCALING_INTERVAL_S | 5.0 | 0.1-300: how often every scaling policy is evaluated |
 | autoscaling_window_s | --autoscaling-window | MVE_AUTOSCALING_WINDOW_S | 60 | 5-3600: the sliding window target tracking averages its metric over |
+| capture_index_interval_s | --capture-index-interval | MVE_CAPTURE_INDEX_INTERVAL_S | 1.0 | 0.2-60: how often the capture files are read for new records |
+
+Feedback and the capture index are kept as long as metrics (``--metrics-retention-days``).
 
 ``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
 for tests that need a startup timeout to fire quickly.
@@ -63,6 +66,7 @@ class ControlPlaneSettings:
     utilization_interval_s: float = 1.0
     autoscaling_interval_s: float = 5.0
     autoscaling_window_s: float = 60.0
+    capture_index_interval_s: float = 1.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -83,6 +87,11 @@ class ControlPlaneSettings:
     def metrics_db_path(self) -> Path:
         """``<data-dir>/metrics.db``: metric points, alarms and their history."""
         return self.data_dir / "metrics.db"
+
+    @property
+    def experiments_db_path(self) -> Path:
+        """``<data-dir>/experiments.db``: feedback, the capture index and bandit policies."""
+        return self.data_dir / "experiments.db"
 
     @property
     def artifact_dir(self) -> Path:
@@ -114,6 +123,7 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("utilization_interval_s", "MVE_UTILIZATION_INTERVAL_S", float),
     ("autoscaling_interval_s", "MVE_AUTOSCALING_INTERVAL_S", float),
     ("autoscaling_window_s", "MVE_AUTOSCALING_WINDOW_S", float),
+    ("capture_index_interval_s", "MVE_CAPTURE_INDEX_INTERVAL_S", float),
 )
 
 
@@ -175,5 +185,7 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         raise SettingsError(f"--autoscaling-interval must be 0.1-300 seconds, got {s.autoscaling_interval_s}")
     if not 5 <= s.autoscaling_window_s <= 3600:
         raise SettingsError(f"--autoscaling-window must be 5-3600 seconds, got {s.autoscaling_window_s}")
+    if not 0.2 <= s.capture_index_interval_s <= 60:
+        raise SettingsError(f"--capture-index-interval must be 0.2-60 seconds, got {s.capture_index_interval_s}")
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")
