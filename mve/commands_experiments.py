@@ -68,7 +68,7 @@ def _with_lines(error, lines: list[int], path: Path):
 
 def _feedback(args) -> int:
     from mve import commands_experiments_output as out
-    from mve.sdk.exceptions import ClientError, ParamValidationError
+    from mve.sdk.exceptions import ClientError, ParamValidationError, SDKError
 
     if args.file is None:
         batches = iter([([flag_feedback(args)], [0])])
@@ -78,19 +78,20 @@ def _feedback(args) -> int:
         batches = read_feedback(Path(args.file), args.batch_size)
     accepted = sent = calls = 0
     with _client(args) as exp:
-        for batch, lines in batches:
-            try:
-                response = exp.send_feedback(EndpointName=args.endpoint, Feedback=batch)
-            except ParamValidationError as error:
-                raise (_with_lines(error, lines, Path(args.file)) if args.file else error) from None
-            except ClientError:
-                if calls:
-                    print(f"{accepted} entries were accepted before the call with lines {lines[0]}-{lines[-1]} "
-                          "failed", file=sys.stderr)
-                raise
-            accepted += response["Accepted"]
-            sent += len(batch)
-            calls += 1
+        try:
+            for batch, lines in batches:
+                try:
+                    response = exp.send_feedback(EndpointName=args.endpoint, Feedback=batch)
+                except ParamValidationError as error:
+                    raise (_with_lines(error, lines, Path(args.file)) if args.file else error) from None
+                accepted += response["Accepted"]
+                sent += len(batch)
+                calls += 1
+        except (UsageError, SDKError, ClientError):
+            if calls:  # what went before the error stays sent: say how much
+                print(f"{accepted} of {sent} entries were accepted in {calls} call{'s' if calls != 1 else ''} "
+                      "before this error:", file=sys.stderr)
+            raise
     return out.show_feedback(args, args.endpoint, accepted, sent, calls)
 
 

@@ -264,6 +264,13 @@ def test_feedback_errors_name_the_line_and_send_nothing(control_plane, capsys, t
     assert main(["feedback", "ab", "--file", str(path), "--reward", "1", "--control-plane", address]) == 2
     assert "go with --inference-id, not --file" in capsys.readouterr().err
     assert len(fake.requests.get("SendFeedback", [])) == before
+    # a bad line after a full batch: the batch before it was sent, and the error says so
+    path.write_text('{"InferenceId": "a", "Reward": 1}\n{"InferenceId": "b", "Reward": 0}\n{"InferenceId": "c"}\n')
+    assert main(["feedback", "ab", "--file", str(path), "--batch-size", "2", "--control-plane", address]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("2 of 2 entries were accepted in 1 call before this error:\nUsageError: ")
+    assert f"{path}:3: give GroundTruthLabels, a Reward or both" in err
+    assert len(fake.requests["SendFeedback"]) == before + 1
     assert main(["feedback", "missing", "--inference-id", "x", "--reward", "1", "--control-plane", address]) == 1
     assert capsys.readouterr().err.startswith('ResourceNotFound: Could not find endpoint "missing".')
 
