@@ -41,7 +41,7 @@ def _contract(file_proto: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.
 
 
 def test_every_proto_is_covered():
-    assert {p.name for p in PROTO_FILES} == {"grpc_predict_v2.proto", "control.proto", "runtime.proto", "metrics.proto", "autoscaling.proto"}
+    assert {p.name for p in PROTO_FILES} == {"grpc_predict_v2.proto", "control.proto", "runtime.proto", "metrics.proto", "autoscaling.proto", "experiments.proto"}
 
 
 @pytest.mark.parametrize("proto", PROTO_FILES, ids=lambda p: p.name)
