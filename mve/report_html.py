@@ -63,11 +63,15 @@ def _png(figure) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _figure(title: str, ylabel: str):
+def _figure(report: dict, title: str, ylabel: str):
+    """A figure whose time axis spans the report's window (a single point would otherwise span years)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(8, 3.2), dpi=100)
     axes = figure.add_subplot()
+    if report.get("StartTime") and report.get("EndTime"):
+        margin = (report["EndTime"] - report["StartTime"]) * 0.02  # points at the window's end stay inside
+        axes.set_xlim(report["StartTime"] - margin, report["EndTime"] + margin)
     axes.set_title(title)
     axes.set_ylabel(ylabel)
     axes.set_xlabel("time (UTC)")
@@ -80,15 +84,22 @@ def _production_names(report: dict) -> set[str]:
 
 
 def share_plot(report: dict) -> str | None:
-    """The production variants' traffic share per bucket as a base64 PNG; None without points."""
+    """The production variants' traffic share per bucket as a base64 PNG; None without traffic.
+
+    Buckets without invocations have no share and are left out (not drawn as 0%).
+    """
     production = _production_names(report)
-    series = [s for s in report.get("Series", []) if s["VariantName"] in production and s.get("Points")]
+    series = []
+    for s in report.get("Series", []):
+        points = [p for p in s.get("Points", []) if p.get("Invocations")]
+        if s["VariantName"] in production and points:
+            series.append((s["VariantName"], points))
     if not series:
         return None
-    figure, axes = _figure("Traffic share over time", "share of invocations (%)")
-    for s in series:
-        axes.plot([p["Time"] for p in s["Points"]], [p.get("TrafficShare", 0.0) * 100 for p in s["Points"]],
-                  marker=".", label=s["VariantName"])
+    figure, axes = _figure(report, "Traffic share over time", "share of invocations (%)")
+    for name, points in series:
+        axes.plot([p["Time"] for p in points], [p.get("TrafficShare", 0.0) * 100 for p in points],
+                  marker=".", label=name)
     axes.set_ylim(0, 100)
     axes.legend(loc="best")
     return _png(figure)
@@ -98,16 +109,22 @@ def metric_plot(report: dict, key: str, title: str, ylabel: str, as_percent: boo
     """One metric's cumulative estimate per variant with its confidence band; None without points."""
     scale = 100.0 if as_percent else 1.0
     drawn = False
-    figure, axes = _figure(f"{title} over time (cumulative, {report.get('ConfidenceLevel', 0.95) * 100:g}% band)",
+    figure, axes = _figure(report, f"{title} over time (cumulative, {report.get('ConfidenceLevel', 0.95) * 100:g}% band)",
                            ylabel)
     for s in report.get("Series", []):
         points = [p for p in s.get("Points", []) if p.get(key)]
         if not points:
             continue
         times = [p["Time"] for p in points]
-        (line,) = axes.plot(times, [p[key]["Value"] * scale for p in points], marker=".", label=s["VariantName"])
-        axes.fill_between(times, [p[key]["CiLow"] * scale for p in points], [p[key]["CiHigh"] * scale for p in points],
-                          color=line.get_color(), alpha=0.2)
+        values = [p[key]["Value"] * scale for p in points]
+        lows = [p[key]["CiLow"] * scale for p in points]
+        highs = [p[key]["CiHigh"] * scale for p in points]
+        (line,) = axes.plot(times, values, marker=".", label=s["VariantName"])
+        if len(points) == 1:  # a band needs two points: show the one interval as an error bar
+            axes.errorbar(times, values, yerr=[[values[0] - lows[0]], [highs[0] - values[0]]], color=line.get_color(),
+                          capsize=4)
+        else:
+            axes.fill_between(times, lows, highs, color=line.get_color(), alpha=0.2)
         drawn = True
     if not drawn:
         return None

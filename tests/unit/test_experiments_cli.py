@@ -207,6 +207,18 @@ def test_report_html_without_series_and_with_a_mismatch(control_plane, capsys, t
     assert 'class="srm-mismatch">SAMPLE RATIO MISMATCH' in skewed.read_text()
 
 
+def test_html_plots_leave_out_buckets_without_traffic():
+    from mve.report_html import metric_plot, share_plot
+
+    point = {"Time": T0 + timedelta(minutes=1), "Invocations": 0, "TrafficShare": 0.0,
+             "Accuracy": {"Value": 0.9, "CiLow": 0.8, "CiHigh": 0.95, "Count": 10}}
+    report = {"StartTime": T0, "EndTime": T0 + timedelta(hours=1), "ConfidenceLevel": 0.95,
+              "Variants": [{"VariantName": "Variant1"}], "Series": [{"VariantName": "Variant1", "Points": [point]}]}
+    assert share_plot(report) is None  # no invocations: no share to draw, rather than a line at 0%
+    assert metric_plot(report, "Accuracy", "Accuracy", "accuracy (%)", True)  # one point is drawn
+    assert metric_plot(report, "MeanReward", "Mean reward", "mean reward", False) is None
+
+
 def test_report_html_without_matplotlib_names_the_extra(control_plane, capsys, monkeypatch, tmp_path):
     address, fake, _ = control_plane
     calls = len(fake.requests.get("GetExperimentReport", []))
