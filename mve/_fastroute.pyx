@@ -381,10 +381,11 @@ cdef class StickyChooser:
 
 @cython.binding(False)  # per-request methods: see the module docstring
 cdef class InstanceBalancer:
-    """Least-outstanding-requests choice among a variant's instances, random tie-break.
+    """Instance choice among a variant's instances, with their outstanding requests counted in C.
 
-    Counters live in C; ``acquire`` picks an instance with the fewest requests in flight
-    (uniformly among ties) and counts one more, ``release`` counts one less.
+    ``acquire`` picks an instance with the fewest requests in flight (least outstanding requests,
+    uniformly among ties), ``acquire_random`` one uniformly at random; both count one more on it,
+    and ``release`` counts one less.
     """
 
     def __init__(self, n_instances, seed=None):
@@ -425,6 +426,26 @@ cdef class InstanceBalancer:
                         chosen = i
                         break
                     chosen -= 1
+        c[chosen] += 1
+        return chosen
+
+    def acquire_random(self, exclude=-1):
+        """Pick an instance uniformly at random and count one more on it (routing strategy RANDOM).
+
+        With ``exclude`` an instance index and another instance to choose, never ``exclude``:
+        uniform among the others (a retry after that instance failed).
+        """
+        cdef int64_t *c = self._counts
+        if c == NULL:
+            raise ValueError("InstanceBalancer was not initialised")
+        cdef int64_t skip = exclude
+        cdef int64_t chosen
+        if 0 <= skip < self._n and self._n > 1:
+            chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> (self._n - 1))
+            if chosen >= skip:
+                chosen += 1
+        else:
+            chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> self._n)
         c[chosen] += 1
         return chosen
 
