@@ -8,26 +8,44 @@ its `VariantBatcher` instead, which sends it through the same `send` in a batch 
 only its rows; a variant without batching goes straight to `send`. The gRPC servicers only
 convert protobuf to these calls. `DataPlane.model_infer_bytes` serves ModelInfer on serialised
 bytes and forwards them untouched where it can (`mve.proxy.wire`).
+
+Every invocation has an inference id: the caller's (InferenceId, or the request's ``id``), else one
+the proxy makes (`mve.proxy.inference_ids`); it goes upstream, comes back in the answer, and is
+the id of the captured records. Once the caller's answer is ready, an endpoint with data capture
+or shadow variants samples the invocation: capture once per invocation (`mve.proxy.capture`),
+then each shadow against its fraction (`mve.proxy.shadow`), and a shadow's record of a captured
+invocation shares its id. Neither ever delays or fails the caller; with both off, the cost is
+one check.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import re
 import time
 from dataclasses import dataclass
 from functools import partial
 
-import numpy as np
 from google.protobuf.message import DecodeError
 
 from mve import codecs, tensors
 from mve._proto import grpc_predict_v2_pb2 as pb
-from mve.errors import ModelError, MveError, ValidationError
+from mve.errors import MveError, ValidationError
 from mve.proxy import wire
 from mve.proxy.batcher import VariantBatcher
 from mve.proxy.batches import BatchingPolicy
-from mve.proxy.router import Router, TensorSpec, VariantState
+from mve.proxy.capture import (
+    MODEL_INFER_REQUEST_TYPE,
+    MODEL_INFER_RESPONSE_TYPE,
+    CapturePolicy,
+    CaptureRecord,
+    CaptureWriter,
+)
+from mve.proxy.inference_ids import InferenceIds
+from mve.proxy.payloads import CUSTOM_ATTRIBUTES_PARAM, body_request, cast_body, response_outputs
+from mve.proxy.router import EndpointState, Router, TensorSpec, VariantState
+from mve.proxy.shadow import ShadowSender
 from mve.proxy.stats import StatsBook
 from mve.proxy.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
 
@@ -38,7 +56,6 @@ MAX_ROUTING_KEY = 1024
 INVOKED_VARIANT_PARAM = wire.INVOKED_VARIANT_PARAM
 TARGET_VARIANT_PARAM = "target_variant"
 ROUTING_KEY_PARAM = "routing_key"
-CUSTOM_ATTRIBUTES_PARAM = "custom_attributes"
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +76,13 @@ class InvokeRequest:
 
 @dataclass(frozen=True)
 class InvokeResult:
-    """InvokeEndpoint's answer: the encoded body and the variant that served it."""
+    """InvokeEndpoint's answer: the encoded body, the variant that served it and the inference id."""
 
     body: bytes
     content_type: str
     invoked_production_variant: str
     custom_attributes: str = ""
+    inference_id: str = ""
 
 
 def check_name(value: str, field: str) -> None:
@@ -85,13 +103,20 @@ class DataPlane:
 
     def __init__(
         self, router: Router, pool: UpstreamPool, stats: StatsBook, *, model_timeout_s: float = 60.0, send=None,
-        tracer=None,
+        tracer=None, capture: CaptureWriter | None = None, shadow_max_in_flight: int = 256, seed: int | None = None,
+        inference_ids: InferenceIds | None = None, wall_clock=time.time,
     ):
         self.router = router
         self.pool = pool
         self.stats = stats
         self.model_timeout_s = model_timeout_s
         self._send = send or partial(infer_on_variant, pool)
+        # The writer's thread starts with its first record: an endpoint without capture costs nothing.
+        self.capture = capture if capture is not None else CaptureWriter()
+        self.shadows = ShadowSender(self._send, stats, max_in_flight=shadow_max_in_flight, timeout_s=model_timeout_s)
+        self._random = random.Random(seed).random  # capture and shadow sampling
+        self._new_id = (inference_ids or InferenceIds()).new
+        self._wall_clock = wall_clock
         # With tracing off (None) no span, context or trace metadata is ever made (`mve.proxy.spans`).
         self.tracer = tracer
         self.address: tuple[str, int] | None = None  # (host, port) the proxy serves on, for its spans
@@ -131,23 +156,18 @@ class DataPlane:
         content_type = codecs.normalize_content_type(request.content_type)
         accept = codecs.response_content_type(content_type, request.accept)
         codecs.check_body_size(request.body)
-        variant = self.router.pick(request.endpoint_name, request.target_variant, request.routing_key)
+        endpoint = self.router.endpoint(request.endpoint_name)
+        variant = endpoint.pick(request.target_variant, request.routing_key)
+        inference_id = request.inference_id or self._new_id()
         if self._spans is not None:
-            self._spans.picked(variant, request.target_variant, request.routing_key, request.inference_id)
+            self._spans.picked(variant, request.target_variant, request.routing_key, inference_id)
         timeout = self._timeout(time_remaining)
         try:
             spec = await self._single_input(variant, timeout)
-            array = _cast(codecs.decode(request.body, content_type), spec)
-            infer = pb.ModelInferRequest(
-                model_name=variant.model_name,
-                id=request.inference_id,
-                inputs=[pb.ModelInferRequest.InferInputTensor(name=spec.name, datatype=spec.datatype, shape=array.shape)],
-                raw_input_contents=[tensors.numpy_to_raw(array)],
-            )
-            if request.custom_attributes:
-                infer.parameters[CUSTOM_ATTRIBUTES_PARAM].string_param = request.custom_attributes
+            array = cast_body(codecs.decode(request.body, content_type), spec)
+            infer = body_request(variant.model_name, spec, array, inference_id, request.custom_attributes)
             result = await self._infer(variant, infer, timeout)
-            outputs = _outputs(result.response, variant)
+            outputs = response_outputs(result.response, variant)
             body = codecs.encode(outputs, accept)
         except MveError as error:
             self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
@@ -155,12 +175,15 @@ class DataPlane:
         attributes = result.response.parameters.get(CUSTOM_ATTRIBUTES_PARAM)
         self._record(variant, started, result.model_latency_us)
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
-            self._observed("InvokeEndpoint", variant, result, request.inference_id, started)
+            self._observed("InvokeEndpoint", variant, result, inference_id, started)
+        if endpoint.capture is not None or endpoint.shadows:
+            self._follow_invoke(endpoint, variant, request, inference_id, infer, array, body, accept)
         return InvokeResult(
             body=body,
             content_type=accept,
             invoked_production_variant=variant.name,
             custom_attributes=attributes.string_param if attributes is not None else "",
+            inference_id=inference_id,
         )
 
     async def model_infer(self, request, time_remaining: float | None = None):
@@ -170,8 +193,13 @@ class DataPlane:
         sticky; the response's ``invoked_production_variant`` parameter names the variant.
         """
         started = time.perf_counter()
-        variant = self._pick_for_infer(request, request.ByteSize())
-        return await self._forward_message(request, variant, started, time_remaining)
+        endpoint, variant, inference_id = self._pick_for_infer(request, request.ByteSize())
+        capture = self._sample_capture(endpoint)
+        received = request.SerializeToString() if capture is not None else b""  # before it is re-targeted
+        response = await self._forward_message(request, variant, started, time_remaining, inference_id)
+        if capture is not None or endpoint.shadows:
+            self._follow_model_infer(endpoint, variant, inference_id, capture, received, request, response.SerializeToString)
+        return response
 
     async def model_infer_bytes(self, data: bytes, time_remaining: float | None = None) -> bytes:
         """`model_infer` on a serialised request, answering serialised bytes.
@@ -186,29 +214,46 @@ class DataPlane:
             request = pb.ModelInferRequest.FromString(data)
         except DecodeError:
             raise ValidationError("the request is not a valid inference.ModelInferRequest") from None
-        variant = self._pick_for_infer(request, len(data))
+        endpoint, variant, inference_id = self._pick_for_infer(request, len(data))
+        # A made id is appended to what goes upstream and to the answer (`wire.id_field`).
+        id_tail = b"" if request.id else wire.id_field(inference_id)
         batcher = variant.batcher
         if batcher is not None:
-            return await self._batch_bytes(data, request, batcher, variant, started, time_remaining)
-        if not wire.forwardable(request):
-            response = await self._forward_message(request, variant, started, time_remaining)
-            return response.SerializeToString()
-        try:
-            result = await self._send(variant, data + wire.request_tail(variant.model_name), self._timeout(time_remaining))
-        except MveError as error:
-            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
-            raise
-        self._record(variant, started, result.model_latency_us)
-        if self._spans is not None or log.isEnabledFor(logging.DEBUG):
-            self._observed("ModelInfer", variant, result, request.id, started)
-        return result.response + wire.response_tail(variant.endpoint_name, variant.name)
+            answer = await self._batch_bytes(data, request, batcher, variant, started, time_remaining, inference_id)
+            shadow_request = request  # now in raw contents
+        elif not wire.forwardable(request):
+            response = await self._forward_message(request, variant, started, time_remaining, inference_id)
+            answer = response.SerializeToString()
+            shadow_request = request
+        else:
+            try:
+                result = await self._send(
+                    variant, b"".join((data, wire.request_tail(variant.model_name), id_tail)),
+                    self._timeout(time_remaining),
+                )
+            except MveError as error:
+                self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
+                raise
+            self._record(variant, started, result.model_latency_us)
+            if self._spans is not None or log.isEnabledFor(logging.DEBUG):
+                self._observed("ModelInfer", variant, result, inference_id, started)
+            answer = b"".join((result.response, wire.response_tail(variant.endpoint_name, variant.name), id_tail))
+            shadow_request = data
+        if endpoint.capture is not None or endpoint.shadows:
+            capture = self._sample_capture(endpoint)
+            self._follow_model_infer(endpoint, variant, inference_id, capture, data, shadow_request, answer)
+        return answer
 
     async def _batch_bytes(
-        self, data: bytes, request, batcher, variant: VariantState, started: float, time_remaining
+        self, data: bytes, request, batcher, variant: VariantState, started: float, time_remaining, inference_id: str
     ) -> bytes:
         """A batched variant's ModelInfer on bytes: the caller's rows come back already serialised."""
+        id_tail = b"" if request.id else wire.id_field(inference_id)
         # Alone in its batch, a request already in raw contents goes upstream as its own bytes.
-        forward = data + wire.request_tail(variant.model_name) if wire.forwardable(request) else None
+        if wire.forwardable(request):
+            forward = b"".join((data, wire.request_tail(variant.model_name), id_tail))
+        else:
+            forward = None
         try:
             _to_raw_contents(request)
             request.model_name = variant.model_name
@@ -218,18 +263,21 @@ class DataPlane:
                 for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
                     if name in parameters:
                         del parameters[name]
-            tail = wire.response_tail(variant.endpoint_name, variant.name)
+            tail = wire.response_tail(variant.endpoint_name, variant.name) + id_tail
             result = await batcher.submit(request, self._timeout(time_remaining), tail, forward)
         except MveError as error:
             self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
         self._record(variant, started, result.model_latency_us)
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
-            self._observed("ModelInfer", variant, result, request.id, started)
+            self._observed("ModelInfer", variant, result, inference_id, started)
         return result.response
 
-    def _pick_for_infer(self, request, size: int) -> VariantState:
-        """Validate an OIP request's endpoint, routing parameters and size; pick its variant."""
+    def _pick_for_infer(self, request, size: int) -> tuple[EndpointState, VariantState, str]:
+        """Validate an OIP request's endpoint, routing parameters and size; pick its variant.
+
+        Returns the endpoint, the variant and the invocation's id (the request's, or a new one).
+        """
         check_name(request.model_name, "model_name (endpoint name)")
         target = _string_param(request.parameters, TARGET_VARIANT_PARAM)
         routing_key = _string_param(request.parameters, ROUTING_KEY_PARAM)
@@ -238,17 +286,22 @@ class DataPlane:
         _check_length(routing_key, MAX_ROUTING_KEY, "routing_key")
         if size > codecs.MAX_BODY_BYTES:
             raise ValidationError(f"Request of {size} bytes is over the 6 MB limit ({codecs.MAX_BODY_BYTES} bytes)")
-        variant = self.router.pick(request.model_name, target, routing_key)
+        endpoint = self.router.endpoint(request.model_name)
+        variant = endpoint.pick(target, routing_key)
+        inference_id = request.id or self._new_id()
         if self._spans is not None:
-            self._spans.picked(variant, target, routing_key, request.id)
-        return variant
+            self._spans.picked(variant, target, routing_key, inference_id)
+        return endpoint, variant, inference_id
 
-    async def _forward_message(self, request, variant: VariantState, started: float, time_remaining: float | None):
+    async def _forward_message(
+        self, request, variant: VariantState, started: float, time_remaining: float | None, inference_id: str
+    ):
         endpoint_name = request.model_name
         try:
             _to_raw_contents(request)
             request.model_name = variant.model_name
             request.model_version = ""
+            request.id = inference_id
             for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
                 if name in request.parameters:
                     del request.parameters[name]
@@ -259,11 +312,108 @@ class DataPlane:
         response = result.response
         response.model_name = endpoint_name
         response.model_version = ""
+        response.id = inference_id
         response.parameters[INVOKED_VARIANT_PARAM].string_param = variant.name
         self._record(variant, started, result.model_latency_us)
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
-            self._observed("ModelInfer", variant, result, request.id, started)
+            self._observed("ModelInfer", variant, result, inference_id, started)
         return response
+
+    # ------------------------------------------------------------- capture and shadows, after the answer
+
+    def _sample_capture(self, endpoint: EndpointState) -> CapturePolicy | None:
+        """The endpoint's capture policy when this invocation is sampled for capture, else None."""
+        capture = endpoint.capture
+        if capture is not None and self._random() < capture.fraction:
+            return capture
+        return None
+
+    def _follow_invoke(
+        self, endpoint: EndpointState, variant: VariantState, request: InvokeRequest, inference_id: str, infer,
+        array, body: bytes, accept: str,
+    ) -> None:
+        """Capture an answered InvokeEndpoint and copy it to the shadows, each as sampled."""
+        capture = self._sample_capture(endpoint)
+        if capture is not None:
+            self.capture.submit(CaptureRecord(
+                capture, endpoint.name, variant.name, inference_id, self._wall_clock(),
+                request.body, request.content_type, body, accept,
+            ))
+        for shadow in endpoint.shadows:
+            if self._random() < shadow.weight:
+                self.shadows.submit(
+                    shadow, self._shadow_invoke, shadow, request, inference_id, infer, array, accept, capture
+                )
+
+    def _follow_model_infer(
+        self, endpoint: EndpointState, variant: VariantState, inference_id: str, capture: CapturePolicy | None,
+        received: bytes, shadow_request, answer,
+    ) -> None:
+        """Capture an answered ModelInfer and copy it to the shadows, each as sampled.
+
+        `received` is the request as it came, `shadow_request` what shadows are sent (re-targeted
+        to their model), `answer` the response's bytes, or a function that makes them.
+        """
+        if capture is not None:
+            size = len(answer) if isinstance(answer, bytes) else len(received)
+            self.capture.submit(CaptureRecord(
+                capture, endpoint.name, variant.name, inference_id, self._wall_clock(),
+                received, MODEL_INFER_REQUEST_TYPE, answer, MODEL_INFER_RESPONSE_TYPE, size,
+            ))
+        for shadow in endpoint.shadows:
+            if self._random() < shadow.weight:
+                self.shadows.submit(
+                    shadow, self._shadow_model_infer, shadow, shadow_request, inference_id, received, capture
+                )
+
+    async def _shadow_invoke(
+        self, shadow: VariantState, request: InvokeRequest, inference_id: str, infer, array, accept: str,
+        capture: CapturePolicy | None,
+    ) -> None:
+        """An InvokeEndpoint's copy on a shadow: the same input (cast for the shadow's model if it differs)."""
+        sent = infer.inputs[0]
+        try:
+            spec = await self._single_input(shadow, self.model_timeout_s)
+            if (spec.name, spec.datatype) != (sent.name, sent.datatype):
+                infer = body_request(
+                    shadow.model_name, spec, cast_body(array, spec), inference_id, request.custom_attributes
+                )
+        except MveError as error:  # the shadow's model cannot take this body
+            self.stats.record_error(shadow.endpoint_name, shadow.name, error, len(shadow.instances))
+            return
+        result = await self.shadows.call(shadow, infer, inference_id)
+        if result is None or capture is None:
+            return
+        response = result.response
+
+        def encoded_output() -> bytes:  # run by the capture writer's thread
+            message = pb.ModelInferResponse.FromString(response) if isinstance(response, bytes) else response
+            return codecs.encode(response_outputs(message, shadow), accept)
+
+        size = len(response) if isinstance(response, bytes) else response.ByteSize()
+        self.capture.submit(CaptureRecord(
+            capture, shadow.endpoint_name, shadow.name, inference_id, self._wall_clock(),
+            request.body, request.content_type, encoded_output, accept, size,
+        ))
+
+    async def _shadow_model_infer(
+        self, shadow: VariantState, request, inference_id: str, received: bytes, capture: CapturePolicy | None
+    ) -> None:
+        """A ModelInfer's copy on a shadow; captured as the endpoint would have answered it."""
+        result = await self.shadows.call(shadow, request, inference_id)
+        if result is None or capture is None:
+            return
+        response = result.response
+        tail = wire.response_tail(shadow.endpoint_name, shadow.name) + wire.id_field(inference_id)
+
+        def answer() -> bytes:  # run by the capture writer's thread
+            return (response if isinstance(response, bytes) else response.SerializeToString()) + tail
+
+        size = len(response) if isinstance(response, bytes) else response.ByteSize()
+        self.capture.submit(CaptureRecord(
+            capture, shadow.endpoint_name, shadow.name, inference_id, self._wall_clock(),
+            received, MODEL_INFER_REQUEST_TYPE, answer, MODEL_INFER_RESPONSE_TYPE, size,
+        ))
 
     def _observed(self, method: str, variant: VariantState, result, inference_id: str, started: float) -> None:
         """The answering instance on the current span, and the request's DEBUG log line with its trace id."""
@@ -334,39 +484,6 @@ def _string_param(parameters, name: str) -> str:
     if value.WhichOneof("parameter_choice") != "string_param":
         raise ValidationError(f"request parameter {name} must be a string_param")
     return value.string_param
-
-
-def _cast(array: np.ndarray, spec: TensorSpec) -> np.ndarray:
-    """The decoded body as the model input's dtype, after checking its rank and fixed dimensions."""
-    dtype = tensors.DATATYPE_TO_DTYPE.get(spec.datatype)
-    if dtype is None or spec.datatype == "BYTES":
-        raise ValidationError(f"model input '{spec.name}' is {spec.datatype}; InvokeEndpoint bodies carry numbers only")
-    if spec.shape:
-        fits = len(spec.shape) == array.ndim and all(d < 0 or d == n for d, n in zip(spec.shape, array.shape))
-        if not fits:
-            raise ValidationError(
-                f"model input '{spec.name}' has shape {list(spec.shape)} but the body decoded to shape {list(array.shape)}"
-            )
-    return array.astype(dtype, copy=False)
-
-
-def _outputs(response, variant: VariantState) -> dict[str, np.ndarray]:
-    """Output name -> array from a model server's response (raw or typed contents)."""
-    outputs = {}
-    try:
-        raw = response.raw_output_contents
-        for i, tensor in enumerate(response.outputs):
-            if raw:
-                array = tensors.raw_to_numpy(raw[i], tensor.datatype, tensor.shape, tensor.name)
-            else:
-                array = tensors.contents_to_numpy(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
-            outputs[tensor.name] = array
-    except (ValidationError, IndexError) as error:
-        raise ModelError(
-            f"model {variant.model_name} of variant {variant.name} returned a malformed response: {error}",
-            metadata={"OriginalStatusCode": "OK", "OriginalMessage": str(error)},
-        ) from None
-    return outputs
 
 
 def _to_raw_contents(request) -> None:

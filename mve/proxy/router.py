@@ -13,6 +13,15 @@ or whose config changed is retired: it sends everything it still holds at once.
 Randomness comes from an injected `seed`, so tests pick exactly. Sticky picks (routing keys) hash
 the key against seeds derived from variant NAMES, so every proxy, in every run, sends a key to the
 same variant, and a weight change moves only the keys it must.
+
+Within a variant, its RoutingStrategy picks the instance: LEAST_OUTSTANDING_REQUESTS the one
+with the fewest requests in flight, RANDOM (SageMaker's default) one uniformly at random; both
+count the requests in flight, which --max-in-flight-per-instance bounds.
+
+An endpoint's shadow variants (`EndpointState.shadows`) are never picked by weight, TargetVariant
+or routing key: the data plane sends them copies of sampled requests (`mve.proxy.shadow`), their
+`weight` being the sampling fraction (0-1). `EndpointState.capture` is its data capture policy
+(`mve.proxy.capture`), None when capture is off.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ from dataclasses import dataclass, field
 from mve import _fastroute
 from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
 from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
+from mve.proxy.capture import CapturePolicy
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +93,27 @@ class VariantState:
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def acquire(self, limit: int = 0) -> tuple[int, Instance]:
-        """Pick an instance (least outstanding requests, ejected ones skipped) and count the request.
+        """Pick an instance by the routing strategy (ejected ones skipped) and count the request.
 
-        Every successful call must be paired with `release` of the returned index. With a `limit`,
-        ModelNotReady when even the least loaded instance has that many requests outstanding.
+        LEAST_OUTSTANDING_REQUESTS picks one with the fewest requests in flight, RANDOM one
+        uniformly at random (or, when that one is at `limit`, the least loaded). Every successful
+        call must be paired with `release` of the returned index. With a `limit`, ModelNotReady
+        when every instance already has that many requests outstanding.
         """
-        if self.balancer is None:
+        balancer = self.balancer
+        if balancer is None:
             raise ModelNotReady(
                 f"Variant {self.name} of endpoint {self.endpoint_name} has no healthy instance to take the request"
             )
-        index = self.balancer.acquire()
-        if limit and self.balancer.outstanding(index) > limit:
-            self.balancer.release(index)
+        if self.routing_strategy == RANDOM:
+            index = balancer.acquire_random()
+            if limit and balancer.outstanding(index) > limit:
+                balancer.release(index)
+                index = balancer.acquire()
+        else:
+            index = balancer.acquire()
+        if limit and balancer.outstanding(index) > limit:
+            balancer.release(index)
             raise ModelNotReady(
                 f"Variant {self.name} of endpoint {self.endpoint_name}: every instance has {limit} requests in "
                 f"flight, its limit (--max-in-flight-per-instance); retry later"
@@ -110,6 +129,9 @@ class VariantState:
         """Like `acquire`, but never the instance at index `failed`; None when it is the only one."""
         if self.balancer is None or len(self.instances) < 2:
             return None
+        if self.routing_strategy == RANDOM:
+            index = self.balancer.acquire_random(failed)
+            return index, self.instances[index]
         held = []
         try:
             # Holding extra counts on `failed` pushes it up the least-outstanding order until
@@ -147,6 +169,9 @@ class EndpointState:
     sticky: object | None  # _fastroute.StickyChooser; None when every weight is 0
     # During an update a variant name can be in both fleets: name -> (blue, green) entries.
     twins: dict[str, tuple[VariantState, ...]] = field(default_factory=dict)
+    # Shadow variants: their weight is the fraction of requests copied to them (0-1).
+    shadows: tuple[VariantState, ...] = ()
+    capture: CapturePolicy | None = None  # data capture; None when off
 
     def pick(self, target_variant: str = "", routing_key: str = "") -> VariantState:
         """TargetVariant when given (weight 0 included), else sticky by key, else by weight.
@@ -188,8 +213,14 @@ class RoutingState:
     endpoints: dict[str, EndpointState]
 
     def addresses(self) -> set[str]:
-        """Every instance address in the table (the upstream channels it needs)."""
-        return {i.address for e in self.endpoints.values() for v in e.variants for i in v.instances}
+        """Every instance address in the table, shadows' included (the upstream channels it needs)."""
+        return {i.address for v in self.all_variants() for i in v.instances}
+
+    def all_variants(self):
+        """Every variant of every endpoint, shadows included."""
+        for endpoint in self.endpoints.values():
+            yield from endpoint.variants
+            yield from endpoint.shadows
 
 
 EMPTY_STATE = RoutingState(version=0, control_plane_id="", endpoints={})
@@ -209,6 +240,18 @@ def _predecessor(old_by_key: dict, name: str, fleet: str) -> VariantState | None
     candidates = [old_by_key.get((name, f)) for f in ("green", "blue")]
     candidates = [c for c in candidates if c is not None]
     return max(candidates, key=lambda c: c.weight) if candidates else None
+
+
+def _capture_policy(route) -> CapturePolicy | None:
+    """The route's data capture; a config the proxy cannot follow turns capture off for that endpoint
+    (logged) rather than refusing the table: capture must never stop traffic."""
+    if not route.HasField("data_capture"):
+        return None
+    try:
+        return CapturePolicy.from_config(route.data_capture)
+    except ValidationError as error:
+        log.error("event=capture_config_refused endpoint=%s reason=%r", route.endpoint_name, error.message)
+        return None
 
 
 def _pick_by_weight(variants: tuple[VariantState, ...]) -> VariantState:
@@ -246,11 +289,10 @@ class Router:
     def set_batcher_factory(self, factory: Callable[[BatchingPolicy], object]) -> None:
         """Make batchers with `factory(policy)` from now on, for the current table's batched variants too."""
         self._batcher_factory = factory
-        for endpoint in self._state.endpoints.values():
-            for variant in endpoint.variants:
-                if variant.batching.enabled and variant.batcher is None:
-                    variant.batcher = factory(variant.batching)
-                    variant.batcher.bind(variant)
+        for variant in self._state.all_variants():
+            if variant.batching.enabled and variant.batcher is None:
+                variant.batcher = factory(variant.batching)
+                variant.batcher.bind(variant)
 
     @property
     def state(self) -> RoutingState:
@@ -279,19 +321,17 @@ class Router:
     def _hand_over_batchers(previous: RoutingState, state: RoutingState) -> None:
         """Bind kept batchers to their variant's new state; retire those no variant kept."""
         kept = set()
-        for endpoint in state.endpoints.values():
-            for variant in endpoint.variants:
-                if variant.batcher is not None:
-                    variant.batcher.bind(variant)
-                    kept.add(id(variant.batcher))
-        for endpoint in previous.endpoints.values():
-            for variant in endpoint.variants:
-                if variant.batcher is not None and id(variant.batcher) not in kept:
-                    log.info(
-                        "event=batcher_retired endpoint=%s variant=%s queued_rows=%d",
-                        endpoint.name, variant.name, variant.batcher.queued_rows,
-                    )
-                    variant.batcher.retire()
+        for variant in state.all_variants():
+            if variant.batcher is not None:
+                variant.batcher.bind(variant)
+                kept.add(id(variant.batcher))
+        for variant in previous.all_variants():
+            if variant.batcher is not None and id(variant.batcher) not in kept:
+                log.info(
+                    "event=batcher_retired endpoint=%s variant=%s queued_rows=%d",
+                    variant.endpoint_name, variant.name, variant.batcher.queued_rows,
+                )
+                variant.batcher.retire()
 
     def endpoint(self, endpoint_name: str) -> EndpointState:
         """The endpoint's state; ResourceNotFound when the table has no such endpoint."""
@@ -349,7 +389,26 @@ class Router:
             weighted=weighted,
             sticky=sticky,
             twins=twins,
+            shadows=self._build_shadows(route, previous, by_name),
+            capture=_capture_policy(route),
         )
+
+    def _build_shadows(self, route, previous: EndpointState | None, production: dict) -> tuple[VariantState, ...]:
+        """The endpoint's shadow variants; each keeps its balancer and batcher across tables like a variant."""
+        old_by_name = {s.name: s for s in previous.shadows} if previous is not None else {}
+        shadows = []
+        for v in route.shadow_variants:
+            if v.variant_name in production or any(s.name == v.variant_name for s in shadows):
+                raise ValidationError(
+                    f"shadow variant {v.variant_name} of endpoint {route.endpoint_name} is listed twice or is also a "
+                    f"production variant"
+                )
+            if not (math.isfinite(v.weight) and 0 <= v.weight <= 1):
+                raise ValidationError(
+                    f"shadow variant {v.variant_name} has sampling fraction {v.weight}; it must be 0-1"
+                )
+            shadows.append(self._build_variant(route.endpoint_name, v, old_by_name.get(v.variant_name)))
+        return tuple(shadows)
 
     def _build_variant(self, endpoint_name: str, v, old: VariantState | None) -> VariantState:
         strategy = v.routing_strategy or RANDOM

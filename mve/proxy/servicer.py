@@ -47,7 +47,10 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
         self._dataplane = dataplane
 
     async def InvokeEndpoint(self, request, context):
-        """Invoke an endpoint with a body in application/x-npy, application/json or text/csv."""
+        """Invoke an endpoint with a body in application/x-npy, application/json or text/csv.
+
+        The answer carries the invocation's inference id: the caller's InferenceId, or one the proxy made.
+        """
         invoke = self._dataplane.invoke_endpoint(
             InvokeRequest(
                 endpoint_name=request.endpoint_name,
@@ -71,6 +74,7 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
             content_type=result.content_type,
             invoked_production_variant=result.invoked_production_variant,
             custom_attributes=result.custom_attributes,
+            inference_id=result.inference_id,
         )
 
 

@@ -3,7 +3,8 @@
 In protobuf the last value of a non-repeated field wins, and map entries merge by key. So the
 proxy renames a serialised ``ModelInferRequest`` for the variant's model by appending a
 ``model_name`` (and an empty ``model_version``) to its bytes, and names the endpoint and the
-variant in a serialised ``ModelInferResponse`` the same way. Tensor bytes are never touched.
+variant in a serialised ``ModelInferResponse`` the same way; an inference id the proxy made is
+appended as an ``id`` field (field 3 in both messages). Tensor bytes are never touched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ def response_tail(endpoint_name: str, variant_name: str) -> bytes:
     message = pb.ModelInferResponse(model_name=endpoint_name)
     message.parameters[INVOKED_VARIANT_PARAM].string_param = variant_name
     return message.SerializeToString() + _EMPTY_MODEL_VERSION
+
+
+def id_field(inference_id: str) -> bytes:
+    """Bytes that, appended to a ModelInferRequest or a ModelInferResponse, set its ``id`` (field 3)."""
+    value = inference_id.encode()
+    size = len(value)
+    if size < 0x80:  # ids are at most 64 characters: one length byte
+        return _ID_TAG + bytes((size,)) + value
+    return pb.ModelInferResponse(id=inference_id).SerializeToString()
+
+
+_ID_TAG = b"\x1a"  # field 3, length-delimited
 
 
 def forwardable(request: pb.ModelInferRequest) -> bool:
