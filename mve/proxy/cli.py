@@ -18,7 +18,8 @@ def register(subparsers) -> None:
             "endpoint in the routing table the control plane streams (WatchRoutes). Flags default "
             "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S, MVE_STATS_INTERVAL_S, "
             "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST, MVE_PROXY_DRAIN_S, MVE_PROXY_MAX_IN_FLIGHT_PER_INSTANCE, "
-            "MVE_PROXY_MAX_IN_FLIGHT."
+            "MVE_PROXY_MAX_IN_FLIGHT, MVE_PROXY_CAPTURE_QUEUE_RECORDS, MVE_PROXY_CAPTURE_QUEUE_MB, "
+            "MVE_PROXY_CAPTURE_FILE_MAX_MB, MVE_PROXY_CAPTURE_FLUSH_INTERVAL_S, MVE_PROXY_SHADOW_MAX_IN_FLIGHT."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -43,6 +44,21 @@ def register(subparsers) -> None:
     parser.add_argument("--max-in-flight", type=int, default=None, metavar="N",
                         help="requests in flight to all model servers of this proxy before more are refused "
                         "(default 4096, 1-1000000)")
+    parser.add_argument("--capture-queue-records", type=int, default=None, metavar="N",
+                        help="data capture records waiting for the writer before more are dropped and counted "
+                        "(default 10000, 1-10000000)")
+    parser.add_argument("--capture-queue-mb", type=int, default=None, metavar="MB",
+                        help="megabytes of data capture records waiting for the writer before more are dropped "
+                        "(default 64, 1-65536)")
+    parser.add_argument("--capture-file-max-mb", type=int, default=None, metavar="MB",
+                        help="a capture file is closed and a new one started past this size, and every hour "
+                        "(default 64, 1-65536)")
+    parser.add_argument("--capture-flush-interval", type=float, default=None, metavar="SECONDS",
+                        help="captured records reach their files at least this often, and on shutdown "
+                        "(default 1, 0.01-60)")
+    parser.add_argument("--shadow-max-in-flight", type=int, default=None, metavar="N",
+                        help="copies of requests in flight to shadow variants at once; past it they are dropped "
+                        "and counted (default 256, 1-100000)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -70,6 +86,15 @@ def settings_from_args(args: argparse.Namespace):
         ),
         max_in_flight=pick(args.max_in_flight, "PROXY_MAX_IN_FLIGHT", defaults.max_in_flight),
         drain_s=pick(args.drain_seconds, "PROXY_DRAIN_S", defaults.drain_s),
+        capture_queue_records=pick(
+            args.capture_queue_records, "PROXY_CAPTURE_QUEUE_RECORDS", defaults.capture_queue_records
+        ),
+        capture_queue_mb=pick(args.capture_queue_mb, "PROXY_CAPTURE_QUEUE_MB", defaults.capture_queue_mb),
+        capture_file_max_mb=pick(args.capture_file_max_mb, "PROXY_CAPTURE_FILE_MAX_MB", defaults.capture_file_max_mb),
+        capture_flush_interval_s=pick(
+            args.capture_flush_interval, "PROXY_CAPTURE_FLUSH_INTERVAL_S", defaults.capture_flush_interval_s
+        ),
+        shadow_max_in_flight=pick(args.shadow_max_in_flight, "PROXY_SHADOW_MAX_IN_FLIGHT", defaults.shadow_max_in_flight),
     ).validate()
 
 

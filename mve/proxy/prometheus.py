@@ -1,5 +1,9 @@
 """The proxy's Prometheus collector: per-variant counters and histograms, and its routing table.
 
+Shadow variants are variants here too: their invocations, errors and latencies under their own
+VariantName. Data capture adds ``mve_capture_records_total`` and ``mve_capture_dropped_total``,
+shadows ``mve_shadow_dropped_total`` (all labelled endpoint and variant).
+
 Everything comes from `StatsBook.snapshot()` (totals since the proxy started) and the router's
 current `RoutingState`, read together on the event loop's thread (see `mve.prometheus`), so a
 scrape never sees a half-drained book and a counter never goes backwards.
@@ -113,27 +117,35 @@ class ProxyCollector(Collector):
     of the proxy's loop); the default calls it directly, for tests and single-threaded use.
     """
 
-    def __init__(self, stats, router, read: Callable = direct_read):
+    def __init__(self, stats, router, read: Callable = direct_read, *, capture=None, shadows=None):
         self._stats = stats
         self._router = router
         self._read = read
+        self._capture = capture  # CaptureWriter: records written and dropped
+        self._shadows = shadows  # ShadowSender: copies dropped
 
     def _take(self):
         state = self._router.state
         # During an update a variant is in both fleets: one series per name, the fleets added up.
         totals: dict[tuple[str, str], list] = {}
         for endpoint in state.endpoints.values():
-            for v in endpoint.variants:
+            for v in (*endpoint.variants, *endpoint.shadows):
                 now = v.clock()
                 healthy = sum(1 for i in range(len(v.instances)) if v.ejected_until.get(i, 0.0) <= now)
                 entry = totals.setdefault((endpoint.name, v.name), [0, 0.0])
                 entry[0] += healthy
                 entry[1] += v.weight
         variants = [(endpoint, name, healthy, weight) for (endpoint, name), (healthy, weight) in totals.items()]
-        return self._stats.snapshot(), state.version, variants
+        side = {}
+        if self._capture is not None:
+            side["capture_records"] = self._capture.written()
+            side["capture_dropped"] = self._capture.dropped()
+        if self._shadows is not None:
+            side["shadow_dropped"] = self._shadows.dropped()
+        return self._stats.snapshot(), state.version, variants, side
 
     def collect(self) -> Iterator:
-        snapshot, version, variants = self._read(self._take)
+        snapshot, version, variants, side = self._read(self._take)
         rows = sorted(snapshot.items())
         for name, documentation, attribute in _COUNTERS:
             family = CounterMetricFamily(name, documentation, labels=LABELS)
@@ -156,9 +168,28 @@ class ProxyCollector(Collector):
             "Instances of the variant in the proxy's routing table, less those ejected for refusing connections.",
             labels=LABELS,
         )
-        weight = GaugeMetricFamily("mve_proxy_variant_weight", "The variant's weight in the routing table.", labels=LABELS)
+        weight = GaugeMetricFamily(
+            "mve_proxy_variant_weight", "The variant's weight in the routing table (a shadow variant's: the fraction "
+            "of requests copied to it).", labels=LABELS,
+        )
         for endpoint, variant, healthy, variant_weight in variants:
             instances.add_metric((endpoint, variant), healthy)
             weight.add_metric((endpoint, variant), variant_weight)
         yield instances
         yield weight
+        for name, documentation, key in _SIDE_COUNTERS:
+            if key in side:
+                family = CounterMetricFamily(name, documentation, labels=LABELS)
+                for labels, count in sorted(side[key].items()):
+                    family.add_metric(labels, count)
+                yield family
+
+
+# Data capture and shadow counters: (name, help, key in the collector's side counts).
+_SIDE_COUNTERS = (
+    ("mve_capture_records", "Data capture records written to capture files.", "capture_records"),
+    ("mve_capture_dropped", "Data capture records dropped: the writer's queue was full, or a write failed.",
+     "capture_dropped"),
+    ("mve_shadow_dropped", "Requests not copied to a shadow variant: --shadow-max-in-flight copies were in flight.",
+     "shadow_dropped"),
+)

@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.prometheus import MetricsServer, loop_reader
+from mve.proxy.capture import CaptureWriter
 from mve.proxy.dataplane import DataPlane
 from mve.proxy.handlers import ErrorMappingServer
 from mve.proxy.prometheus import ProxyCollector
@@ -47,9 +48,16 @@ class ProxyServer:
             max_in_flight_per_instance=settings.max_in_flight_per_instance,
         )
         self.stats = StatsBook()
+        self.capture = CaptureWriter(
+            max_records=settings.capture_queue_records,
+            max_bytes=settings.capture_queue_mb << 20,
+            file_max_bytes=settings.capture_file_max_mb << 20,
+            flush_interval_s=settings.capture_flush_interval_s,
+        )
         self.dataplane = DataPlane(
             self.router, self.pool, self.stats, model_timeout_s=settings.model_timeout_s,
-            tracer=tracing.tracer if tracing is not None else None,
+            tracer=tracing.tracer if tracing is not None else None, capture=self.capture,
+            shadow_max_in_flight=settings.shadow_max_in_flight, seed=seed,
         )
         self.pool.tracing = tracing is not None
         self.health = health.aio.HealthServicer()
@@ -103,7 +111,10 @@ class ProxyServer:
             asyncio.create_task(self.reporter.run_forever(), name="stats"),
         ]
         if s.metrics_enabled:
-            collector = ProxyCollector(self.stats, self.router, read=loop_reader(asyncio.get_running_loop()))
+            collector = ProxyCollector(
+                self.stats, self.router, read=loop_reader(asyncio.get_running_loop()),
+                capture=self.capture, shadows=self.dataplane.shadows,
+            )
             self.metrics = MetricsServer(collector, "proxy")
             try:
                 self.metrics.start(s.effective_metrics_host, s.metrics_port)
@@ -120,7 +131,8 @@ class ProxyServer:
 
     async def stop(self) -> None:
         """Say NOT_SERVING, keep serving for the drain, stop taking requests, let those in flight
-        finish (grace), then close everything."""
+        finish (grace) and then the shadow calls (grace again), write and flush every captured
+        record, then close everything."""
         await self.health.enter_graceful_shutdown()
         if self.settings.drain_s > 0:
             log.info("event=proxy_draining seconds=%g", self.settings.drain_s)
@@ -129,6 +141,9 @@ class ProxyServer:
             await asyncio.to_thread(self.metrics.stop)
         if self.server is not None:
             await self.server.stop(self.settings.grace_s)
+        await self.dataplane.shadows.close(self.settings.grace_s)
+        # Off the loop: the writer thread writes what is queued and flushes every file.
+        await asyncio.to_thread(self.capture.close)
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -47,6 +47,15 @@ class ProxySettings:
     # own bounds: MaxBatchesInFlightPerInstance and MaxQueueRows).
     max_in_flight_per_instance: int = 64
     max_in_flight: int = 4096
+    # Data capture (an endpoint's DataCaptureConfig): records wait for the writer thread in a queue
+    # bounded in records and in megabytes (past either, dropped and counted); a capture file is
+    # rotated every hour and past --capture-file-max-mb; lines are flushed at least this often.
+    capture_queue_records: int = 10_000
+    capture_queue_mb: int = 64
+    capture_file_max_mb: int = 64
+    capture_flush_interval_s: float = 1.0
+    # Shadow variants: copies of requests in flight to shadows at once, per proxy; past it, dropped and counted.
+    shadow_max_in_flight: int = 256
     # Prometheus text on http://METRICS_HOST:METRICS_PORT/metrics; 0 picks a free port, -1 turns it off.
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the proxy binds
@@ -68,6 +77,11 @@ class ProxySettings:
         _check_range("--drain-seconds", self.drain_s, 0.0, 600.0)
         _check_range("--max-in-flight-per-instance", self.max_in_flight_per_instance, 1, 100_000)
         _check_range("--max-in-flight", self.max_in_flight, 1, 1_000_000)
+        _check_range("--capture-queue-records", self.capture_queue_records, 1, 10_000_000)
+        _check_range("--capture-queue-mb", self.capture_queue_mb, 1, 65_536)
+        _check_range("--capture-file-max-mb", self.capture_file_max_mb, 1, 65_536)
+        _check_range("--capture-flush-interval", self.capture_flush_interval_s, 0.01, 60.0)
+        _check_range("--shadow-max-in-flight", self.shadow_max_in_flight, 1, 100_000)
         if not METRICS_OFF <= self.metrics_port <= 65535:
             raise ValidationError(
                 f"--metrics-port must be 0-65535 (0 picks a free port, -1 turns the exporter off), got {self.metrics_port}"
