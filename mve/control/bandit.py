@@ -11,9 +11,11 @@ A policy (one per endpoint, kept in ``experiments.db``) is evaluated every `inte
 5. the new weights: P(best), each raised to `exploration_floor` (the rest scaled to keep the sum
    1), then each moved at most `max_weight_change` from the current shares (keeping the floor);
 6. applied through `ControlService.apply_automatic_weights` (recorded with source "bandit" and the
-   evidence as the reason) only when some weight moves by `MIN_CHANGE` or more.
+   evidence as the reason) only when some share moves by `MIN_CHANGE` or more.
 
-Weights are shares summing to 1 (SageMaker's weights are relative, so nothing else changes).
+The bandit decides shares (summing to 1) and writes them as weights scaled to the production
+weights' current sum: SageMaker's weights are relative, so the split is the shares, and a shadow's
+sampling fraction (its weight over that sum) stays what it was.
 A policy is deleted with its endpoint; a restarted control plane resumes every policy.
 """
 
@@ -180,7 +182,7 @@ def decide(
     moves = ", ".join(f"{v} {a:.3f}->{b:.3f}" for v, a, b in zip(variants, now, new))
     summary = (
         f"Thompson sampling ({model}) on {sum(a.size for a in arms)} rewards of the last {policy.window_s} s: "
-        f"P(best) {evidence}; weights {moves} (floor {floor:g}, max change {policy.max_weight_change:g})"
+        f"P(best) {evidence}; shares {moves} (floor {floor:g}, max change {policy.max_weight_change:g})"
     )
     if np.abs(new - now).max() < MIN_CHANGE:
         return Decision(None, summary + f"; no weight moves by {MIN_CHANGE} or more, nothing changed", dict(zip(variants, p_best)))
@@ -303,9 +305,19 @@ class Bandit:
             endpoint = self.sources.require_endpoint(policy.endpoint_name)
         except ValidationError:
             return 0
-        summary, weights = await self._decide(policy, endpoint, now)
+        summary, shares = await self._decide(policy, endpoint, now)
+        if shares is not None:
+            try:
+                latest = self.sources.require_endpoint(policy.endpoint_name)
+            except ValidationError:
+                return 0
+            if latest.current_weights != endpoint.current_weights:
+                summary, shares = "the weights changed while the policy was evaluated; the next evaluation starts from them", None
         updated = replace(policy, last_evaluated=now, last_evaluation=summary)
-        if weights is not None:
+        weights = None
+        if shares is not None:
+            total = sum(endpoint.current_weights[v] for v in endpoint.production_variants)
+            weights = {v: share * (total if total > 0 else 1.0) for v, share in shares.items()}
             try:
                 self.sources.apply_automatic_weights(policy.endpoint_name, weights, SOURCE, summary)
             except MveError as error:

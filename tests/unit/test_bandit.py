@@ -25,7 +25,7 @@ from mve.errors import ResourceNotFound, ValidationError
 
 
 def endpoint(capture: bool = True, variants=("A", "B"), weights=None, status="InService") -> EndpointView:
-    weights = weights or {v: 1.0 for v in variants}
+    weights = weights or {v: 1.0 for v in variants}  # production weights of sum 2 (not shares)
     return EndpointView("ep", status, tuple(variants), (), dict(weights), capture, "/tmp/capture" if capture else "", False)
 
 
@@ -194,7 +194,9 @@ def test_the_loop_applies_thompson_weights_and_records_its_evaluation(tmp_path):
 
     try:
         policy = asyncio.run(run())
-        assert [round(w["B"], 6) for w, _, _ in sources.applied] == [0.7, 0.9]
+        # Shares 0.7 then 0.9, written as weights of the same sum as before (2): shadows keep their fraction.
+        assert [round(w["B"], 6) for w, _, _ in sources.applied] == [1.4, 1.8]
+        assert [round(sum(w.values()), 9) for w, _, _ in sources.applied] == [2.0, 2.0]
         assert {source for _, source, _ in sources.applied} == {"bandit"}
         assert "Beta-Bernoulli" in sources.applied[0][2]
         assert policy.last_update_time == clock[0]
