@@ -97,6 +97,8 @@ def _decode_json(body: bytes) -> np.ndarray:
         document = json.loads(body)
     except (ValueError, UnicodeDecodeError) as error:
         raise ValidationError(f"application/json body is not valid JSON: {error}") from None
+    except RecursionError:
+        raise ValidationError("application/json body is nested too deeply; rows are lists of numbers") from None
     if isinstance(document, dict):
         if "instances" not in document:
             raise ValidationError('application/json body must be a list of rows or {"instances": [rows]}')
@@ -105,7 +107,7 @@ def _decode_json(body: bytes) -> np.ndarray:
         raise ValidationError("application/json body must hold a non-empty list of rows")
     try:
         array = np.array(document)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):
         raise ValidationError("application/json rows must all have the same length") from None
     if array.dtype.kind not in "biuf":
         raise ValidationError("application/json rows must hold only numbers, all rows of the same length")

@@ -185,6 +185,14 @@ async def abort_with_error(context, error: Exception, where: str = "handler") ->
     call has ended already (its deadline passed or the caller cancelled while the error was on its
     way), there is no one left to tell: the handler ends as cancelled, quietly.
     """
+    if type(error) is NotImplementedError:
+        # A generated base servicer's method nobody implemented (e.g. a newer grpc.health.v1's List).
+        try:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{where} is not implemented")
+        except grpc.aio.AbortError:
+            raise
+        except Exception:  # noqa: BLE001 - the call is over
+            raise asyncio.CancelledError from None
     if not isinstance(error, MveError):
         log.error("unhandled error in %s", where, exc_info=error)
         error = InternalFailure(f"internal failure: {type(error).__name__}")

@@ -28,6 +28,7 @@ from mve.control.records import (
 )
 from mve.control.service import ControlService, WeightAndCapacity
 from mve.control.validation import validate_list_query, validate_variant
+from mve.errors import ValidationError
 
 
 def _ts(seconds: float) -> Timestamp:
@@ -445,8 +446,27 @@ class EndpointControlServicer(pb_grpc.EndpointControlServicer):
             yield table
 
     async def ReportStats(self, request, context):
-        interval_end = request.interval_end.ToNanoseconds() / 1e9 if request.HasField("interval_end") else time.time()
+        interval_end = _interval_end(request)
         self._service.report_stats(
             request.proxy_id, request.incarnation, request.sequence, interval_end, request.variants
         )
         return pb.ReportStatsResponse()
+
+
+# A proxy's report is about the last second: an interval end further from now is a broken clock or a
+# broken message, and would write points where no query looks.
+REPORT_CLOCK_SKEW_S = 86_400
+
+
+def _interval_end(request) -> float:
+    """ReportStats' interval_end in seconds (now when absent); ValidationError when not within a day of now."""
+    now = time.time()
+    if not request.HasField("interval_end"):
+        return now
+    stamp = request.interval_end
+    seconds = stamp.seconds + stamp.nanos / 1e9
+    if not 0 <= stamp.nanos < 1_000_000_000 or abs(seconds - now) > REPORT_CLOCK_SKEW_S:
+        raise ValidationError(
+            f"ReportStats interval_end ({stamp.seconds}s {stamp.nanos}ns) must be a valid time within a day of now"
+        )
+    return seconds

@@ -68,6 +68,8 @@ def test_json_booleans_and_ints_are_numbers():
         (b"[]", "application/json", "non-empty"),
         (b'"text"', "application/json", "non-empty list"),
         (b"\xff\xfe", "application/json", "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "application/json", "nested too deeply"),
+        (b"[" * 500 + b"1" + b"]" * 500, "application/json", "same length|only numbers"),
         (b"a,b,c\n1,2,3", "text/csv", "rows of numbers"),
         (b"1,2,3\n4,5", "text/csv", "rows of numbers"),
         (b"\xff\xfe1,2", "text/csv", "UTF-8"),

@@ -132,3 +132,10 @@ def test_valid_request_bytes_still_reach_the_handler():
     request = health_pb2.HealthCheckRequest(service="ok").SerializeToString()
     answer = asyncio.run(_call_raw("/grpc.health.v1.Health/Check", request))
     assert health_pb2.HealthCheckResponse.FromString(answer).status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_a_method_the_servicer_does_not_implement_is_unimplemented_not_an_internal_failure():
+    # _Health implements Check and Watch only; grpc.health.v1's List comes from the generated base class.
+    with pytest.raises(grpc.RpcError) as info:
+        asyncio.run(_call_raw("/grpc.health.v1.Health/List", b""))
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
