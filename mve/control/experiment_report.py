@@ -314,28 +314,38 @@ def _series(
         if name in endpoint.production_variants:
             production += counts
     series = {}
+    ends = edges[1:]
     for name, m in measured.items():
         o = outcomes.get(name, VariantOutcomes())
         shadow = name in endpoint.shadow_variants
-        correct = np.cumsum(np.equal(o.y_true, o.y_pred)) if o.y_true else np.zeros(0)
-        label_times = np.asarray(o.label_times)
-        reward_times, rewards = np.asarray(o.reward_times), np.asarray(o.rewards, dtype=np.float64)
-        points = []
-        for i in range(request.series_points):
-            end = edges[i + 1]
-            labeled = int(np.searchsorted(label_times, end, side="left")) if label_times.size else 0
-            rewarded = int(np.searchsorted(reward_times, end, side="left")) if reward_times.size else 0
-            seen = m.times < end
-            points.append(
-                SeriesPoint(
-                    time=float(end),
-                    invocations=int(per_bucket[name][i]),
-                    traffic_share=float(per_bucket[name][i] / production[i]) if not shadow and production[i] > 0 else 0.0,
-                    accuracy=st.proportion_estimate(int(correct[labeled - 1]) if labeled else 0, labeled, level),
-                    mean_reward=None if shadow else st.mean_estimate(rewards[:rewarded], level),
-                    error_rate=st.proportion_estimate(int(m.failures[seen].sum()), int(m.invocations[seen].sum()), level),
-                )
+        # Everything from the window's start to each bucket's end, by prefix sums.
+        labeled = np.searchsorted(np.asarray(o.label_times, dtype=np.float64), ends, side="left")
+        correct = np.concatenate([[0], np.cumsum(np.equal(o.y_true, o.y_pred))]) if o.y_true else np.zeros(1)
+        accuracy = st.proportion_estimates(correct[labeled], labeled, level)
+        rewarded = np.searchsorted(np.asarray(o.reward_times, dtype=np.float64), ends, side="left")
+        rewards = np.asarray(o.rewards, dtype=np.float64)
+        centred = rewards - (rewards.mean() if rewards.size else 0.0)
+        sums = np.concatenate([[0.0], np.cumsum(centred)])[rewarded]
+        squares = np.concatenate([[0.0], np.cumsum(centred**2)])[rewarded]
+        mean_reward = st.mean_estimates(rewarded, sums, squares, level)
+        shift = float(rewards.mean()) if rewards.size else 0.0
+        seen = np.searchsorted(m.times, ends, side="left")
+        failures = np.concatenate([[0.0], np.cumsum(m.failures)])[seen]
+        invocations = np.concatenate([[0.0], np.cumsum(m.invocations)])[seen]
+        error_rate = st.proportion_estimates(failures, invocations, level)
+        series[name] = [
+            SeriesPoint(
+                time=float(ends[i]),
+                invocations=int(per_bucket[name][i]),
+                traffic_share=float(per_bucket[name][i] / production[i]) if not shadow and production[i] > 0 else 0.0,
+                accuracy=accuracy[i],
+                mean_reward=None if shadow or mean_reward[i] is None else _shifted(mean_reward[i], shift),
+                error_rate=error_rate[i],
             )
-        series[name] = points
+            for i in range(request.series_points)
+        ]
     return series
 
+
+def _shifted(estimate: st.Estimate, shift: float) -> st.Estimate:
+    return st.Estimate(estimate.value + shift, estimate.ci_low + shift, estimate.ci_high + shift, estimate.count)

@@ -2,7 +2,8 @@
 
 Every distribution comes from scipy or scikit-learn; nothing here hand-rolls a quantile or a tail.
 
-- A proportion (accuracy, error rate): Wilson score interval (`scipy.stats.binomtest`).
+- A proportion (accuracy, error rate): Wilson score interval (the same as
+  `scipy.stats.binomtest(...).proportion_ci(method="wilson")`, computed for many at once).
 - A mean (reward, latency): Student's t interval.
 - Classification quality: accuracy, precision, recall, F1 and ROC AUC from `sklearn.metrics`, the
   positive label against every other label.
@@ -90,26 +91,61 @@ class SampleRatio:
 # ---------------------------------------------------------------- one sample
 
 
+def wilson_intervals(successes: np.ndarray, counts: np.ndarray, confidence_level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score intervals of successes / counts, element-wise (counts > 0), with the normal
+    quantile from scipy: ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``."""
+    k = np.asarray(successes, dtype=np.float64)
+    n = np.asarray(counts, dtype=np.float64)
+    z = float(stats.norm.ppf(0.5 + confidence_level / 2))
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+
+
 def proportion_estimate(successes: int, count: int, confidence_level: float) -> Estimate | None:
     """The proportion successes / count with its Wilson score interval; None without observations."""
     if count <= 0:
         return None
-    interval = stats.binomtest(int(successes), int(count)).proportion_ci(confidence_level, method="wilson")
-    return Estimate(successes / count, float(interval.low), float(interval.high), int(count))
+    low, high = wilson_intervals(np.array([successes]), np.array([count]), confidence_level)
+    return Estimate(successes / count, float(low[0]), float(high[0]), int(count))
+
+
+def proportion_estimates(successes: np.ndarray, counts: np.ndarray, confidence_level: float) -> list[Estimate | None]:
+    """`proportion_estimate` of each (successes, count) pair, computed at once."""
+    successes, counts = np.asarray(successes, np.int64), np.asarray(counts, np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        low, high = wilson_intervals(successes, counts, confidence_level)
+    return [
+        Estimate(k / n, float(lo), float(hi), int(n)) if n > 0 else None
+        for k, n, lo, hi in zip(successes.tolist(), counts.tolist(), low, high)
+    ]
+
+
+def mean_estimates(counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, confidence_level: float) -> list[Estimate | None]:
+    """Mean and Student's t interval of each sample given by its count, sum and sum of squares;
+    None for a sample of fewer than 2 observations."""
+    n = np.asarray(counts, dtype=np.float64)
+    total = np.asarray(sums, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total / n
+        variance = np.maximum((np.asarray(squares, dtype=np.float64) - total * mean) / (n - 1), 0.0)
+        half = stats.t.ppf(0.5 + confidence_level / 2, np.maximum(n - 1, 1)) * np.sqrt(variance / n)
+    return [
+        Estimate(float(m), float(m - h), float(m + h), int(c)) if c >= 2 else None
+        for c, m, h in zip(n.tolist(), mean, half)
+    ]
 
 
 def mean_estimate(values: np.ndarray, confidence_level: float) -> Estimate | None:
     """The mean with its Student's t interval; None with fewer than 2 observations."""
     values = np.asarray(values, dtype=np.float64)
-    n = values.size
-    if n < 2:
+    if values.size < 2:
         return None
-    mean = float(values.mean())
-    sem = float(stats.sem(values))
-    if sem == 0.0:
-        return Estimate(mean, mean, mean, n)
-    low, high = stats.t.interval(confidence_level, df=n - 1, loc=mean, scale=sem)
-    return Estimate(mean, float(low), float(high), n)
+    centred = values - values.mean()  # the sum of squares keeps its precision
+    estimate = mean_estimates(np.array([values.size]), np.array([centred.sum()]), np.array([(centred**2).sum()]), confidence_level)[0]
+    shift = float(values.mean())
+    return Estimate(estimate.value + shift, estimate.ci_low + shift, estimate.ci_high + shift, estimate.count)
 
 
 def classification(

@@ -156,3 +156,25 @@ def test_weights_in_force_second_by_second():
     times = np.array([0.0, 5.0, 10.0, 15.0])
     shares = st.weight_shares_at(times, np.array([5.0, 12.0]), np.array([[0.2, 0.8], [0.9, 0.1]]), np.array([0.5, 0.5]))
     assert shares.tolist() == [[0.5, 0.5], [0.2, 0.8], [0.2, 0.8], [0.9, 0.1]]
+
+
+def test_wilson_intervals_equal_scipys_binomtest_proportion_ci():
+    pairs = [(0, 1), (1, 1), (3, 10), (45, 50), (171, 171), (912, 1000)]
+    estimates = st.proportion_estimates(np.array([k for k, _ in pairs]), np.array([n for _, n in pairs]), 0.9)
+    for (k, n), estimate in zip(pairs, estimates):
+        reference = stats.binomtest(k, n).proportion_ci(0.9, method="wilson")
+        assert (estimate.ci_low, estimate.ci_high) == pytest.approx((reference.low, reference.high), abs=1e-12)
+    assert st.proportion_estimates(np.array([0]), np.array([0]), 0.9) == [None]
+
+
+def test_mean_estimates_from_prefix_sums_equal_one_at_a_time():
+    values = np.array([3.0, 1.0, 4.0, 1.0, 5.0, 9.0, 2.0, 6.0])
+    counts = np.arange(len(values) + 1)
+    sums = np.concatenate([[0.0], np.cumsum(values)])
+    squares = np.concatenate([[0.0], np.cumsum(values**2)])
+    estimates = st.mean_estimates(counts, sums, squares, 0.95)
+    assert estimates[:2] == [None, None]
+    for n in range(2, len(values) + 1):
+        one = st.mean_estimate(values[:n], 0.95)
+        reference = stats.t.interval(0.95, n - 1, loc=values[:n].mean(), scale=stats.sem(values[:n]))
+        assert (estimates[n].value, estimates[n].ci_low, estimates[n].ci_high) == pytest.approx((one.value, *reference))
