@@ -143,6 +143,7 @@ class CaptureIndex:
                     yield variant, folder / name
 
     def _read_file(self, endpoint: str, variant: str, path: Path, result: ScanResult) -> None:
+        """Index the whole lines appended to `path`, `MAX_READ_BYTES` at a time (one transaction each)."""
         key = str(path)
         try:
             stat = path.stat()
@@ -151,20 +152,26 @@ class CaptureIndex:
         state = self._files.get(key)
         if state is None or state.inode != stat.st_ino or stat.st_size < state.offset:
             state = _FileState(0, stat.st_ino)  # new, replaced or truncated: from the start
-        if stat.st_size == state.offset:
-            return
+        read = False
+        while state.offset < stat.st_size:
+            if not self._read_chunk(endpoint, variant, path, state, stat.st_size, result):
+                break  # an incomplete last line (or a read error): next pass
+            state, read = self._files[key], True
+        result.files_read += read
+
+    def _read_chunk(self, endpoint: str, variant: str, path: Path, state: _FileState, size: int, result: ScanResult) -> int:
         try:
             with open(path, "rb") as file:
                 file.seek(state.offset)
-                data = file.read(min(stat.st_size - state.offset, MAX_READ_BYTES))
-                if b"\n" not in data and stat.st_size - state.offset > MAX_READ_BYTES:
-                    data += file.read(stat.st_size - state.offset - len(data))  # one very long line
+                data = file.read(min(size - state.offset, MAX_READ_BYTES))
+                if b"\n" not in data and size - state.offset > MAX_READ_BYTES:
+                    data += file.read(size - state.offset - len(data))  # one very long line
         except OSError as error:
             log.warning("event=capture_read_failed endpoint=%s variant=%s path=%s error=%r", endpoint, variant, path, str(error))
-            return
+            return 0
         end = data.rfind(b"\n") + 1  # a last line without its newline is still being written
         if end == 0:
-            return
+            return 0
         rows, malformed, problem = [], 0, ""
         for line in data[:end].split(b"\n"):
             if not line.strip():
@@ -174,7 +181,7 @@ class CaptureIndex:
             except MalformedRecord as error:
                 malformed += 1
                 problem = str(error)
-        new_state = _FileState(state.offset + end, stat.st_ino)
+        new_state = _FileState(state.offset + end, state.inode)
         with self.db.transaction() as db:
             db.executemany(
                 "INSERT INTO captured (endpoint, variant, inference_id, time, rows, labels, scores, outputs) "
@@ -184,7 +191,7 @@ class CaptureIndex:
             db.execute(
                 "INSERT INTO capture_files (path, endpoint, variant, offset, inode, seen) VALUES (?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (path) DO UPDATE SET offset=excluded.offset, inode=excluded.inode, seen=excluded.seen",
-                (key, endpoint, variant, new_state.offset, new_state.inode, self._clock()),
+                (str(path), endpoint, variant, new_state.offset, new_state.inode, self._clock()),
             )
             if malformed:
                 db.execute(
@@ -193,16 +200,16 @@ class CaptureIndex:
                     "last_error=excluded.last_error",
                     (endpoint, variant, malformed, problem),
                 )
-        self._files[key] = new_state
+        self._files[str(path)] = new_state
         if malformed:
             log.warning(
                 "event=capture_lines_malformed endpoint=%s variant=%s path=%s lines=%d error=%r",
                 endpoint, variant, path, malformed, problem,
             )
-        result.files_read += 1
         result.records += len(rows)
         result.malformed += malformed
         result.by_variant[endpoint, variant] = result.by_variant.get((endpoint, variant), 0) + len(rows)
+        return end
 
     # ------------------------------------------------------------ upkeep
 
