@@ -205,3 +205,15 @@ def test_retention_deletes_old_rows_and_feedback(tmp_path):
     finally:
         index.close()
         db.close()
+
+
+def test_a_backlog_larger_than_one_read_is_indexed_in_one_pass(setup, monkeypatch):
+    import mve.control.capture_index as capture_index
+
+    root, db, index, target = setup
+    lines = [record(f"r{i}", csv_output(f"{i % 2}\n")) for i in range(50)]
+    monkeypatch.setattr(capture_index, "MAX_READ_BYTES", len(lines[0]) * 3 + 7)  # a read ends mid-line
+    capture_file(root, "A").write_bytes(b"".join(lines))
+    result = index.scan([target])
+    assert (result.records, result.files_read) == (50, 1)
+    assert [r[1] for r in rows(db)] == [f"r{i}" for i in range(50)]
