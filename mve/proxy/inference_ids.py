@@ -2,17 +2,15 @@
 
 An id is shaped like a random (version 4) UUID, so that anything that stores UUIDs takes it, but
 is made without a system call: 74 random bits drawn once per process (`os.urandom`) name the
-process, and a 48-bit counter numbers its invocations (the last 12 hex digits). Ids are unique
-within a process by the counter (2**48 invocations: 89 years at 100,000 a second) and across
-proxies by the random part.
+process, and a counter numbers its invocations (the last 12 hex digits; only after 2**48
+invocations, 89 years at 100,000 a second, would it need a 13th). Ids are unique within a process
+by the counter and across proxies by the random part.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-
-_COUNTER_LIMIT = 1 << 48
 
 
 class InferenceIds:
@@ -30,4 +28,4 @@ class InferenceIds:
 
     def new(self) -> str:
         """The next id of this process."""
-        return f"{self.prefix}{next(self._counter) % _COUNTER_LIMIT:012x}"
+        return self.prefix + format(next(self._counter), "012x")  # the quickest of the spellings measured

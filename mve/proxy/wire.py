@@ -36,13 +36,13 @@ def response_tail(endpoint_name: str, variant_name: str) -> bytes:
 def id_field(inference_id: str) -> bytes:
     """Bytes that, appended to a ModelInferRequest or a ModelInferResponse, set its ``id`` (field 3)."""
     value = inference_id.encode()
-    size = len(value)
-    if size < 0x80:  # ids are at most 64 characters: one length byte
-        return _ID_TAG + bytes((size,)) + value
+    if len(value) < 0x80:  # ids are at most 64 characters: one length byte
+        return _ID_HEADERS[len(value)] + value
     return pb.ModelInferResponse(id=inference_id).SerializeToString()
 
 
-_ID_TAG = b"\x1a"  # field 3, length-delimited
+# Field 3, length-delimited, then the length: one header per length below 128.
+_ID_HEADERS = tuple(bytes((0x1A, size)) for size in range(0x80))
 
 
 def forwardable(request: pb.ModelInferRequest) -> bool:
