@@ -116,7 +116,7 @@ def send_feedback(exp, name: str, results: list[dict], y: np.ndarray, *, labels:
         assert exp.send_feedback(EndpointName=name, Feedback=entries)["Accepted"] == len(entries)
 
 
-def report_when(exp, name: str, ready, timeout: float = 20.0, **kw) -> dict:
+def report_when(exp, name: str, ready, timeout: float = 30.0, **kw) -> dict:
     """The report once `ready(report)` holds (the proxies' stats and capture files arrive within a second)."""
     holder = {}
 
@@ -124,7 +124,11 @@ def report_when(exp, name: str, ready, timeout: float = 20.0, **kw) -> dict:
         holder["report"] = exp.get_experiment_report(EndpointName=name, **kw)
         return ready(holder["report"])
 
-    wait_until(check, timeout=timeout, interval=0.3, what=f"the report of {name}")
+    try:
+        wait_until(check, timeout=timeout, interval=0.3, what=f"the report of {name}")
+    except AssertionError:
+        figures = {v["VariantName"]: (v["Invocations"], v["Captured"], v["WithFeedback"]) for v in holder["report"]["Variants"]}
+        raise AssertionError(f"the report of {name} is not ready: (invocations, captured, with feedback) {figures}") from None
     return holder["report"]
 
 
@@ -146,8 +150,9 @@ def test_ab_report_matches_offline_accuracy_and_finds_the_better_model(mesh):
 
     report = report_when(
         exp, name,
+        # Every served row's feedback joined, every invocation counted (a retried call may add one).
         lambda rep: all(
-            by_variant(rep)[v]["WithFeedback"] == by_variant(rep)[v]["Invocations"] == len(served[v]) for v in VARIANTS
+            by_variant(rep)[v]["WithFeedback"] == len(served[v]) <= by_variant(rep)[v]["Invocations"] for v in VARIANTS
         ),
         StartTime=started,
     )
@@ -159,7 +164,7 @@ def test_ab_report_matches_offline_accuracy_and_finds_the_better_model(mesh):
         assert [r["label"] for r in served[variant]] == offline_labels.tolist()  # the answers are the model's
         offline = float(np.mean(offline_labels == y[rows]))
         v = variants[variant]
-        assert v["Captured"] == len(rows) and v["WithFeedback"] == len(rows)
+        assert v["Captured"] >= len(rows) and v["WithFeedback"] == len(rows)
         assert v["Accuracy"]["Value"] == pytest.approx(offline, abs=1e-12), variant
         assert v["Accuracy"]["Count"] == len(rows)
         assert "RocAuc" in v and 0.5 < v["RocAuc"] <= 1.0
@@ -183,7 +188,7 @@ def test_a_forced_skew_is_a_sample_ratio_mismatch(mesh):
     started = time.time()
     rows = np.arange(600) % len(X)
     sent = len(invoke_rows(smr, name, X, rows)) + len(invoke_rows(smr, name, X, rows[:300], target="Weak"))
-    report = report_when(exp, name, lambda rep: sum(v["Invocations"] for v in rep["Variants"]) == sent, StartTime=started)
+    report = report_when(exp, name, lambda rep: sum(v["Invocations"] for v in rep["Variants"]) >= sent, StartTime=started)
     srm = report["SampleRatio"]
     assert srm["Applicable"] and srm["Mismatch"] and srm["PValue"] < 1e-3, srm
     assert srm["Expected"] == pytest.approx([sum(srm["Observed"]) / 2] * 2, rel=0.01)
