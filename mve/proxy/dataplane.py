@@ -113,7 +113,9 @@ class DataPlane:
         self._send = send or partial(infer_on_variant, pool)
         # The writer's thread starts with its first record: an endpoint without capture costs nothing.
         self.capture = capture if capture is not None else CaptureWriter()
-        self.shadows = ShadowSender(self._send, stats, max_in_flight=shadow_max_in_flight, timeout_s=model_timeout_s)
+        self.shadows = ShadowSender(
+            self._send, stats, max_in_flight=shadow_max_in_flight, timeout_s=model_timeout_s, tracer=tracer
+        )
         self._random = random.Random(seed).random  # capture and shadow sampling
         self._new_id = (inference_ids or InferenceIds()).new
         self._wall_clock = wall_clock

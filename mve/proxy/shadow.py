@@ -39,8 +39,15 @@ class ShadowSender:
     it takes serialised bytes or a ``ModelInferRequest`` and returns an ``InferResult``.
     """
 
-    def __init__(self, send, stats: StatsBook, *, max_in_flight: int = 256, timeout_s: float = 60.0):
+    def __init__(self, send, stats: StatsBook, *, max_in_flight: int = 256, timeout_s: float = 60.0, tracer=None):
         self._send = send
+        # Tracing on: each copy of a sampled call is a CLIENT span in its trace (`spans.shadow_call`).
+        self._tracer = tracer
+        self._spans = None
+        if tracer is not None:
+            from mve.proxy import spans
+
+            self._spans = spans
         self._stats = stats
         self.max_in_flight = max_in_flight
         self.timeout_s = timeout_s
@@ -87,6 +94,18 @@ class ShadowSender:
 
         Returns the ``InferResult``, or None when the shadow failed (counted as its error).
         """
+        if self._spans is None:
+            return await self._measured(shadow, request, inference_id)
+        with self._spans.shadow_call(self._tracer, shadow) as span:
+            result = await self._measured(shadow, request, inference_id)
+            if span is not None:
+                if result is None:
+                    self._spans.failed(span, "the shadow's call failed (counted in its errors)")
+                else:
+                    self._spans.answered(result)
+            return result
+
+    async def _measured(self, shadow: VariantState, request, inference_id: str):
         started = time.perf_counter()
         try:
             result = await self._run(shadow, request, inference_id)

@@ -14,6 +14,9 @@ the proxy never builds a span, attaches a context or writes trace metadata.
   sampled member makes no span and goes upstream in its first member's (unsampled) trace.
 - A call the sampler drops makes no span object at all (`mve.tracing.ServerSpan`): it only
   passes its unsampled ``traceparent`` on, so the model server does not sample it either.
+- A shadow variant's copy of a sampled call is a CLIENT ``inference.GRPCInferenceService/ModelInfer``
+  span in the caller's trace (a child of its SERVER span, which has usually ended by then) with
+  ``mve.shadow`` true; the shadow's model server span is its child.
 
 Attribute names: OpenTelemetry's RPC semantic conventions (rpc.system, rpc.service, rpc.method,
 server.address, server.port) and ``mve.*`` for the rest (docs/observability.md lists them).
@@ -31,7 +34,10 @@ from mve.tracing import ServerSpan, activate, capture, current_trace_id, dropped
 INFERENCE_SERVICE = "inference.GRPCInferenceService"
 RUNTIME_SERVICE = "mve.v1.EndpointRuntime"
 
-__all__ = ["answered", "batched_alone", "capture", "current_trace_id", "picked", "send_batch", "server_span"]
+__all__ = [
+    "answered", "batched_alone", "capture", "current_trace_id", "failed", "picked", "send_batch", "server_span",
+    "shadow_call",
+]
 
 
 def server_span(tracer, service: str, method: str, grpc_context, address: tuple[str, int] | None):
@@ -139,3 +145,33 @@ async def send_batch(tracer, send, variant, request, timeout: float, members, di
         return result
 
 
+
+
+@contextlib.contextmanager
+def shadow_call(tracer, shadow):
+    """The CLIENT span of a shadow's copy, current for the block; none when the caller's trace is unsampled.
+
+    Runs in the shadow's task, whose context is the caller's as it was when the copy was made.
+    """
+    if dropped() or not trace.get_current_span().get_span_context().trace_flags.sampled:
+        yield None
+        return
+    with tracer.start_as_current_span(
+        f"{INFERENCE_SERVICE}/ModelInfer",
+        kind=SpanKind.CLIENT,
+        attributes={
+            "rpc.system": "grpc",
+            "rpc.service": INFERENCE_SERVICE,
+            "rpc.method": "ModelInfer",
+            "mve.endpoint": shadow.endpoint_name,
+            "mve.variant": shadow.name,
+            "mve.shadow": True,
+        },
+    ) as span:
+        yield span
+
+
+def failed(span, message: str) -> None:
+    """Mark `span` failed (ERROR status with `message`)."""
+    if span.is_recording():
+        span.set_status(trace.Status(trace.StatusCode.ERROR, message))

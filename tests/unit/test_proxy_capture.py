@@ -298,3 +298,34 @@ def _append(path):
 def _mkdir_then(path, opener):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     return opener(path)
+
+
+@pytest.mark.parametrize("field, bad", [
+    ("capture_queue_records", 0), ("capture_queue_mb", 0), ("capture_queue_mb", 70_000),
+    ("capture_file_max_mb", 0), ("capture_flush_interval_s", 0.0), ("capture_flush_interval_s", 61.0),
+    ("shadow_max_in_flight", 0), ("shadow_max_in_flight", 100_001),
+])
+def test_capture_and_shadow_flags_have_validated_ranges(field, bad):
+    from mve.proxy.settings import ProxySettings
+
+    with pytest.raises(ValidationError, match="must be between"):
+        ProxySettings(**{field: bad}).validate()
+
+
+def test_capture_and_shadow_flags_and_environment(monkeypatch):
+    import argparse
+
+    from mve.proxy import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers())
+    monkeypatch.setenv("MVE_PROXY_SHADOW_MAX_IN_FLIGHT", "32")
+    settings = cli.settings_from_args(parser.parse_args([
+        "proxy", "--capture-queue-records", "5", "--capture-queue-mb", "2", "--capture-file-max-mb", "3",
+        "--capture-flush-interval", "0.5",
+    ]))
+    assert (settings.capture_queue_records, settings.capture_queue_mb, settings.capture_file_max_mb,
+            settings.capture_flush_interval_s, settings.shadow_max_in_flight) == (5, 2, 3, 0.5, 32)
+    defaults = cli.settings_from_args(parser.parse_args(["proxy"]))
+    assert (defaults.capture_queue_records, defaults.capture_queue_mb, defaults.capture_file_max_mb,
+            defaults.capture_flush_interval_s) == (10_000, 64, 64, 1.0)

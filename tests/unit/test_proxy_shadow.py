@@ -341,3 +341,65 @@ def test_without_capture_or_shadows_nothing_is_sampled_or_recorded():
 
     asyncio.run(main())
     assert writer.records == [] and len(upstream.calls) == 2 and dataplane.shadows.in_flight == 0
+
+
+def test_with_tracing_a_shadows_copy_is_a_client_span_in_the_callers_trace():
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind, StatusCode
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = provider.get_tracer("test")
+    router = Router(seed=1)
+    assert router.apply(control_pb2.RoutingTable(version=1, endpoints=[route(shadow_fraction=1.0)]))
+    upstream = FakeUpstream()
+    dataplane = DataPlane(router, None, StatsBook(), send=upstream.send, capture=FakeWriter(), tracer=tracer)
+
+    async def main():
+        with tracer.start_as_current_span("caller", kind=SpanKind.SERVER):
+            await dataplane.invoke_endpoint(invoke_request())
+        await settle(dataplane)  # the first copy answers; the second one fails
+        upstream.failing.add("shadow")
+        with tracer.start_as_current_span("caller", kind=SpanKind.SERVER):
+            await dataplane.invoke_endpoint(invoke_request())
+        await settle(dataplane)
+
+    asyncio.run(main())
+    callers = [s for s in exporter.get_finished_spans() if s.name == "caller"]
+    copies = [s for s in exporter.get_finished_spans() if s.attributes.get("mve.shadow")]
+    assert len(callers) == 2 and len(copies) == 2
+    for caller, copy in zip(callers, copies):
+        assert copy.kind == SpanKind.CLIENT and copy.parent.span_id == caller.context.span_id
+        assert (copy.attributes["mve.endpoint"], copy.attributes["mve.variant"]) == ("ep", "shadow")
+    assert copies[0].attributes["mve.instance"] == "i0" and copies[0].status.status_code != StatusCode.ERROR
+    assert copies[1].status.status_code == StatusCode.ERROR
+
+
+def test_prometheus_text_has_the_capture_and_shadow_counters_and_the_shadows_own_series():
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from mve.proxy.prometheus import ProxyCollector
+
+    dataplane, upstream, _, stats = dataplane_for(route(shadow_fraction=1.0), max_in_flight=1)
+    capture = type("Counts", (), {"written": lambda self: {("ep", "prod"): 7}, "dropped": lambda self: {("ep", "prod"): 2}})()
+
+    async def main():
+        upstream.held["shadow"] = asyncio.Event()
+        for _ in range(3):
+            await dataplane.invoke_endpoint(invoke_request())
+        await asyncio.sleep(0.01)
+        upstream.held["shadow"].set()
+        await settle(dataplane)
+
+    asyncio.run(main())
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(ProxyCollector(stats, dataplane.router, capture=capture, shadows=dataplane.shadows))
+    text = generate_latest(registry).decode()
+    assert 'mve_capture_records_total{endpoint="ep",variant="prod"} 7.0' in text
+    assert 'mve_capture_dropped_total{endpoint="ep",variant="prod"} 2.0' in text
+    assert 'mve_shadow_dropped_total{endpoint="ep",variant="shadow"} 2.0' in text
+    assert 'mve_invocations_total{endpoint="ep",variant="shadow"} 1.0' in text
+    assert 'mve_proxy_variant_instances{endpoint="ep",variant="shadow"} 1.0' in text
