@@ -19,6 +19,7 @@ from mve.control.experiment_report import ExperimentReport, SeriesPoint, Variant
 from mve.control.experiment_sources import WeightChangeView
 from mve.control.experiments import Experiments
 from mve.control.feedback import FeedbackEntry
+from mve.errors import ValidationError
 
 
 def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
@@ -27,11 +28,14 @@ def _stamp(seconds: float) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def _seconds(message, field: str) -> float | None:
-    """A Timestamp field in seconds, None when it is not set."""
+def _seconds(message, field: str, name: str) -> float | None:
+    """A Timestamp field in seconds, None when it is not set; ValidationError (naming it) when invalid."""
     if not message.HasField(field):
         return None
-    return getattr(message, field).ToNanoseconds() / 1e9
+    try:
+        return getattr(message, field).ToNanoseconds() / 1e9
+    except ValueError as error:  # nanos outside 0-999,999,999 or a year outside 1-9999
+        raise ValidationError(f"{name} is not a valid timestamp: {error}") from None
 
 
 def _estimate(estimate: st.Estimate) -> pb.Estimate:
@@ -150,9 +154,9 @@ class ExperimentsServicer(pb_grpc.ExperimentsServicer):
                 inference_id=f.inference_id,
                 labels=tuple(f.ground_truth_labels),
                 reward=f.reward if f.HasField("reward") else None,
-                observation_time=_seconds(f, "observation_time"),
+                observation_time=_seconds(f, "observation_time", f"Feedback[{i}].ObservationTime"),
             )
-            for f in request.feedback
+            for i, f in enumerate(request.feedback)
         ]
         accepted = await self._experiments.send_feedback(request.endpoint_name, entries)
         return pb.SendFeedbackResponse(accepted=accepted)
@@ -160,8 +164,8 @@ class ExperimentsServicer(pb_grpc.ExperimentsServicer):
     async def GetExperimentReport(self, request, context):
         report = await self._experiments.report(
             request.endpoint_name,
-            start=_seconds(request, "start_time"),
-            end=_seconds(request, "end_time"),
+            start=_seconds(request, "start_time", "StartTime"),
+            end=_seconds(request, "end_time", "EndTime"),
             baseline=request.baseline_variant,
             confidence_level=request.confidence_level,
             label_output=request.label_output,
