@@ -222,7 +222,7 @@ def register(subparsers) -> None:
     put.add_argument("endpoint", metavar="ENDPOINT")
     put.add_argument("--interval", type=int_at_least(1), metavar="S", help="seconds between updates (default 30)")
     put.add_argument("--floor", type=_unit_interval(0.0, 0.5), metavar="F",
-                     help="least share a variant keeps, above 0 and at most 0.5 (default 0.05)")
+                     help="least share a variant keeps, 0-0.5 (default 0.05; 0: none)")
     put.add_argument("--max-change", type=_unit_interval(0.01, 1.0), metavar="C",
                      help="most a share moves per update, 0.01-1 (default 0.2)")
     put.add_argument("--min-rewards", type=int_at_least(1), metavar="N",

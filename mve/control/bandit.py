@@ -56,7 +56,7 @@ class BanditPolicy:
 
     endpoint_name: str
     interval_s: int = 30
-    exploration_floor: float = 0.05
+    exploration_floor: float | None = 0.05  # None: not given (the default applies)
     max_weight_change: float = 0.2
     min_rewards_per_variant: int = 20
     window_s: int = 3600
@@ -68,7 +68,13 @@ class BanditPolicy:
 
 def validate_policy(policy: BanditPolicy, endpoint: EndpointView) -> BanditPolicy:
     """The policy with 0 fields set to their defaults, or ValidationError naming the field out of range."""
-    values = {name: getattr(policy, name) or default for name, default in DEFAULTS.items()}
+    # Fields without presence on the wire: 0 means "not given". ExplorationFloor has presence, so
+    # an explicit 0 is kept and only None (not given) takes the default.
+    values = {
+        name: default if getattr(policy, name) is None or (name != "exploration_floor" and not getattr(policy, name))
+        else getattr(policy, name)
+        for name, default in DEFAULTS.items()
+    }
     p = replace(policy, **values)
     if not 1 <= p.interval_s <= 3600:
         raise ValidationError(f"IntervalInSeconds must be 1-3600, got {p.interval_s}.")

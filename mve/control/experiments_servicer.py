@@ -181,7 +181,7 @@ class ExperimentsServicer(pb_grpc.ExperimentsServicer):
             BanditPolicy(
                 endpoint_name=p.endpoint_name,
                 interval_s=p.interval_in_seconds,
-                exploration_floor=p.exploration_floor,
+                exploration_floor=p.exploration_floor if p.HasField("exploration_floor") else None,
                 max_weight_change=p.max_weight_change,
                 min_rewards_per_variant=p.min_rewards_per_variant,
                 window_s=p.window_in_seconds,

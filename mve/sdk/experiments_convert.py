@@ -136,21 +136,15 @@ def _report_request(p: dict) -> pb.GetExperimentReportRequest:
 
 
 def _bandit_policy(p: dict) -> pb.PutBanditPolicyRequest:
-    # BanditPolicy's fields have no presence: 0 reads as "not given" and the service applies its
-    # default, which for ExplorationFloor (0-0.5, default 0.05) would silently replace an explicit 0.
-    if "ExplorationFloor" in p and p["ExplorationFloor"] == 0:
-        raise ParamValidationError(
-            "Invalid value for parameter ExplorationFloor, value: 0: mve.v1.BanditPolicy cannot tell 0 from "
-            "'not given' (the service would apply its default 0.05); give a small positive floor such as 0.001"
-        )
     policy = pb.BanditPolicy(
         endpoint_name=p["EndpointName"],
         interval_in_seconds=p.get("IntervalInSeconds", 0),
-        exploration_floor=float(p.get("ExplorationFloor", 0.0)),
         max_weight_change=float(p.get("MaxWeightChange", 0.0)),
         min_rewards_per_variant=p.get("MinRewardsPerVariant", 0),
         window_in_seconds=p.get("WindowInSeconds", 0),
     )
+    if "ExplorationFloor" in p:  # has presence on the wire: an explicit 0 is sent as 0
+        policy.exploration_floor = float(p["ExplorationFloor"])
     return pb.PutBanditPolicyRequest(policy=policy)
 
 

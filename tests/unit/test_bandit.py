@@ -42,6 +42,11 @@ def test_defaults_fill_unset_fields():
     assert (policy.min_rewards_per_variant, policy.window_s) == (20, 3600)
 
 
+def test_an_exploration_floor_of_zero_is_kept_and_only_a_missing_one_takes_the_default():
+    assert validate_policy(BanditPolicy("ep", exploration_floor=0.0), endpoint()).exploration_floor == 0.0
+    assert validate_policy(BanditPolicy("ep", exploration_floor=None), endpoint()).exploration_floor == 0.05
+
+
 @pytest.mark.parametrize(
     "change, message",
     [

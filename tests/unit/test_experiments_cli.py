@@ -305,8 +305,10 @@ def test_bandit_put_describe_delete(control_plane, capsys):
     assert main(["bandit", "describe", "ab", "--json", "--control-plane", address]) == 0
     described = json.loads(capsys.readouterr().out)
     assert described["Policy"]["ExplorationFloor"] == 0.05 and described["Policy"]["CreationTime"].startswith("2026")
-    assert main(["bandit", "put", "ab", "--floor", "0", "--control-plane", address]) == 2
-    assert "cannot tell 0 from 'not given'" in capsys.readouterr().err
+    assert main(["bandit", "put", "ab", "--floor", "0", "--control-plane", address]) == 0
+    policy = fake.requests["PutBanditPolicy"][-1].policy
+    assert policy.HasField("exploration_floor") and policy.exploration_floor == 0.0
+    capsys.readouterr()
     assert main(["bandit", "delete", "ab", "--control-plane", address]) == 0
     assert fake.requests["DeleteBanditPolicy"][-1].endpoint_name == "ab"
     assert "deleted the bandit policy of ab" in capsys.readouterr().out

@@ -72,8 +72,6 @@ def test_bad_parameters_are_all_reported_before_any_call():
         exp.put_bandit_policy(IntervalInSeconds=30)
     with pytest.raises(ParamValidationError, match="Invalid type for parameter MinRewardsPerVariant, value: '20'"):
         exp.put_bandit_policy(EndpointName="ab", MinRewardsPerVariant="20")
-    with pytest.raises(ParamValidationError, match="cannot tell 0 from 'not given'"):
-        exp.put_bandit_policy(EndpointName="ab", ExplorationFloor=0)
     for method in (exp.describe_bandit_policy, exp.delete_bandit_policy):
         with pytest.raises(ParamValidationError, match='Missing required parameter in input: "EndpointName"'):
             method()
@@ -186,6 +184,10 @@ def test_bandit_policy_calls(fake):
     policy = servicer.requests["PutBanditPolicy"][-1].policy
     assert (policy.endpoint_name, policy.interval_in_seconds, policy.exploration_floor, policy.max_weight_change,
             policy.min_rewards_per_variant, policy.window_in_seconds) == ("ab", 10, 0.1, 0.5, 5, 600)
+    exp.put_bandit_policy(EndpointName="ab", ExplorationFloor=0)  # no floor: sent, not taken for "not given"
+    assert servicer.requests["PutBanditPolicy"][-1].policy.HasField("exploration_floor")
+    exp.put_bandit_policy(EndpointName="ab")
+    assert not servicer.requests["PutBanditPolicy"][-1].policy.HasField("exploration_floor")
     described = exp.describe_bandit_policy(EndpointName="ab")
     assert described["Policy"] == {"EndpointName": "ab", "IntervalInSeconds": 30, "ExplorationFloor": 0.05,
                                    "MaxWeightChange": 0.2, "MinRewardsPerVariant": 20, "WindowInSeconds": 3600,
