@@ -327,8 +327,12 @@ def _series(
         centred = rewards - (rewards.mean() if rewards.size else 0.0)
         sums = np.concatenate([[0.0], np.cumsum(centred)])[rewarded]
         squares = np.concatenate([[0.0], np.cumsum(centred**2)])[rewarded]
-        mean_reward = st.mean_estimates(rewarded, sums, squares, level)
-        shift = float(rewards.mean()) if rewards.size else 0.0
+        if rewards.size and st.is_binary(rewards):  # a proportion: Wilson intervals, within [0, 1]
+            mean_reward = st.proportion_estimates(np.concatenate([[0], np.cumsum(rewards)])[rewarded], rewarded, level)
+            shift = 0.0
+        else:
+            mean_reward = st.mean_estimates(rewarded, sums, squares, level)
+            shift = float(rewards.mean()) if rewards.size else 0.0
         seen = np.searchsorted(m.times, ends, side="left")
         failures = np.concatenate([[0.0], np.cumsum(m.failures)])[seen]
         invocations = np.concatenate([[0.0], np.cumsum(m.invocations)])[seen]

@@ -137,11 +137,21 @@ def mean_estimates(counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, co
     ]
 
 
+def is_binary(values: np.ndarray) -> bool:
+    """True when every value is 0 or 1 (rewards of a Bernoulli outcome)."""
+    return bool(np.all((values == 0) | (values == 1)))
+
+
 def mean_estimate(values: np.ndarray, confidence_level: float) -> Estimate | None:
-    """The mean with its Student's t interval; None with fewer than 2 observations."""
+    """The mean with its Student's t interval; None with fewer than 2 observations.
+
+    Values that are all 0 or 1 are a proportion: its Wilson interval, which stays within [0, 1].
+    """
     values = np.asarray(values, dtype=np.float64)
     if values.size < 2:
         return None
+    if is_binary(values):
+        return proportion_estimate(int(values.sum()), int(values.size), confidence_level)
     centred = values - values.mean()  # the sum of squares keeps its precision
     estimate = mean_estimates(np.array([values.size]), np.array([centred.sum()]), np.array([(centred**2).sum()]), confidence_level)[0]
     shift = float(values.mean())

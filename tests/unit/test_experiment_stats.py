@@ -178,3 +178,12 @@ def test_mean_estimates_from_prefix_sums_equal_one_at_a_time():
         one = st.mean_estimate(values[:n], 0.95)
         reference = stats.t.interval(0.95, n - 1, loc=values[:n].mean(), scale=stats.sem(values[:n]))
         assert (estimates[n].value, estimates[n].ci_low, estimates[n].ci_high) == pytest.approx((one.value, *reference))
+
+
+def test_the_mean_of_binary_rewards_is_a_proportion_whose_interval_stays_within_0_and_1():
+    rewards = np.array([1.0] * 99 + [0.0])
+    estimate = st.mean_estimate(rewards, 0.95)
+    assert estimate.value == pytest.approx(0.99)
+    assert 0.0 <= estimate.ci_low < 0.99 < estimate.ci_high <= 1.0
+    low, high = st.wilson_intervals(np.array([99]), np.array([100]), 0.95)
+    assert (estimate.ci_low, estimate.ci_high) == pytest.approx((low[0], high[0]))
