@@ -31,7 +31,12 @@ def print_report(report: dict) -> None:
     """The report on the terminal: variants, comparisons, the sample-ratio check, weight changes, notes."""
     console = fresh_console()
     console.print(Text(view.heading(report), style="bold"))
-    console.print(_table(view.VARIANT_COLUMNS, view.variant_rows(report), "Variants"))
+    # Two tables of the same rows, so that each fits an 80-column terminal.
+    rows = view.variant_rows(report)
+    traffic = view.VARIANT_COLUMNS.index("Accuracy (CI)")
+    console.print(_table(view.VARIANT_COLUMNS[:traffic], [row[:traffic] for row in rows], "Variants: traffic"))
+    console.print(_table(view.VARIANT_COLUMNS[:1] + view.VARIANT_COLUMNS[traffic:],
+                         [row[:1] + row[traffic:] for row in rows], "Variants: quality"))
     comparisons = view.comparison_rows(report)
     if comparisons:
         console.print(_table(view.COMPARISON_COLUMNS, comparisons,

@@ -5,9 +5,12 @@ It starts a mesh (free ports, a temporary data dir) unless ``--control-plane`` a
 cancer-weak as Variant1 and cancer-strong as Variant2, sends ``--requests`` invocations from a
 small thread pool, and prints per variant the share of traffic, latency (p50/p99) and accuracy
 against the labels. Then it shifts the weights to 25/75, shows the new split, calls Variant1 by
-TargetVariant, shows what the control plane's metrics recorded per variant, moves the endpoint to
-the more accurate variant alone with a canary UpdateEndpoint (rollback alarm on its 5xx errors)
-while requests keep coming, and deletes everything it created.
+TargetVariant, shows what the control plane's metrics recorded per variant, sends the true labels
+as feedback (every answer is captured, so feedback joins it by InferenceId) and prints the
+experiment report (accuracy per variant with confidence intervals, the difference against Variant1
+with its always-valid p-value, the sample-ratio check), moves the endpoint to the report's winner
+alone with a canary UpdateEndpoint (rollback alarm on its 5xx errors) while requests keep coming,
+and deletes everything it created.
 """
 
 from __future__ import annotations
@@ -37,7 +40,10 @@ def _npy(array) -> bytes:
 
 
 def send_traffic(smr, endpoint: str, X, y, count: int, rows: int, workers: int, progress, title: str) -> list[tuple]:
-    """Send `count` npy requests of `rows` rows each; return (variant, latency_s, correct, total) per request."""
+    """Send `count` npy requests of `rows` rows each.
+
+    Returns (variant, latency_s, correct, total, inference_id, true labels) per request.
+    """
     import numpy as np
 
     bodies = [(_npy(X[i:i + rows]), y[i:i + rows]) for i in range(0, len(X) - rows + 1, rows)]
@@ -51,7 +57,8 @@ def send_traffic(smr, endpoint: str, X, y, count: int, rows: int, workers: int, 
         latency = time.perf_counter() - start
         predicted = np.load(io.BytesIO(response["Body"].read()), allow_pickle=False).reshape(-1)
         progress.advance(task)
-        return response["InvokedProductionVariant"], latency, int(np.sum(predicted == labels)), len(labels)
+        return (response["InvokedProductionVariant"], latency, int(np.sum(predicted == labels)), len(labels),
+                response["InferenceId"], labels.tolist())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, range(count)))
@@ -139,9 +146,12 @@ def _demo(args, console, stack: ExitStack) -> None:
     for variant, model in VARIANTS:
         sm.create_model(ModelName=models[variant], PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(paths[model])})
         stack.callback(_quietly, sm.delete_model, ModelName=models[variant])
+    # Every invocation is captured (output only), so that feedback joins each answer to its variant.
     sm.create_endpoint_config(EndpointConfigName=endpoint, ProductionVariants=[
         {"VariantName": variant, "ModelName": models[variant], "InitialInstanceCount": 1,
-         "InstanceType": "ml.cpu.small", "InitialVariantWeight": 1.0} for variant, _ in VARIANTS])
+         "InstanceType": "ml.cpu.small", "InitialVariantWeight": 1.0} for variant, _ in VARIANTS],
+        DataCaptureConfig={"EnableCapture": True, "InitialSamplingPercentage": 100,
+                           "DestinationS3Uri": str(data_dir / "capture"), "CaptureOptions": [{"CaptureMode": "Output"}]})
     stack.callback(_quietly, sm.delete_endpoint_config, EndpointConfigName=endpoint)
     with console.status(f"creating endpoint {endpoint} (Variant1=cancer-weak, Variant2=cancer-strong, 50/50)"):
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=endpoint)
@@ -149,6 +159,9 @@ def _demo(args, console, stack: ExitStack) -> None:
         sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.25, "MaxAttempts": 480})
     console.print(f"endpoint {endpoint} InService")
 
+    from datetime import datetime, timedelta, timezone
+
+    experiment_start = datetime.now(timezone.utc) - timedelta(seconds=5)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     traffic = dict(X=X, y=y, count=args.requests, rows=args.rows, workers=args.concurrency)
     with Progress(*columns, console=console, transient=False) as progress:
@@ -175,15 +188,58 @@ def _demo(args, console, stack: ExitStack) -> None:
     sent = {v: sum(1 for r in first + second if r[0] == v) for v, _ in VARIANTS}
     sent["Variant1"] += len(targeted)
     console.print(metrics_table(cw, endpoint, sent))
-    winner = max(VARIANTS, key=lambda v: _accuracy(first + second, v[0]))[0]
+    exp = mve.client("experiments", address=control_plane)
+    stack.callback(exp.close)
+    with console.status("sending the true labels as feedback and reading the experiment report"):
+        sent_feedback = send_feedback(exp, endpoint, first + second)
+        labeled = {v: sum(r[3] for r in first + second if r[0] == v) for v, _ in VARIANTS}
+        report = experiment_report(exp, endpoint, experiment_start, labeled)
+    console.print(f"feedback: the true labels of {sent_feedback} requests (SendFeedback, by InferenceId)")
+    from mve.commands_experiments_output import print_report
+
+    print_report(report)
+    winner, evidence = report_winner(report)
+    console.print(f"winner by the experiment report: {winner} ({evidence})")
     _move_to_winner(sm, smr, cw, endpoint, winner, models[winner], console, stack, X)
     console.print("cleaning up: endpoint, endpoint configs, alarm, models" + ("" if args.control_plane else ", mesh"))
 
 
-def _accuracy(results: list[tuple], variant: str) -> float:
-    correct = sum(c for v, _, c, _ in results if v == variant)
-    total = sum(t for v, _, _, t in results if v == variant)
-    return correct / total if total else 0.0
+def send_feedback(exp, endpoint: str, results: list[tuple]) -> int:
+    """The true labels of every request sent, as feedback by inference id (1,000 per call)."""
+    feedback = [{"InferenceId": r[4], "GroundTruthLabels": r[5]} for r in results]
+    for start in range(0, len(feedback), 1000):
+        exp.send_feedback(EndpointName=endpoint, Feedback=feedback[start:start + 1000])
+    return len(feedback)
+
+
+def experiment_report(exp, endpoint: str, since, labeled: dict[str, int], timeout_s: float = 20.0) -> dict:
+    """GetExperimentReport against Variant1, once every labeled request's captured record is joined.
+
+    Proxies write captured records about once a second and the control plane reads them as they
+    land: it asks again (up to `timeout_s`) until each variant's labeled count reaches `labeled`.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        report = exp.get_experiment_report(EndpointName=endpoint, StartTime=since, BaselineVariant="Variant1")
+        joined = {v["VariantName"]: v.get("WithFeedback", 0) for v in report["Variants"]}
+        if all(joined.get(name, 0) >= count for name, count in labeled.items()) or time.monotonic() > deadline:
+            return report
+        time.sleep(0.5)
+
+
+def report_winner(report: dict) -> tuple[str, str]:
+    """The variant with the best accuracy in the report, and a sentence with the evidence."""
+    variants = [v for v in report["Variants"] if not v.get("Shadow") and v.get("Accuracy")]
+    if not variants:
+        raise DemoError("the experiment report has no accuracy for any variant")
+    best = max(variants, key=lambda v: v["Accuracy"]["Value"])
+    comparison = next((c for v in variants for c in v.get("Comparisons", [])
+                       if c["Metric"] == "accuracy" and v["VariantName"] != "Variant1"), None)
+    evidence = ", ".join(f"{v['VariantName']} {100 * v['Accuracy']['Value']:.1f}%" for v in variants)
+    if comparison is not None:
+        verdict = "significant" if comparison["Significant"] else "not significant"
+        evidence += f"; difference {verdict} (always-valid p = {comparison['AlwaysValidPValue']:.2g})"
+    return best["VariantName"], evidence
 
 
 def metrics_table(cw, endpoint: str, sent: dict[str, int]):

@@ -20,5 +20,9 @@ def test_demo_runs_to_completion_and_shows_the_split():
     assert "%" in output and "p99 ms" in output
     assert "TargetVariant=Variant1: 10 of 10" in output
     assert "the control plane's metrics (GetMetricStatistics" in output
+    assert "feedback: the true labels of 600 requests" in output
+    assert "Experiment report: demo-cancer-" in output and "Variants: quality" in output
+    assert "Sample ratio:" in output
+    assert "winner by the experiment report: Variant2" in output
     assert "moved to the winner Variant2 in" in output and "requests during the update, 0 failed" in output
     assert "cleanup:" not in output  # everything it made was deleted
