@@ -12,16 +12,14 @@ bytes and forwards them untouched where it can (`mve.proxy.wire`).
 Every invocation has an inference id: the caller's (InferenceId, or the request's ``id``), else one
 the proxy makes (`mve.proxy.inference_ids`); it goes upstream, comes back in the answer, and is
 the id of the captured records. Once the caller's answer is ready, an endpoint with data capture
-or shadow variants samples the invocation: capture once per invocation (`mve.proxy.capture`),
-then each shadow against its fraction (`mve.proxy.shadow`), and a shadow's record of a captured
-invocation shares its id. Neither ever delays or fails the caller; with both off, the cost is
-one check.
+or shadow variants hands the invocation to `TrafficCopies` (`mve.proxy.traffic_copies`), which
+samples it for capture and for each shadow; neither ever delays or fails the caller, and with
+both off the cost is one check.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import re
 import time
 from dataclasses import dataclass
@@ -35,17 +33,12 @@ from mve.errors import MveError, ValidationError
 from mve.proxy import wire
 from mve.proxy.batcher import VariantBatcher
 from mve.proxy.batches import BatchingPolicy
-from mve.proxy.capture import (
-    MODEL_INFER_REQUEST_TYPE,
-    MODEL_INFER_RESPONSE_TYPE,
-    CapturePolicy,
-    CaptureRecord,
-    CaptureWriter,
-)
+from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.inference_ids import InferenceIds
 from mve.proxy.payloads import CUSTOM_ATTRIBUTES_PARAM, body_request, cast_body, response_outputs
 from mve.proxy.router import EndpointState, Router, TensorSpec, VariantState
 from mve.proxy.shadow import ShadowSender
+from mve.proxy.traffic_copies import TrafficCopies
 from mve.proxy.stats import StatsBook
 from mve.proxy.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
 
@@ -116,9 +109,11 @@ class DataPlane:
         self.shadows = ShadowSender(
             self._send, stats, max_in_flight=shadow_max_in_flight, timeout_s=model_timeout_s, tracer=tracer
         )
-        self._random = random.Random(seed).random  # capture and shadow sampling
+        self._copies = TrafficCopies(
+            self.capture, self.shadows, stats, self._single_input, timeout_s=model_timeout_s, seed=seed,
+            wall_clock=wall_clock,
+        )
         self._new_id = (inference_ids or InferenceIds()).new
-        self._wall_clock = wall_clock
         # With tracing off (None) no span, context or trace metadata is ever made (`mve.proxy.spans`).
         self.tracer = tracer
         self.address: tuple[str, int] | None = None  # (host, port) the proxy serves on, for its spans
@@ -179,7 +174,7 @@ class DataPlane:
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
             self._observed("InvokeEndpoint", variant, result, inference_id, started)
         if endpoint.capture is not None or endpoint.shadows:
-            self._follow_invoke(endpoint, variant, request, inference_id, infer, array, body, accept)
+            self._copies.after_invoke(endpoint, variant, request, inference_id, infer, array, body, accept)
         return InvokeResult(
             body=body,
             content_type=accept,
@@ -196,11 +191,13 @@ class DataPlane:
         """
         started = time.perf_counter()
         endpoint, variant, inference_id = self._pick_for_infer(request, request.ByteSize())
-        capture = self._sample_capture(endpoint)
+        capture = self._copies.sample_capture(endpoint)
         received = request.SerializeToString() if capture is not None else b""  # before it is re-targeted
         response = await self._forward_message(request, variant, started, time_remaining, inference_id)
         if capture is not None or endpoint.shadows:
-            self._follow_model_infer(endpoint, variant, inference_id, capture, received, request, response.SerializeToString)
+            self._copies.after_model_infer(
+                endpoint, variant, inference_id, capture, received, request, response.SerializeToString
+            )
         return response
 
     async def model_infer_bytes(self, data: bytes, time_remaining: float | None = None) -> bytes:
@@ -242,8 +239,8 @@ class DataPlane:
             answer = b"".join((result.response, wire.response_tail(variant.endpoint_name, variant.name), id_tail))
             shadow_request = data
         if endpoint.capture is not None or endpoint.shadows:
-            capture = self._sample_capture(endpoint)
-            self._follow_model_infer(endpoint, variant, inference_id, capture, data, shadow_request, answer)
+            capture = self._copies.sample_capture(endpoint)
+            self._copies.after_model_infer(endpoint, variant, inference_id, capture, data, shadow_request, answer)
         return answer
 
     async def _batch_bytes(
@@ -320,102 +317,6 @@ class DataPlane:
         if self._spans is not None or log.isEnabledFor(logging.DEBUG):
             self._observed("ModelInfer", variant, result, inference_id, started)
         return response
-
-    # ------------------------------------------------------------- capture and shadows, after the answer
-
-    def _sample_capture(self, endpoint: EndpointState) -> CapturePolicy | None:
-        """The endpoint's capture policy when this invocation is sampled for capture, else None."""
-        capture = endpoint.capture
-        if capture is not None and self._random() < capture.fraction:
-            return capture
-        return None
-
-    def _follow_invoke(
-        self, endpoint: EndpointState, variant: VariantState, request: InvokeRequest, inference_id: str, infer,
-        array, body: bytes, accept: str,
-    ) -> None:
-        """Capture an answered InvokeEndpoint and copy it to the shadows, each as sampled."""
-        capture = self._sample_capture(endpoint)
-        if capture is not None:
-            self.capture.submit(CaptureRecord(
-                capture, endpoint.name, variant.name, inference_id, self._wall_clock(),
-                request.body, request.content_type, body, accept,
-            ))
-        for shadow in endpoint.shadows:
-            if self._random() < shadow.weight:
-                self.shadows.submit(
-                    shadow, self._shadow_invoke, shadow, request, inference_id, infer, array, accept, capture
-                )
-
-    def _follow_model_infer(
-        self, endpoint: EndpointState, variant: VariantState, inference_id: str, capture: CapturePolicy | None,
-        received: bytes, shadow_request, answer,
-    ) -> None:
-        """Capture an answered ModelInfer and copy it to the shadows, each as sampled.
-
-        `received` is the request as it came, `shadow_request` what shadows are sent (re-targeted
-        to their model), `answer` the response's bytes, or a function that makes them.
-        """
-        if capture is not None:
-            size = len(answer) if isinstance(answer, bytes) else len(received)
-            self.capture.submit(CaptureRecord(
-                capture, endpoint.name, variant.name, inference_id, self._wall_clock(),
-                received, MODEL_INFER_REQUEST_TYPE, answer, MODEL_INFER_RESPONSE_TYPE, size,
-            ))
-        for shadow in endpoint.shadows:
-            if self._random() < shadow.weight:
-                self.shadows.submit(
-                    shadow, self._shadow_model_infer, shadow, shadow_request, inference_id, received, capture
-                )
-
-    async def _shadow_invoke(
-        self, shadow: VariantState, request: InvokeRequest, inference_id: str, infer, array, accept: str,
-        capture: CapturePolicy | None,
-    ) -> None:
-        """An InvokeEndpoint's copy on a shadow: the same input (cast for the shadow's model if it differs)."""
-        sent = infer.inputs[0]
-        try:
-            spec = await self._single_input(shadow, self.model_timeout_s)
-            if (spec.name, spec.datatype) != (sent.name, sent.datatype):
-                infer = body_request(
-                    shadow.model_name, spec, cast_body(array, spec), inference_id, request.custom_attributes
-                )
-        except MveError as error:  # the shadow's model cannot take this body
-            self.stats.record_error(shadow.endpoint_name, shadow.name, error, len(shadow.instances))
-            return
-        result = await self.shadows.call(shadow, infer, inference_id)
-        if result is None or capture is None:
-            return
-        response = result.response
-
-        def encoded_output() -> bytes:  # run by the capture writer's thread
-            message = pb.ModelInferResponse.FromString(response) if isinstance(response, bytes) else response
-            return codecs.encode(response_outputs(message, shadow), accept)
-
-        size = len(response) if isinstance(response, bytes) else response.ByteSize()
-        self.capture.submit(CaptureRecord(
-            capture, shadow.endpoint_name, shadow.name, inference_id, self._wall_clock(),
-            request.body, request.content_type, encoded_output, accept, size,
-        ))
-
-    async def _shadow_model_infer(
-        self, shadow: VariantState, request, inference_id: str, received: bytes, capture: CapturePolicy | None
-    ) -> None:
-        """A ModelInfer's copy on a shadow; captured as the endpoint would have answered it."""
-        result = await self.shadows.call(shadow, request, inference_id)
-        if result is None or capture is None:
-            return
-        response = result.response
-        tail = wire.response_tail(shadow.endpoint_name, shadow.name) + wire.id_field(inference_id)
-
-        def answer() -> bytes:  # run by the capture writer's thread
-            return (response if isinstance(response, bytes) else response.SerializeToString()) + tail
-
-        size = len(response) if isinstance(response, bytes) else response.ByteSize()
-        self.capture.submit(CaptureRecord(
-            capture, shadow.endpoint_name, shadow.name, inference_id, self._wall_clock(),
-            received, MODEL_INFER_REQUEST_TYPE, answer, MODEL_INFER_RESPONSE_TYPE, size,
-        ))
 
     def _observed(self, method: str, variant: VariantState, result, inference_id: str, started: float) -> None:
         """The answering instance on the current span, and the request's DEBUG log line with its trace id."""

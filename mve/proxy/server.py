@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.prometheus import MetricsServer, loop_reader
-from mve.proxy.capture import CaptureWriter
+from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.dataplane import DataPlane
 from mve.proxy.handlers import ErrorMappingServer
 from mve.proxy.prometheus import ProxyCollector

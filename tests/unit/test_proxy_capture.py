@@ -18,11 +18,11 @@ from mve.proxy.capture import (
     MODEL_INFER_REQUEST_TYPE,
     CapturePolicy,
     CaptureRecord,
-    CaptureWriter,
     destination_path,
     inference_time,
     record_line,
 )
+from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.inference_ids import InferenceIds
 
 WHEN = calendar.timegm((2026, 11, 30, 1, 2, 3)) + 0.456  # 2026-11-30T01:02:03.456Z
