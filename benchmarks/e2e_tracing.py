@@ -156,9 +156,13 @@ def inprocess_cost(endpoint: str, rounds: int = 7, requests: int = 3000) -> dict
     request.inputs.add(name="input", datatype="FP32", shape=[1, 16])
     request = request.SerializeToString()
 
-    class Upstream:  # UpstreamPool's raw ModelInfer, answering at once
+    class Upstream:  # UpstreamPool's raw ModelInfer, answering at once, with no in-flight bounds
+        max_in_flight = 0
+        max_in_flight_per_instance = 0
+
         def __init__(self, tracing: bool):
             self.tracing = tracing
+            self.in_flight = 0
 
         def raw_model_infer(self, address):
             async def call(data, timeout=None, metadata=None):
