@@ -47,6 +47,7 @@ query-protocol spelling for a face that speaks that protocol.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -56,10 +57,6 @@ from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Collection, Iterable, Mapping, Protocol
 from urllib.parse import urlsplit
-
-from botocore.auth import SigV4Auth, _host_from_url
-from botocore.awsrequest import AWSRequest
-from botocore.utils import normalize_url_path
 
 if TYPE_CHECKING:  # pragma: no cover
     from aiohttp import web
@@ -173,36 +170,44 @@ class _Authorization:
     signature: str
 
 
-class _DateKeySigner(SigV4Auth):
-    """botocore's SigV4 signer with the client's scope, the client's signed headers, and a date key.
+@functools.cache
+def _signer_class():
+    """botocore's SigV4 signer, subclassed on first use (botocore is imported only by a verifying process)."""
+    from botocore.auth import SigV4Auth, _host_from_url
 
-    The canonical request and string to sign are botocore's own code. The headers are exactly those
-    the client listed in SignedHeaders (botocore's client-side blacklist, user-agent and the like,
-    is for choosing them, not for checking them); the payload hash is the received body's, computed
-    once; the key chain starts from the date key.
-    """
+    class _DateKeySigner(SigV4Auth):
+        """botocore's SigV4 signer with the client's scope, the client's signed headers, and a date key.
 
-    def __init__(self, auth: _Authorization, key: bytes, payload_hash: str, headers: dict[str, list[str]]):
-        super().__init__(credentials=None, service_name=auth.service, region_name=auth.region)
-        self._auth = auth
-        self._key = key
-        self._payload_hash = payload_hash
-        self._headers = headers
+        The canonical request and string to sign are botocore's own code. The headers are exactly those
+        the client listed in SignedHeaders (botocore's client-side blacklist, user-agent and the like,
+        is for choosing them, not for checking them); the payload hash is the received body's, computed
+        once; the key chain starts from the date key.
+        """
 
-    def headers_to_sign(self, request):
-        signed = _SignedHeaders()
-        for name in self._auth.signed_headers:
-            values = self._headers.get(name)
-            if not values and name == "host":
-                values = [_host_from_url(request.url)]
-            signed[name] = values or []
-        return signed
+        def __init__(self, auth: _Authorization, key: bytes, payload_hash: str, headers: dict[str, list[str]]):
+            super().__init__(credentials=None, service_name=auth.service, region_name=auth.region)
+            self._auth = auth
+            self._key = key
+            self._payload_hash = payload_hash
+            self._headers = headers
 
-    def payload(self, request):
-        return self._payload_hash
+        def headers_to_sign(self, request):
+            signed = _SignedHeaders()
+            for name in self._auth.signed_headers:
+                values = self._headers.get(name)
+                if not values and name == "host":
+                    values = [_host_from_url(request.url)]
+                signed[name] = values or []
+            return signed
 
-    def signature(self, string_to_sign, request):
-        return self._sign(_signing_key(self._key, self._region_name, self._service_name), string_to_sign, hex=True)
+        def payload(self, request):
+            return self._payload_hash
+
+        def signature(self, string_to_sign, request):
+            signing_key = _signing_key(self._key, self._region_name, self._service_name)
+            return self._sign(signing_key, string_to_sign, hex=True)
+
+    return _DateKeySigner
 
 
 class _SignedHeaders(dict):
@@ -306,7 +311,8 @@ def _check_skew(timestamp: str, sent: float, now: float, max_skew_s: float) -> N
     if sent < now - max_skew_s:
         raise AuthError(
             INVALID_SIGNATURE,
-            f"Signature expired: {timestamp} is now earlier than {_basic(now - max_skew_s)} ({_basic(now)} - {minutes})",
+            f"Signature expired: {timestamp} is now earlier than {_basic(now - max_skew_s)} "
+            f"({_basic(now)} - {minutes})",
         )
     if sent > now + max_skew_s:
         raise AuthError(
@@ -337,6 +343,8 @@ def _check_path(url: str) -> None:
     SigV4 signs the path with dot segments and repeated slashes removed, so two different request
     paths would share one signature; boto3 never sends such a path.
     """
+    from botocore.utils import normalize_url_path
+
     path = urlsplit(url).path or "/"
     if normalize_url_path(path) != path:
         raise _incomplete("The request path must not contain '.', '..' or empty segments.")
@@ -394,9 +402,11 @@ def verify(
     _check_path(url)
     if not _SIGNATURE.match(auth.signature):
         raise AuthError(INVALID_SIGNATURE, MISMATCH_MESSAGE)
+    from botocore.awsrequest import AWSRequest
+
     request = AWSRequest(method=method.upper(), url=url)  # headers: the signer's, from `received`
     request.context["timestamp"] = timestamp
-    signer = _DateKeySigner(auth, key, payload_hash, received)
+    signer = _signer_class()(auth, key, payload_hash, received)
     try:
         canonical = signer.canonical_request(request)
         expected = signer.signature(signer.string_to_sign(request, canonical), request)
@@ -405,6 +415,18 @@ def verify(
     if not hmac.compare_digest(expected.encode(), auth.signature.encode()):
         raise AuthError(INVALID_SIGNATURE, MISMATCH_MESSAGE)
     return auth.access_key_id
+
+
+def verifier_missing() -> str | None:
+    """Why this process cannot verify signatures (botocore is not installed), or None when it can."""
+    try:
+        import botocore.auth  # noqa: F401
+    except ImportError as error:
+        return (
+            f"checking AWS Signature Version 4 needs botocore, which cannot be imported ({error}): "
+            "pip install botocore"
+        )
+    return None
 
 
 def aiohttp_verify(
@@ -439,5 +461,6 @@ __all__ = [
     "UNRECOGNIZED_CLIENT",
     "aiohttp_verify",
     "date_key",
+    "verifier_missing",
     "verify",
 ]

@@ -38,6 +38,7 @@ from mve import _fastroute
 from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
 from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
 from mve.proxy.capture import CapturePolicy
+from mve.sigv4 import NO_KEYS, SigningKeys
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +212,8 @@ class RoutingState:
     version: int
     control_plane_id: str
     endpoints: dict[str, EndpointState]
+    # Whether the HTTP doors require SigV4, and the date keys to check it with (never secrets).
+    signing_keys: SigningKeys = NO_KEYS
 
     def addresses(self) -> set[str]:
         """Every instance address in the table, shadows' included (the upstream channels it needs)."""
@@ -299,6 +302,14 @@ class Router:
         """The routing state requests use now."""
         return self._state
 
+    @property
+    def signing_keys(self) -> SigningKeys:
+        """The applied table's `mve.sigv4.SigningKeys` (``auth_required`` and date keys) for the HTTP door.
+
+        Before any table (`has_table` False) they require a signature and know no key: nothing passes.
+        """
+        return self._state.signing_keys
+
     def apply(self, table) -> bool:
         """Build state from a ``RoutingTable`` and swap it in; False when ignored or rejected."""
         current = self._state
@@ -350,7 +361,10 @@ class Router:
             if route.endpoint_name in endpoints:
                 raise ValidationError(f"endpoint {route.endpoint_name} is listed twice")
             endpoints[route.endpoint_name] = self._build_endpoint(route, current.endpoints.get(route.endpoint_name))
-        return RoutingState(version=table.version, control_plane_id=table.control_plane_id, endpoints=endpoints)
+        return RoutingState(
+            version=table.version, control_plane_id=table.control_plane_id, endpoints=endpoints,
+            signing_keys=SigningKeys.from_table(table),
+        )
 
     def _build_endpoint(self, route, previous: EndpointState | None) -> EndpointState:
         variants = []
