@@ -49,6 +49,12 @@ def register(subparsers) -> None:
         "--metrics-host", help="address the metrics port binds (default: --host; env MVE_CONTROL_PLANE_METRICS_HOST)"
     )
     parser.add_argument(
+        "--http-port",
+        type=int,
+        help="boto3's SageMaker, Application Auto Scaling and CloudWatch APIs over HTTP on --host; 0 for a free "
+        "port, -1 to turn it off (default 7071; env MVE_CONTROL_PLANE_HTTP_PORT)",
+    )
+    parser.add_argument(
         "--metrics-retention-days", dest="metrics_retention_days", type=float,
         help="keep one-minute metric points this many days, 1-455 (default 15; one-second points: 3 hours)",
     )

@@ -35,6 +35,7 @@ from mve.control.cloudwatch_servicer import CloudWatchServicer
 from mve.control.deployments import DeploymentRunner
 from mve.control.experiments import Experiments
 from mve.control.experiments_servicer import ExperimentsServicer
+from mve.control.http_face import HttpFace
 from mve.control.instances import LocalInstanceProvider
 from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
@@ -106,6 +107,17 @@ def _running_instances(provider: LocalInstanceProvider):
         for p in provider.processes()
         if p.returncode is None and not p.stopping
     ]
+
+
+def _loopback_address(host: str, port: int) -> str:
+    """HOST:PORT the control plane's own clients dial: the wildcard addresses through loopback."""
+    if host in ("0.0.0.0", ""):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "[::1]"
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
 
 
 async def _compact_forever(metrics: MetricStore) -> None:
@@ -186,13 +198,32 @@ async def serve(settings: ControlPlaneSettings) -> int:
             service.metrics.close()
             service.experiments.close()
             return 1
+    http_face = None
+    if settings.http_enabled:
+        http_face = HttpFace(_loopback_address(settings.host, port))
+        try:
+            await http_face.start(settings.host, settings.http_port)
+        except OSError as error:
+            log.error("event=bind_failed what=http host=%s port=%d error=%r", settings.host, settings.http_port, str(error))
+            if exporter is not None:
+                await asyncio.to_thread(exporter.stop)
+            await server.stop(grace=0)
+            service.store.close()
+            service.metrics.close()
+            service.experiments.close()
+            return 1
     service.deployments.recover()  # updates cut short by a restart go back to their old config
     await service.reconciler.recover()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
     log.info("event=control_plane_ready address=%s data_dir=%s", address, settings.data_dir)
-    announce_ready("control-plane", address, metrics_address=exporter.address if exporter else "")
+    announce_ready(
+        "control-plane",
+        address,
+        metrics_address=exporter.address if exporter else "",
+        http_address=http_face.address if http_face else "",
+    )
     tasks = _background_tasks(service, settings)
 
     stop = asyncio.Event()
@@ -204,6 +235,8 @@ async def serve(settings: ControlPlaneSettings) -> int:
     log.info("event=control_plane_stopping")
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if http_face is not None:
+        await http_face.stop()  # before the gRPC server: its calls go through it
     if exporter is not None:
         await asyncio.to_thread(exporter.stop)
     await server.stop(grace=1.0)

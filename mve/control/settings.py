@@ -15,6 +15,7 @@ validated once at start.
 | log_level | --log-level | MVE_LOG_LEVEL | INFO | DEBUG, INFO, WARNING, ERROR |
 | metrics_port | --metrics-port | MVE_CONTROL_PLANE_METRICS_PORT | 9465 | 0-65535 (0: a free port), -1: no Prometheus exporter |
 | metrics_host | --metrics-host | MVE_CONTROL_PLANE_METRICS_HOST | (--host) | |
+| http_port | --http-port | MVE_CONTROL_PLANE_HTTP_PORT | 7071 | 0-65535 (0: a free port), -1: no HTTP face (boto3's SageMaker, Application Auto Scaling, CloudWatch APIs; binds --host) |
 | metrics_retention_days | --metrics-retention-days | MVE_METRICS_RETENTION_DAYS | 15 | 1-455: how long one-minute metric points are kept (one-second points: 3 hours) |
 | alarm_interval_s | --alarm-interval | MVE_ALARM_INTERVAL_S | 1.0 | 0.1-60: how often every alarm is evaluated |
 | utilization_interval_s | --utilization-interval | MVE_UTILIZATION_INTERVAL_S | 1.0 | 0.1-60: how often each model server's CPU and memory are sampled |
@@ -39,6 +40,8 @@ from typing import Any, Mapping
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 9465
 METRICS_OFF = -1
+DEFAULT_HTTP_PORT = 7071
+HTTP_OFF = -1
 
 
 class SettingsError(ValueError):
@@ -61,6 +64,7 @@ class ControlPlaneSettings:
     log_level: str = "INFO"
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the control plane binds
+    http_port: int = DEFAULT_HTTP_PORT
     metrics_retention_days: float = 15.0
     alarm_interval_s: float = 1.0
     utilization_interval_s: float = 1.0
@@ -72,6 +76,11 @@ class ControlPlaneSettings:
     def metrics_enabled(self) -> bool:
         """Whether the Prometheus exporter runs (``--metrics-port`` is not -1)."""
         return self.metrics_port != METRICS_OFF
+
+    @property
+    def http_enabled(self) -> bool:
+        """Whether the HTTP face for boto3 runs (``--http-port`` is not -1)."""
+        return self.http_port != HTTP_OFF
 
     @property
     def effective_metrics_host(self) -> str:
@@ -118,6 +127,7 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("log_level", "MVE_LOG_LEVEL", lambda s: s.upper()),
     ("metrics_port", "MVE_CONTROL_PLANE_METRICS_PORT", int),
     ("metrics_host", "MVE_CONTROL_PLANE_METRICS_HOST", str),
+    ("http_port", "MVE_CONTROL_PLANE_HTTP_PORT", int),
     ("metrics_retention_days", "MVE_METRICS_RETENTION_DAYS", float),
     ("alarm_interval_s", "MVE_ALARM_INTERVAL_S", float),
     ("utilization_interval_s", "MVE_UTILIZATION_INTERVAL_S", float),
@@ -175,6 +185,14 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         )
     if s.metrics_port != 0 and s.metrics_port == s.port and s.effective_metrics_host == s.host:
         raise SettingsError(f"--metrics-port must differ from --port, both are {s.port}")
+    if not HTTP_OFF <= s.http_port <= 65535:
+        raise SettingsError(
+            f"--http-port must be 0-65535 (0 picks a free port, -1 turns the HTTP face off), got {s.http_port}"
+        )
+    if s.http_port > 0 and s.http_port == s.port:
+        raise SettingsError(f"--http-port must differ from --port, both are {s.port}")
+    if s.http_port > 0 and s.http_port == s.metrics_port and s.effective_metrics_host == s.host:
+        raise SettingsError(f"--http-port must differ from --metrics-port, both are {s.http_port}")
     if not 1 <= s.metrics_retention_days <= 455:
         raise SettingsError(f"--metrics-retention-days must be 1-455, got {s.metrics_retention_days}")
     if not 0.1 <= s.alarm_interval_s <= 60:
