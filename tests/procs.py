@@ -83,6 +83,8 @@ def _pump(stream, lines: list[str], ready: queue.Queue) -> None:
 # ports unless a test says otherwise (the defaults, 9464 and 9465, would collide).
 # Proxies stop without a drain period unless a test asks for one (it would add a second to every stop).
 TEST_ENV = {"MVE_PROXY_METRICS_PORT": "0", "MVE_CONTROL_PLANE_METRICS_PORT": "0", "MVE_PROXY_DRAIN_S": "0"}
+# The control plane's HTTP face (default 7071) takes a free port too.
+TEST_ENV["MVE_CONTROL_PLANE_HTTP_PORT"] = "0"
 
 
 def start_service(args: list[str], timeout: float = 60.0, env: dict | None = None) -> Service:
