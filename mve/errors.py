@@ -1,16 +1,49 @@
-"""Domain errors and their one mapping to gRPC status.
+"""mve's errors: the domain exceptions, and THE table that names them on every door.
 
-Handlers raise these; `ErrorInterceptor` turns them into a gRPC status whose details carry a
-``google.rpc.ErrorInfo`` with the SageMaker-style reason (``ValidationException``,
-``ResourceNotFound``, ``ModelError``, ...). Clients turn a status back into the same exception
-with `from_rpc_error`. No handler calls ``context.abort`` itself.
+Handlers raise domain exceptions (`ValidationError`, `NotFound`, `ModelError`, ...); no handler
+calls ``context.abort`` itself. Each door names an exception the way the AWS API it speaks does,
+from one table, `ERRORS`:
+
+    ErrorName(service, name, http_status, raised_as, source)
+
+- ``service``: the API whose name this is, as boto3 spells it (`SAGEMAKER`, `RUNTIME`,
+  `AUTOSCALING`, `CLOUDWATCH`, `IAM`), or `ANY_SERVICE` for AWS's common errors.
+- ``name``: the error code a boto3 caller reads in ``error.response["Error"]["Code"]``.
+- ``http_status``: the status the HTTP faces answer (botocore's ``httpStatusCode`` where its
+  service model states one; a client fault of a JSON 1.1 service is 400).
+- ``raised_as``: the domain exceptions that take this name in this service. The gRPC status code
+  is the exception's own ``code`` (gRPC's word for the condition: a missing name is NOT_FOUND,
+  an existing one ALREADY_EXISTS, bad input INVALID_ARGUMENT); the SageMaker name rides beside it
+  as the ``google.rpc.ErrorInfo`` reason. So one name can travel on more than one gRPC code, e.g.
+  SageMaker's ``ValidationException`` "Could not find endpoint ..." is NOT_FOUND on the gRPC door.
+- ``source``: where the name and status come from.
+
+The same condition has different names in different APIs, as in AWS: bad input is
+``ValidationException`` on the control API and ``ValidationError`` on the runtime; a missing
+endpoint is ``ValidationException`` "Could not find endpoint ..." on DescribeEndpoint and
+``ValidationError`` "Endpoint ... not found." on InvokeEndpoint. Exceptions that exist in one API
+only (``ObjectNotFoundException`` of Application Auto Scaling, CloudWatch's ``InvalidParameterValue``,
+...) are classes of their own that carry their name in ``reason``; the table still lists them.
+
+What a door uses:
+
+- `error_name(error, service)`: the name `service` gives `error`.
+- `http_status(error, service)`: the HTTP status (an exception, or a name string).
+- `error_members(error, service)`: the members that go beside ``Error`` in the answer
+  (ModelError's ``OriginalStatusCode`` as an integer, ``OriginalMessage``, ``LogStreamArn``).
+- `to_status(error, service)` / `from_rpc_error(rpc_error)` / `reason_of(rpc_error)`: the gRPC
+  status and back; `ErrorInterceptor(service)` and `map_errors(handler, service)` wrap handlers.
+- `http_status_of_grpc_code(code)`: a model server's gRPC status as the HTTP status a container
+  would have answered (google.rpc.Code's mapping), for ModelError's ``OriginalStatusCode``.
+
+SigV4 errors (``InvalidSignatureException``, ...) exist only on the HTTP faces and are named in
+`mve.sigv4`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
+from dataclasses import dataclass
 
 import grpc
 from google.protobuf import any_pb2
@@ -21,12 +54,25 @@ log = logging.getLogger(__name__)
 
 ERROR_DOMAIN = "mve"
 
+# The APIs, as boto3 names its clients. ANY_SERVICE: AWS's common errors, valid in every API.
+SAGEMAKER = "sagemaker"
+RUNTIME = "sagemaker-runtime"
+AUTOSCALING = "application-autoscaling"
+CLOUDWATCH = "cloudwatch"
+IAM = "iam"
+ANY_SERVICE = "*"
+
+# mve's own gRPC APIs name their errors as SageMaker's control API does.
+_NAMED_AS = {"experiments": SAGEMAKER, "keys": IAM}
+
 
 class MveError(Exception):
     """Base of every error mve reports over the wire.
 
-    ``reason`` is the SageMaker error name; ``metadata`` adds string details
-    (for a ModelError: OriginalStatusCode, OriginalMessage).
+    ``code`` is the gRPC status code; ``reason`` the error's name on the control API (other APIs
+    may name it differently: `error_name`); ``metadata`` adds string details (for a ModelError:
+    OriginalStatusCode, OriginalMessage). A `reason` given to the constructor (an error read back
+    from the wire) is the name on every door.
     """
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
@@ -35,6 +81,7 @@ class MveError(Exception):
     def __init__(self, message: str, *, reason: str | None = None, metadata: dict[str, str] | None = None):
         super().__init__(message)
         self.message = message
+        self.explicit_reason = reason
         if reason is not None:
             self.reason = reason
         self.metadata = dict(metadata or {})
@@ -44,29 +91,42 @@ class MveError(Exception):
 
 
 class ValidationError(MveError):
-    """Bad input: a field out of range, a malformed body, an unknown variant (HTTP 400)."""
+    """Bad input: a field out of range, a malformed body, an unknown variant (HTTP 400).
+
+    ``ValidationException`` on the control API, ``ValidationError`` on the runtime.
+    """
 
     code = grpc.StatusCode.INVALID_ARGUMENT
     reason = "ValidationException"
 
 
-class ResourceAlreadyExists(MveError):
-    """A model, config or endpoint with this name exists already."""
+class NotFound(ValidationError):
+    """No model, endpoint config or endpoint by that name, where SageMaker calls that bad input.
+
+    SageMaker answers ``ValidationException`` 'Could not find endpoint "arn:..."' on the control
+    API and ``ValidationError`` 'Endpoint ... not found.' on InvokeEndpoint; gRPC says NOT_FOUND.
+    Not to be confused with `ResourceNotFound`, SageMaker's own error name for other resources.
+    """
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class ResourceAlreadyExists(ValidationError):
+    """A model, config or endpoint with this name exists already (SageMaker: ValidationException)."""
 
     code = grpc.StatusCode.ALREADY_EXISTS
-    reason = "ValidationException"
 
 
 class ResourceNotFound(MveError):
-    """No model, config or endpoint by that name."""
+    """SageMaker's ``ResourceNotFound``: used where the API itself uses that name (a bandit policy,
+    a model a model server does not serve). A missing model, config or endpoint is `NotFound`."""
 
     code = grpc.StatusCode.NOT_FOUND
     reason = "ResourceNotFound"
 
 
 class ResourceInUse(MveError):
-    """The resource is used by another one (a model by a config, a config by an endpoint) or
-    is in a status that does not allow the call."""
+    """The resource is used by another one (a model by a config, a config by an endpoint)."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
     reason = "ResourceInUse"
@@ -80,10 +140,46 @@ class ResourceLimitExceeded(MveError):
 
 
 class ModelError(MveError):
-    """The model server answered with an error (SageMaker's 424)."""
+    """The model answered with an error (SageMaker's 424).
+
+    ``original_status_code`` is the HTTP status the model's container answered (an integer; a
+    model server's gRPC status is converted by `http_status_of_grpc_code`) and
+    ``original_message`` its message; both travel as ErrorInfo metadata and come back as the
+    answer's ``OriginalStatusCode`` and ``OriginalMessage``.
+    """
 
     code = grpc.StatusCode.INTERNAL
     reason = "ModelError"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        original_status_code: int | None = None,
+        original_message: str | None = None,
+        log_stream_arn: str | None = None,
+        reason: str | None = None,
+        metadata: dict[str, str] | None = None,
+    ):
+        details = dict(metadata or {})
+        if original_status_code is not None:
+            details["OriginalStatusCode"] = str(int(original_status_code))
+        if original_message is not None:
+            details["OriginalMessage"] = original_message
+        if log_stream_arn:
+            details["LogStreamArn"] = log_stream_arn
+        super().__init__(message, reason=reason, metadata=details)
+
+    @property
+    def original_status_code(self) -> int | None:
+        """The container's HTTP status, or None when the model server did not say."""
+        value = self.metadata.get("OriginalStatusCode", "")
+        return int(value) if value.isdigit() else None
+
+    @property
+    def original_message(self) -> str:
+        """The container's own message (the error's message when it gave none)."""
+        return self.metadata.get("OriginalMessage", self.message)
 
 
 class ModelNotReady(MveError):
@@ -107,24 +203,176 @@ class InternalFailure(MveError):
     reason = "InternalFailure"
 
 
-_CODE_VALUES = {code: code.value[0] for code in grpc.StatusCode}
+@dataclass(frozen=True)
+class ErrorName:
+    """One row of the table: what `service` calls `raised_as`, and its HTTP status."""
 
-_REASON_TYPES: dict[str, type[MveError]] = {
-    "ValidationException": ValidationError,
-    "ValidationError": ValidationError,
-    "ResourceNotFound": ResourceNotFound,
-    "ResourceInUse": ResourceInUse,
-    "ResourceLimitExceeded": ResourceLimitExceeded,
-    "ModelError": ModelError,
-    "ModelNotReadyException": ModelNotReady,
-    "ServiceUnavailable": ServiceUnavailable,
-    "InternalFailure": InternalFailure,
+    service: str
+    name: str
+    http_status: int
+    raised_as: tuple[type[MveError], ...]
+    source: str
+
+
+_BOTOCORE = "botocore 1.44.8 data/{}/service-2.json"
+_SM = _BOTOCORE.format("sagemaker/2017-07-24")
+_SMR = _BOTOCORE.format("sagemaker-runtime/2017-05-13")
+_AAS = _BOTOCORE.format("application-autoscaling/2016-02-06")
+_CW = _BOTOCORE.format("cloudwatch/2010-08-01")
+_IAM = _BOTOCORE.format("iam/2010-05-08")
+_FACTS = "shared/reference/sagemaker-api-facts.md"
+_JSON_400 = "a JSON 1.1 client fault is HTTP 400"
+
+# THE table. A class listed in a row of a service is named by that row there; a class in no row
+# of a service is named by its own `reason` (the nearest class up its MRO that has a row or sets one).
+ERRORS: tuple[ErrorName, ...] = (
+    # SageMaker's control API (JSON 1.1). Its modeled errors carry no httpStatusCode: 400.
+    ErrorName(SAGEMAKER, "ValidationException", 400, (ValidationError, NotFound, ResourceAlreadyExists),
+              f"{_FACTS} (DescribeEndpoint/DeleteEndpoint on a missing name, creating an existing one); "
+              "not modeled in botocore (ClientError with Error.Code)"),
+    ErrorName(SAGEMAKER, "ResourceNotFound", 400, (ResourceNotFound,),
+              f"{_SM}: shape ResourceNotFound (242 operations, none of the endpoint ones); {_JSON_400}"),
+    ErrorName(SAGEMAKER, "ResourceInUse", 400, (ResourceInUse,), f"{_SM}: shape ResourceInUse; {_JSON_400}"),
+    ErrorName(SAGEMAKER, "ResourceLimitExceeded", 400, (ResourceLimitExceeded,),
+              f"{_SM}: CreateModel, CreateEndpointConfig, CreateEndpoint, UpdateEndpoint, "
+              f"UpdateEndpointWeightsAndCapacities; {_JSON_400}"),
+    # SageMaker Runtime (rest-json), statuses from the shapes' httpStatusCode.
+    ErrorName(RUNTIME, "ValidationError", 400, (ValidationError, NotFound, ResourceNotFound),
+              f"{_SMR}: InvokeEndpoint; {_FACTS} (a missing endpoint is 'Endpoint ... not found.')"),
+    ErrorName(RUNTIME, "ModelError", 424, (ModelError,), f"{_SMR}: InvokeEndpoint, with OriginalStatusCode (integer), "
+              "OriginalMessage, LogStreamArn"),
+    ErrorName(RUNTIME, "ModelNotReadyException", 429, (ModelNotReady,), f"{_SMR}: InvokeEndpoint"),
+    # Application Auto Scaling (JSON 1.1).
+    ErrorName(AUTOSCALING, "ValidationException", 400, (ValidationError,), f"{_AAS}; {_JSON_400}"),
+    ErrorName(AUTOSCALING, "ObjectNotFoundException", 400, (), f"{_AAS}; {_JSON_400} (mve.control.autoscaling)"),
+    ErrorName(AUTOSCALING, "LimitExceededException", 400, (), f"{_AAS}; {_JSON_400} (mve.control.autoscaling)"),
+    ErrorName(AUTOSCALING, "InternalServiceException", 500, (InternalFailure,), f"{_AAS}: shape InternalServiceException"),
+    # CloudWatch (smithy-rpc-v2-cbor, awsQueryCompatible: botocore's Error.Code is the query code).
+    ErrorName(CLOUDWATCH, "ValidationError", 400, (ValidationError,), f"{_CW}: ValidationException, query code ValidationError"),
+    ErrorName(CLOUDWATCH, "InvalidParameterValue", 400, (), f"{_CW}: InvalidParameterValueException (mve.control.metric_query)"),
+    ErrorName(CLOUDWATCH, "MissingParameter", 400, (), f"{_CW}: MissingRequiredParameterException (mve.control.metric_query)"),
+    ErrorName(CLOUDWATCH, "InvalidParameterCombination", 400, (),
+              f"{_CW}: InvalidParameterCombinationException (mve.control.metric_query)"),
+    ErrorName(CLOUDWATCH, "InvalidNextToken", 400, (), f"{_CW}: InvalidNextToken (mve.control.cloudwatch)"),
+    ErrorName(CLOUDWATCH, "ResourceNotFound", 404, (ResourceNotFound, NotFound), f"{_CW}: ResourceNotFound (mve.control.alarms)"),
+    ErrorName(CLOUDWATCH, "LimitExceeded", 400, (ResourceLimitExceeded,), f"{_CW}: LimitExceededFault (mve.control.alarms)"),
+    ErrorName(CLOUDWATCH, "InternalServiceError", 500, (InternalFailure,), f"{_CW}: InternalServiceFault"),
+    # IAM (query): access keys.
+    ErrorName(IAM, "InvalidInput", 400, (ValidationError,), f"{_IAM}: InvalidInputException"),
+    ErrorName(IAM, "NoSuchEntity", 404, (NotFound, ResourceNotFound),
+              f"{_IAM}: CreateAccessKey, DeleteAccessKey, ListAccessKeys"),
+    ErrorName(IAM, "LimitExceeded", 409, (ResourceLimitExceeded,), f"{_IAM}: CreateAccessKey"),
+    ErrorName(IAM, "ServiceFailure", 500, (InternalFailure,), f"{_IAM}: ServiceFailureException"),
+    # AWS's common errors, in every API (the runtime models them on InvokeEndpoint).
+    ErrorName(ANY_SERVICE, "InternalFailure", 500, (InternalFailure,), f"{_SMR}: InternalFailure; AWS common errors"),
+    ErrorName(ANY_SERVICE, "ServiceUnavailable", 503, (ServiceUnavailable,),
+              f"{_SMR}: ServiceUnavailable; AWS common errors"),
+    ErrorName(ANY_SERVICE, "InternalDependencyException", 530, (),
+              f"{_SMR}: InvokeEndpoint (mve raises none: it has no internal dependency to blame)"),
+)
+
+# google.rpc.Code's documented HTTP mapping (googleapis google/rpc/code.proto), for a model
+# server's gRPC status as the HTTP status a container would have answered.
+GRPC_TO_HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200, grpc.StatusCode.CANCELLED: 499, grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400, grpc.StatusCode.DEADLINE_EXCEEDED: 504, grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409, grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.UNAUTHENTICATED: 401, grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400, grpc.StatusCode.ABORTED: 409, grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501, grpc.StatusCode.INTERNAL: 500, grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
 }
 
+_BY_CLASS: dict[tuple[str, type], ErrorName] = {}
+_BY_NAME: dict[tuple[str, str], ErrorName] = {}
+for _row in ERRORS:
+    _BY_NAME.setdefault((_row.service, _row.name), _row)
+    for _cls in _row.raised_as:
+        _BY_CLASS.setdefault((_row.service, _cls), _row)
+
+
+def _naming(service: str | None) -> str:
+    service = service or SAGEMAKER
+    return _NAMED_AS.get(service, service)
+
+
+def error_name(error: MveError, service: str | None = None) -> str:
+    """The name `service` (boto3's client name; default: SageMaker's control API) gives `error`."""
+    if error.explicit_reason is not None:
+        return error.explicit_reason
+    service = _naming(service)
+    for cls in type(error).__mro__:
+        row = _BY_CLASS.get((service, cls)) or _BY_CLASS.get((ANY_SERVICE, cls))
+        if row is not None:
+            return row.name
+        if "reason" in cls.__dict__:
+            return cls.__dict__["reason"]
+    return InternalFailure.reason
+
+
+def http_status(error: MveError | str, service: str | None = None) -> int:
+    """The HTTP status of `error` (an exception, or an error name) on `service`'s HTTP face.
+
+    A name the table does not know is 400 (a client fault) unless the exception's gRPC code says
+    otherwise (`GRPC_TO_HTTP_STATUS`), as for a caller's own made-up name.
+    """
+    name = error if isinstance(error, str) else error_name(error, service)
+    service = _naming(service)
+    row = _BY_NAME.get((service, name)) or _BY_NAME.get((ANY_SERVICE, name))
+    if row is None:
+        row = next((r for r in ERRORS if r.name == name), None)
+    if row is not None:
+        return row.http_status
+    if isinstance(error, MveError):
+        return GRPC_TO_HTTP_STATUS.get(error.code, 500)
+    return 400
+
+
+def error_members(error: MveError, service: str | None = None) -> dict:
+    """What goes beside ``Error`` in the answer: a ModelError's OriginalStatusCode (an int),
+    OriginalMessage and LogStreamArn, as botocore puts them in ``ClientError.response``."""
+    if error_name(error, service) != "ModelError":
+        return {}
+    members: dict = {}
+    status = error.metadata.get("OriginalStatusCode", "")
+    members["OriginalStatusCode"] = int(status) if status.isdigit() else 500
+    members["OriginalMessage"] = error.metadata.get("OriginalMessage", error.message)
+    if error.metadata.get("LogStreamArn"):
+        members["LogStreamArn"] = error.metadata["LogStreamArn"]
+    return members
+
+
+def http_status_of_grpc_code(code: grpc.StatusCode) -> int:
+    """The HTTP status google.rpc.Code maps `code` to (500 for anything unexpected)."""
+    return GRPC_TO_HTTP_STATUS.get(code, 500)
+
+
+# The API each gRPC service of mve speaks, for the name its errors take. The Open Inference
+# Protocol is spoken by the proxy (the runtime: it says so when it maps errors) and by model servers.
+GRPC_SERVICE_API = {
+    "mve.v1.EndpointControl": SAGEMAKER,
+    "mve.v1.Experiments": SAGEMAKER,
+    "mve.v1.ApplicationAutoScaling": AUTOSCALING,
+    "mve.v1.CloudWatch": CLOUDWATCH,
+    "mve.v1.AccessKeys": IAM,
+    "mve.v1.EndpointRuntime": RUNTIME,
+}
+
+
+def api_of_method(method: str | None) -> str:
+    """The API of a gRPC method path ``/package.Service/Method`` (SageMaker's for any other)."""
+    service = (method or "").lstrip("/").partition("/")[0]
+    return GRPC_SERVICE_API.get(service, SAGEMAKER)
+
+
+_CODE_VALUES = {code: code.value[0] for code in grpc.StatusCode}
+_CODES_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+
+# An error read back without a reason mve knows: its class by gRPC code.
 _CODE_TYPES: dict[grpc.StatusCode, type[MveError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: ValidationError,
     grpc.StatusCode.ALREADY_EXISTS: ResourceAlreadyExists,
-    grpc.StatusCode.NOT_FOUND: ResourceNotFound,
+    grpc.StatusCode.NOT_FOUND: NotFound,
     grpc.StatusCode.FAILED_PRECONDITION: ResourceInUse,
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceLimitExceeded,
     grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
@@ -132,9 +380,11 @@ _CODE_TYPES: dict[grpc.StatusCode, type[MveError]] = {
 }
 
 
-def to_status(error: MveError) -> grpc.Status:
-    """The gRPC status for `error`, with an ErrorInfo detail naming its reason."""
-    info = error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata)
+def to_status(error: MveError, service: str | None = None) -> grpc.Status:
+    """The gRPC status for `error`, with an ErrorInfo detail naming it as `service` does."""
+    info = error_details_pb2.ErrorInfo(
+        reason=error_name(error, service), domain=ERROR_DOMAIN, metadata=error.metadata
+    )
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=_CODE_VALUES[error.code], message=error.message, details=[detail])
@@ -155,172 +405,78 @@ def _error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
 
 
 def reason_of(error: grpc.RpcError) -> str | None:
-    """The SageMaker-style reason in an RpcError's ErrorInfo, or None when it has none."""
+    """The SageMaker error name in an RpcError's ErrorInfo, or None when it has none."""
     info = _error_info(error)
     return info.reason if info is not None else None
 
 
+def _class_for(reason: str | None, code: grpc.StatusCode) -> type[MveError]:
+    """The domain class a (name, gRPC code) pair read from the wire stands for."""
+    candidates = [cls for row in ERRORS if row.name == reason for cls in row.raised_as]
+    for cls in candidates:
+        if cls.code == code:
+            return cls
+    if candidates:
+        return candidates[0]
+    return _CODE_TYPES.get(code, InternalFailure)
+
+
 def from_rpc_error(error: grpc.RpcError) -> MveError:
-    """Turn a failed call back into the domain exception the server raised."""
+    """Turn a failed call back into the domain exception the server raised, its name kept."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     message = error.details() if hasattr(error, "details") else str(error)
     info = _error_info(error)
-    reason = info.reason if info is not None else None
+    reason = info.reason if info is not None and info.reason else None
     metadata = dict(info.metadata) if info is not None else {}
-    if code == grpc.StatusCode.ALREADY_EXISTS:
-        cls: type[MveError] = ResourceAlreadyExists
-    elif reason in _REASON_TYPES:
-        cls = _REASON_TYPES[reason]
-    else:
-        cls = _CODE_TYPES.get(code, InternalFailure)
+    cls = _class_for(reason, code)
     err = cls(message or "", reason=reason or cls.reason, metadata=metadata)
     err.code = code
     return err
 
 
-async def abort_with_error(context, error: Exception, where: str = "handler") -> None:
-    """End the call with `error`'s status: an MveError's own, anything else as InternalFailure.
-
-    An unexpected exception is logged with its traceback (the caller sees only its type). When the
-    call has ended already (its deadline passed or the caller cancelled while the error was on its
-    way), there is no one left to tell: the handler ends as cancelled, quietly.
-    """
-    if type(error) is NotImplementedError:
-        # A generated base servicer's method nobody implemented (e.g. a newer grpc.health.v1's List).
-        try:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{where} is not implemented")
-        except grpc.aio.AbortError:
-            raise
-        except Exception:  # noqa: BLE001 - the call is over
-            raise asyncio.CancelledError from None
-    if not isinstance(error, MveError):
-        log.error("unhandled error in %s", where, exc_info=error)
-        error = InternalFailure(f"internal failure: {type(error).__name__}")
-    try:
-        await context.abort_with_status(to_status(error))
-    except grpc.aio.AbortError:
-        raise
-    except Exception:  # noqa: BLE001 - grpc's ExecuteBatchError: the call is over
-        raise asyncio.CancelledError from None
+# The handler wrapping lives in mve.grpc_errors (it needs the table above); these names stay
+# importable from here, as every server imports them.
+_GRPC_WRAPPING = ("ErrorInterceptor", "abort_with_error", "map_errors")
 
 
-def _where(behavior) -> str:
-    return getattr(behavior, "__qualname__", None) or type(behavior).__qualname__
+def __getattr__(name: str):
+    if name in _GRPC_WRAPPING:
+        from mve import grpc_errors
 
-
-class _Undecodable:
-    """What a tolerant deserializer hands over for bytes that are not the method's request message."""
-
-    __slots__ = ("message_name", "size")
-
-    def __init__(self, message_name: str, size: int):
-        self.message_name = message_name
-        self.size = size
-
-    def error(self) -> ValidationError:
-        return ValidationError(f"the request ({self.size} bytes) is not a valid {self.message_name}")
-
-
-def _tolerant(deserializer):
-    """`deserializer`, returning an `_Undecodable` instead of raising on bytes that do not parse.
-
-    grpc answers UNKNOWN ("Exception deserializing request!") when a deserializer raises; with
-    this, the handler answers INVALID_ARGUMENT / ValidationException naming the message instead.
-    """
-    if deserializer is None:
-        return None
-    message_type = getattr(deserializer, "__self__", None)
-    descriptor = getattr(message_type, "DESCRIPTOR", None)
-    name = getattr(descriptor, "full_name", None) or "request message"
-
-    def deserialize(data: bytes):
-        try:
-            return deserializer(data)
-        except Exception:  # noqa: BLE001 - DecodeError, or anything a bad byte string makes it raise
-            return _Undecodable(name, len(data))
-
-    return deserialize
-
-
-def _wrap_unary(behavior):
-    async def handler(request, context):
-        try:
-            if type(request) is _Undecodable:
-                raise request.error()
-            return await behavior(request, context)
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception as error:  # noqa: BLE001 - the last line of defence: report, don't crash
-            await abort_with_error(context, error, _where(behavior))
-
-    return handler
-
-
-def _wrap_stream(behavior):
-    if inspect.iscoroutinefunction(behavior):
-        # A reader/writer-style handler (``await context.write(...)``, e.g. grpc_health's Watch)
-        # is a coroutine, not an async generator: wrap it as one.
-        return _wrap_unary(behavior)
-
-    async def handler(request, context):
-        try:
-            if type(request) is _Undecodable:
-                raise request.error()
-            async for response in behavior(request, context):
-                yield response
-        except (grpc.aio.AbortError, grpc.RpcError):
-            raise
-        except Exception as error:  # noqa: BLE001
-            await abort_with_error(context, error, _where(behavior))
-
-    return handler
-
-
-def map_errors(handler: grpc.RpcMethodHandler | None) -> grpc.RpcMethodHandler | None:
-    """`handler` with its unary or server-streaming behaviour wrapped in the error mapping.
-
-    Request bytes that are not the method's message become a ValidationException (INVALID_ARGUMENT)
-    naming the message, not grpc's UNKNOWN. A behaviour (or the object of a bound method) with ``maps_errors = True`` raises no MveError
-    and is returned as it is: a hot path can map its errors itself and skip the extra coroutine.
-    """
-    if handler is None:
-        return None
-    kwargs = dict(
-        request_deserializer=_tolerant(handler.request_deserializer),
-        response_serializer=handler.response_serializer,
-    )
-    if handler.unary_unary is not None:
-        behavior = handler.unary_unary
-        if getattr(getattr(behavior, "__self__", behavior), "maps_errors", False):
-            return handler
-        return grpc.unary_unary_rpc_method_handler(_wrap_unary(behavior), **kwargs)
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(_wrap_stream(handler.unary_stream), **kwargs)
-    return handler
-
-
-class ErrorInterceptor(grpc.aio.ServerInterceptor):
-    """Maps MveError (and any unexpected exception) raised by an async handler to a gRPC status."""
-
-    async def intercept_service(self, continuation, handler_call_details):
-        return map_errors(await continuation(handler_call_details))
+        return getattr(grpc_errors, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
+    "ANY_SERVICE",
+    "AUTOSCALING",
+    "CLOUDWATCH",
+    "ERRORS",
     "ErrorInterceptor",
-    "abort_with_error",
-    "map_errors",
+    "ErrorName",
+    "GRPC_TO_HTTP_STATUS",
+    "IAM",
     "InternalFailure",
     "ModelError",
     "ModelNotReady",
     "MveError",
+    "NotFound",
+    "RUNTIME",
     "ResourceAlreadyExists",
     "ResourceInUse",
     "ResourceLimitExceeded",
     "ResourceNotFound",
+    "SAGEMAKER",
     "ServiceUnavailable",
     "ValidationError",
+    "abort_with_error",
+    "api_of_method",
+    "error_members",
+    "error_name",
     "from_rpc_error",
+    "http_status",
+    "http_status_of_grpc_code",
+    "map_errors",
     "reason_of",
     "to_status",
 ]
