@@ -51,7 +51,7 @@ from mve.control.validation import (
     validate_weight,
     validate_weight_sum,
 )
-from mve.errors import ResourceAlreadyExists, ResourceInUse, ResourceNotFound, ValidationError
+from mve.errors import NotFound, ResourceAlreadyExists, ResourceInUse, ValidationError
 
 log = logging.getLogger(__name__)
 
@@ -178,10 +178,10 @@ class ControlService:
         return model
 
     def describe_model(self, name: str) -> ModelRecord:
-        """The model called `name`, or ResourceNotFound."""
+        """The model called `name`, or NotFound (SageMaker's ValidationException 'Could not find model')."""
         model = self.store.get_model(name)
         if model is None:
-            raise ResourceNotFound(f'Could not find model "{arn("model", name)}".')
+            raise NotFound(f'Could not find model "{arn("model", name)}".')
         return model
 
     def list_models(self, query: ListQuery) -> tuple[list[ModelRecord], str]:
@@ -239,7 +239,7 @@ class ControlService:
         """The variant's model exists and, with batching on, has a batch dimension everywhere."""
         model = self.store.get_model(variant.model_name)
         if model is None:
-            raise ResourceNotFound(
+            raise NotFound(
                 f'Could not find model "{arn("model", variant.model_name)}" (variant {variant.variant_name!r}).'
             )
         check_batchable(
@@ -250,10 +250,10 @@ class ControlService:
         )
 
     def describe_endpoint_config(self, name: str) -> EndpointConfigRecord:
-        """The endpoint config called `name`, or ResourceNotFound."""
+        """The endpoint config called `name`, or NotFound ('Could not find endpoint configuration')."""
         config = self.store.get_config(name)
         if config is None:
-            raise ResourceNotFound(f'Could not find endpoint configuration "{arn("endpoint-config", name)}".')
+            raise NotFound(f'Could not find endpoint configuration "{arn("endpoint-config", name)}".')
         return config
 
     def list_endpoint_configs(self, query: ListQuery) -> tuple[list[EndpointConfigRecord], str]:
@@ -312,10 +312,10 @@ class ControlService:
         return endpoint
 
     def describe_endpoint(self, name: str) -> tuple[EndpointRecord, dict[str, int]]:
-        """The endpoint and its InService instances per variant, or ResourceNotFound."""
+        """The endpoint and its InService instances per variant, or NotFound ('Could not find endpoint')."""
         endpoint = self.store.get_endpoint(name)
         if endpoint is None:
-            raise ResourceNotFound(f'Could not find endpoint "{arn("endpoint", name)}".')
+            raise NotFound(f'Could not find endpoint "{arn("endpoint", name)}".')
         return endpoint, self.reconciler.current_instance_counts(name)
 
     def endpoint_images(self, endpoint: EndpointRecord) -> dict[str, str]:
@@ -447,7 +447,7 @@ class ControlService:
         endpoint, _ = self.describe_endpoint(name)
         self._refuse_during_update(endpoint)
         if endpoint.status != EndpointStatus.IN_SERVICE:
-            raise ResourceInUse(f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).')
+            raise ValidationError(f'Cannot update in-progress endpoint "{endpoint.arn}" (status {endpoint.status}).')
         if not changes:
             raise ValidationError("DesiredWeightsAndCapacities must name at least 1 variant.")
         if len(changes) > 10:

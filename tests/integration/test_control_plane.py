@@ -233,7 +233,8 @@ def test_delete_endpoint_stops_its_model_servers_and_forgets_it(stub, models, da
     wait_deleted(stub, "doomed")
     wait_until(lambda: not pid_alive(pid), 15, what="the model server to exit")
     code, reason, message = _code_and_reason(lambda: describe(stub, "doomed"))
-    assert code == grpc.StatusCode.NOT_FOUND and message == 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/doomed".'
+    assert (code, reason) == (grpc.StatusCode.NOT_FOUND, "ValidationException")
+    assert message == 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/doomed".'
     stub.DeleteEndpointConfig(pb.DeleteEndpointConfigRequest(endpoint_config_name="doomed-config"))
 
 
@@ -265,7 +266,7 @@ def test_a_gpu_endpoint_runs_on_cuda_or_fails_with_the_cuda_reason(plane, stub, 
                 )
             )
         )
-        assert (code, reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ResourceInUse")
+        assert (code, reason) == (grpc.StatusCode.INVALID_ARGUMENT, "ValidationException")  # in-progress endpoint
     code, reason, _ = _code_and_reason(
         lambda: stub.DeleteEndpointConfig(pb.DeleteEndpointConfigRequest(endpoint_config_name="gpu-config"))
     )
@@ -374,15 +375,43 @@ CASES = {
     ),
     "unknown model in a config": (
         lambda s: s.CreateEndpointConfig(_config("bad-config", variant("A", "no-such-model"))),
-        grpc.StatusCode.NOT_FOUND, "ResourceNotFound", 'Could not find model "arn:mve:sagemaker:local:000000000000:model/no-such-model"',
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find model "arn:mve:sagemaker:local:000000000000:model/no-such-model"',
     ),
     "unknown endpoint config": (
         lambda s: s.CreateEndpoint(pb.CreateEndpointRequest(endpoint_name="orphan", endpoint_config_name="no-such-config")),
-        grpc.StatusCode.NOT_FOUND, "ResourceNotFound", "Could not find endpoint configuration",
+        grpc.StatusCode.NOT_FOUND, "ValidationException", "Could not find endpoint configuration",
     ),
     "unknown endpoint": (
         lambda s: s.DescribeEndpoint(pb.DescribeEndpointRequest(endpoint_name="no-such-endpoint")),
-        grpc.StatusCode.NOT_FOUND, "ResourceNotFound", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/no-such-endpoint".',
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/no-such-endpoint".',
+    ),
+    "delete of an unknown endpoint": (
+        lambda s: s.DeleteEndpoint(pb.DeleteEndpointRequest(endpoint_name="no-such-endpoint")),
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/no-such-endpoint".',
+    ),
+    "weights of an unknown endpoint": (
+        lambda s: s.UpdateEndpointWeightsAndCapacities(pb.UpdateEndpointWeightsAndCapacitiesRequest(
+            endpoint_name="no-such-endpoint",
+            desired_weights_and_capacities=[pb.DesiredWeightAndCapacity(variant_name="A", desired_weight=1)])),
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/no-such-endpoint".',
+    ),
+    "unknown model": (
+        lambda s: s.DescribeModel(pb.DescribeModelRequest(model_name="no-such-model")),
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find model "arn:mve:sagemaker:local:000000000000:model/no-such-model".',
+    ),
+    "delete of an unknown model": (
+        lambda s: s.DeleteModel(pb.DeleteModelRequest(model_name="no-such-model")),
+        grpc.StatusCode.NOT_FOUND, "ValidationException", 'Could not find model "arn:mve:sagemaker:local:000000000000:model/no-such-model".',
+    ),
+    "unknown endpoint config on describe": (
+        lambda s: s.DescribeEndpointConfig(pb.DescribeEndpointConfigRequest(endpoint_config_name="no-such-config")),
+        grpc.StatusCode.NOT_FOUND, "ValidationException",
+        'Could not find endpoint configuration "arn:mve:sagemaker:local:000000000000:endpoint-config/no-such-config".',
+    ),
+    "delete of an unknown endpoint config": (
+        lambda s: s.DeleteEndpointConfig(pb.DeleteEndpointConfigRequest(endpoint_config_name="no-such-config")),
+        grpc.StatusCode.NOT_FOUND, "ValidationException",
+        'Could not find endpoint configuration "arn:mve:sagemaker:local:000000000000:endpoint-config/no-such-config".',
     ),
     "model name taken": (
         lambda s: s.CreateModel(pb.CreateModelRequest(model_name="mlp", primary_container=pb.ContainerDefinition(model_data_url="/x"))),
@@ -464,7 +493,7 @@ CASES = {
     ),
     "update endpoint to a missing config": (
         lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(endpoint_name="ab", endpoint_config_name="nope")),
-        grpc.StatusCode.NOT_FOUND, "ResourceNotFound", "Could not find endpoint configuration",
+        grpc.StatusCode.NOT_FOUND, "ValidationException", "Could not find endpoint configuration",
     ),
     "update endpoint with both policies": (
         lambda s: s.UpdateEndpoint(pb.UpdateEndpointRequest(

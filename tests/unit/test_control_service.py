@@ -22,7 +22,7 @@ from mve.control.routes import RoutePublisher
 from mve.control.service import ControlService, WeightAndCapacity
 from mve.control.store import SqliteStore
 from mve.control.validation import Limits
-from mve.errors import ResourceAlreadyExists, ResourceInUse, ResourceNotFound, ValidationError
+from mve.errors import NotFound, ResourceAlreadyExists, ResourceInUse, ValidationError, error_name
 
 
 def write_model(path: Path, batch_dim: bool = True) -> Path:
@@ -272,8 +272,9 @@ def test_delete_endpoint_stops_processes_and_forgets_it(tmp_path, model_path):
         plane.service.delete_endpoint("e")
         assert plane.status() == "Deleting" and plane.routes.current.endpoints == []
         await plane.reconciler.idle()
-        with pytest.raises(ResourceNotFound, match='Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/e"'):
+        with pytest.raises(NotFound, match='Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/e"') as gone:
             plane.service.describe_endpoint("e")
+        assert error_name(gone.value) == "ValidationException"  # as SageMaker answers DescribeEndpoint
         assert plane.provider.processes() == []
 
     run(scenario)
@@ -290,7 +291,7 @@ def test_deleting_a_creating_endpoint_stops_the_instances_still_starting(tmp_pat
             await asyncio.sleep(0)
         plane.service.delete_endpoint("e")
         await plane.reconciler.idle()
-        with pytest.raises(ResourceNotFound):
+        with pytest.raises(NotFound):
             plane.service.describe_endpoint("e")
         assert provider.processes() == [] and plane.store.list_instances() == []
         assert len(provider.stopped) == 2
@@ -393,8 +394,9 @@ def test_in_use_resources_cannot_be_deleted(tmp_path, model_path):
         plane.service.create_endpoint("e", "c", {})
         with pytest.raises(ResourceInUse, match="used by endpoint"):
             plane.service.delete_endpoint_config("c")
-        with pytest.raises(ResourceInUse, match="Cannot update in-progress endpoint"):
+        with pytest.raises(ValidationError, match="Cannot update in-progress endpoint") as in_progress:
             plane.service.update_weights_and_capacities("e", [WeightAndCapacity("A", desired_weight=2.0)])
+        assert type(in_progress.value) is ValidationError  # SageMaker's ValidationException, not ResourceInUse
         await plane.reconciler.idle()
 
     run(scenario)
@@ -415,7 +417,7 @@ def test_update_rejections(tmp_path, model_path):
             update("e", [WeightAndCapacity("A")])
         with pytest.raises(ValidationError, match="more than once"):
             update("e", [WeightAndCapacity("A", 1.0), WeightAndCapacity("A", 2.0)])
-        with pytest.raises(ResourceNotFound):
+        with pytest.raises(NotFound):
             update("nope", [WeightAndCapacity("A", 1.0)])
         assert plane.status() == "InService"
 
@@ -432,5 +434,5 @@ def test_batching_needs_a_dynamic_first_dimension(tmp_path):
 
 def test_configs_need_existing_models(tmp_path):
     plane = Plane(tmp_path, FakeProvider())
-    with pytest.raises(ResourceNotFound, match='Could not find model "arn:mve:sagemaker:local:000000000000:model/m"'):
+    with pytest.raises(NotFound, match='Could not find model "arn:mve:sagemaker:local:000000000000:model/m"'):
         plane.service.create_endpoint_config("c", [variant("A")], {}, {})

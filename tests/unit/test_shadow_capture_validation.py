@@ -11,7 +11,7 @@ import pytest
 
 from mve.control.records import VariantSpec
 from mve.control.validation import Limits, validate_data_capture, validate_variant, validate_variant_set
-from mve.errors import ResourceNotFound, ValidationError
+from mve.errors import NotFound, ValidationError
 from test_control_service import FakeProvider, Plane, write_model
 
 
@@ -114,7 +114,7 @@ def test_a_shadow_variant_gets_the_production_defaults():
 def test_the_service_stores_shadows_and_capture_and_checks_shadow_models(tmp_path):
     plane = Plane(tmp_path, FakeProvider())
     asyncio.run(plane.service.create_model("m", "", str(write_model(tmp_path / "m.onnx")), {}, {}))
-    with pytest.raises(ResourceNotFound, match="variant 'S'"):
+    with pytest.raises(NotFound, match="variant 'S'"):
         plane.service.create_endpoint_config("c", [variant("A")], None, {}, [variant("S", model="missing")])
     with pytest.raises(ValidationError, match="DataCaptureConfig.DestinationS3Uri"):
         plane.service.create_endpoint_config("c", [variant("A")], {**ENABLED, "destination_s3_uri": "s3://b"}, {})
