@@ -10,7 +10,7 @@ Errors become `ErrorReply` (code, message, HTTP status):
 
 | what | code | status |
 | --- | --- | --- |
-| an error the control plane answered | its code (``ValidationException``, ``ResourceInUse``, ...) | the status botocore's model gives the code, else 500 / 503 for the server-side codes below, else 400 |
+| an error the control plane answered | its code (``ValidationException``, ``ResourceInUse``, ...) | `mve.errors.http_status` (the one table of names and statuses) |
 | parameters mve's SDK refuses (a member mve does not support, a wrong type) | ``ValidationException`` | 400 |
 | the control plane not reachable / too slow | ``ServiceUnavailable`` | 503 |
 | anything unexpected | ``InternalFailure`` | 500 |
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from botocore.model import OperationModel, ServiceModel
 
 from mve.control.http_protocols import ErrorReply, Protocol, protocols_for
+from mve.errors import http_status
 from mve.sdk import autoscaling as sdk_autoscaling
 from mve.sdk import cloudwatch as sdk_cloudwatch
 from mve.sdk import control as sdk_control
@@ -43,16 +44,6 @@ SDK_OPERATIONS: dict[str, dict[str, str]] = {
     "sagemaker": sdk_control.OPERATIONS,
     "application-autoscaling": sdk_autoscaling.OPERATIONS,
     "cloudwatch": sdk_cloudwatch.OPERATIONS,
-}
-
-# Codes that are the server's fault and that botocore's models give no status for (AWS answers
-# them 500 / 503, and botocore retries them).
-SERVER_ERROR_STATUS = {
-    "InternalFailure": 500,
-    "InternalServiceException": 500,
-    "InternalServiceError": 500,
-    "InternalServerError": 500,
-    "ServiceUnavailable": 503,
 }
 
 UNKNOWN_OPERATION = "UnknownOperationException"
@@ -86,17 +77,9 @@ class ServiceFace:
             message = f"{self.model.service_id} has no operation {name!r}"
         raise OperationFailure(ErrorReply(UNKNOWN_OPERATION, message, status))
 
-    def status_for(self, code: str, sdk_status: int | None = None) -> int:
-        """The HTTP status of error `code`: botocore's modeled one, a server error's, else 400."""
-        shape = self.model.shape_for_error_code(code)
-        modeled = shape.metadata.get("error", {}).get("httpStatusCode") if shape is not None else None
-        if modeled:
-            return int(modeled)
-        if code in SERVER_ERROR_STATUS:
-            return SERVER_ERROR_STATUS[code]
-        if sdk_status is not None and 400 <= sdk_status <= 599:
-            return sdk_status
-        return 400
+    def status_for(self, code: str) -> int:
+        """The HTTP status of error `code` on this service (`mve.errors.http_status`; unknown names: 400)."""
+        return http_status(code, self.name)
 
 
 class OperationFailure(Exception):
@@ -143,8 +126,7 @@ def error_reply(face: ServiceFace, error: ClientError) -> ErrorReply:
     """A service error from mve's SDK as the HTTP face answers it."""
     body = error.response.get("Error", {})
     code = body.get("Code") or "InternalFailure"
-    status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return ErrorReply(code, body.get("Message", ""), face.status_for(code, status))
+    return ErrorReply(code, body.get("Message", ""), face.status_for(code))
 
 
 __all__ = [
