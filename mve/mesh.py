@@ -53,6 +53,7 @@ class Mesh:
         proxy_port: int = 0,
         control_plane_metrics_port: int = 0,
         proxy_metrics_port: int = 0,
+        proxy_http_port: int = 0,
         max_restarts: int = 5,
         ready_timeout_s: float = 60.0,
         grace_s: float = 10.0,
@@ -65,7 +66,7 @@ class Mesh:
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0-65535 (0 picks a free port), got {port}")
         for name, port in (("control_plane_metrics_port", control_plane_metrics_port),
-                           ("proxy_metrics_port", proxy_metrics_port)):
+                           ("proxy_metrics_port", proxy_metrics_port), ("proxy_http_port", proxy_http_port)):
             if not -1 <= port <= 65535:
                 raise ValueError(f"{name} must be 0-65535 (0 picks a free port, -1 turns it off), got {port}")
         if not 0 <= max_restarts <= 100:
@@ -82,6 +83,7 @@ class Mesh:
         self._control_plane_port = control_plane_port
         self._proxy_port = proxy_port
         self._metrics_ports = {"control-plane": control_plane_metrics_port, "proxy": proxy_metrics_port}
+        self._proxy_http_port = proxy_http_port
         self._control_plane_args = tuple(control_plane_args)
         self._proxy_args = tuple(proxy_args)
         self._children: list[Child] = []
@@ -111,6 +113,16 @@ class Mesh:
     def proxy_metrics_address(self) -> str:
         """HOST:PORT of the proxy's Prometheus /metrics ("" when off)."""
         return self._children[1].ready_event.get("metrics_address", "") if len(self._children) > 1 else ""
+
+    @property
+    def proxy_http_address(self) -> str:
+        """HOST:PORT of the proxy's SageMaker Runtime HTTP door, for boto3 ("" when off)."""
+        return self._children[1].ready_event.get("http_address", "") if len(self._children) > 1 else ""
+
+    def _http_args(self, child: Child) -> list[str]:
+        # A restarted proxy keeps the HTTP port it had bound, as it keeps its gRPC port.
+        bound = child.ready_event.get("http_address", "")
+        return ["--http-port", bound.rsplit(":", 1)[1] if bound else str(self._proxy_http_port)]
 
     def _metrics_args(self, child: Child) -> list[str]:
         # A restarted child keeps the metrics port it had bound, as it keeps its gRPC port.
@@ -152,7 +164,8 @@ class Mesh:
         proxy = self._child(
             "proxy",
             lambda port: ["proxy", "--control-plane", control_plane.address, "--host", self.host,
-                          "--port", str(port), *self._metrics_args(proxy), *self._proxy_args],
+                          "--port", str(port), *self._metrics_args(proxy), *self._http_args(proxy),
+                          *self._proxy_args],
             self._proxy_port,
         )
         try:
@@ -228,7 +241,8 @@ def run_up(args) -> int:
         signal.signal(signum, lambda *_: stop.set())
     mesh = Mesh(args.data_dir, host=args.host, control_plane_port=args.control_plane_port,
                 proxy_port=args.proxy_port, control_plane_metrics_port=args.control_plane_metrics_port,
-                proxy_metrics_port=args.proxy_metrics_port, max_restarts=args.max_restarts)
+                proxy_metrics_port=args.proxy_metrics_port, proxy_http_port=args.proxy_http_port,
+                max_restarts=args.max_restarts)
     try:
         mesh.start()
     except MeshError as error:
@@ -238,9 +252,11 @@ def run_up(args) -> int:
     print(f"  metrics      {_metrics_url(mesh.control_plane_metrics_address)}", file=sys.stderr)
     print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT)", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.proxy_metrics_address)}", file=sys.stderr)
+    print(f"  http         {_runtime_url(mesh.proxy_http_address)}", file=sys.stderr)
     print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
     announce_ready("mesh", mesh.proxy_address, control_plane=mesh.control_plane_address,
                    control_plane_metrics=mesh.control_plane_metrics_address, proxy_metrics=mesh.proxy_metrics_address,
+                   proxy_http=mesh.proxy_http_address,
                    data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids())
     while not stop.wait(0.2):
         if mesh.done.is_set():
@@ -271,6 +287,9 @@ def register(subparsers) -> None:
                         "0 = free, -1 = off)")
     parser.add_argument("--proxy-metrics-port", type=_metrics_port, default=_env_port("MVE_PROXY_METRICS_PORT", 9464),
                         help="proxy Prometheus port (default $MVE_PROXY_METRICS_PORT or 9464; 0 = free, -1 = off)")
+    parser.add_argument("--proxy-http-port", type=_http_port, default=_env_port("MVE_PROXY_HTTP_PORT", 8081),
+                        help="the proxy's SageMaker Runtime HTTP door for boto3 (default $MVE_PROXY_HTTP_PORT or "
+                        "8081; 0 = free, -1 = off)")
     parser.add_argument("--max-restarts", type=int, default=5, choices=range(0, 101), metavar="0-100",
                         help="restarts of a crashing child before giving up (default 5)")
     parser.set_defaults(func=run_up)
@@ -290,6 +309,19 @@ def _port(text: str) -> int:
 
 def _metrics_url(address: str) -> str:
     return f"http://{address}/metrics   (Prometheus)" if address else "off"
+
+
+def _http_port(text: str) -> int:
+    import argparse
+
+    try:
+        return _metrics_port(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"HTTP port must be 0-65535 or -1 (off), got {text!r}") from None
+
+
+def _runtime_url(address: str) -> str:
+    return f"http://{address}   (boto3 sagemaker-runtime endpoint_url)" if address else "off"
 
 
 def _metrics_port(text: str) -> int:

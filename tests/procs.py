@@ -79,12 +79,13 @@ def _pump(stream, lines: list[str], ready: queue.Queue) -> None:
     ready.put(None)
 
 
-# Tests run many proxies and control planes side by side: their Prometheus exporters take free
-# ports unless a test says otherwise (the defaults, 9464 and 9465, would collide).
+# Tests run many proxies and control planes side by side: their Prometheus exporters and the proxies'
+# HTTP doors take free ports unless a test says otherwise (the defaults, 9464, 9465 and 8081, would collide).
 # Proxies stop without a drain period unless a test asks for one (it would add a second to every stop).
-TEST_ENV = {"MVE_PROXY_METRICS_PORT": "0", "MVE_CONTROL_PLANE_METRICS_PORT": "0", "MVE_PROXY_DRAIN_S": "0"}
-# The control plane's HTTP face (default 7071) takes a free port too.
-TEST_ENV["MVE_CONTROL_PLANE_HTTP_PORT"] = "0"
+TEST_ENV = {
+    "MVE_PROXY_METRICS_PORT": "0", "MVE_CONTROL_PLANE_METRICS_PORT": "0", "MVE_PROXY_HTTP_PORT": "0", "MVE_PROXY_DRAIN_S": "0",
+    "MVE_CONTROL_PLANE_HTTP_PORT": "0",  # the control plane's HTTP face (default 7071)
+}
 
 
 def start_service(args: list[str], timeout: float = 60.0, env: dict | None = None) -> Service:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mve.proxy.settings import DEFAULT_CONTROL_PLANE, DEFAULT_METRICS_PORT, env_default
+from mve.proxy.settings import DEFAULT_CONTROL_PLANE, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, env_default
 
 
 def register(subparsers) -> None:
@@ -14,9 +14,11 @@ def register(subparsers) -> None:
         "proxy",
         help="run the data-plane proxy (InvokeEndpoint and the Open Inference Protocol)",
         description=(
-            "Serve mve.v1.EndpointRuntime/InvokeEndpoint and the Open Inference Protocol for every "
+            "Serve mve.v1.EndpointRuntime/InvokeEndpoint and the Open Inference Protocol over gRPC, and "
+            "SageMaker Runtime's InvokeEndpoint over HTTP for boto3 (--http-port), for every "
             "endpoint in the routing table the control plane streams (WatchRoutes). Flags default "
-            "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S, MVE_STATS_INTERVAL_S, "
+            "to MVE_CONTROL_PLANE, MVE_PROXY_HOST, MVE_PROXY_PORT, MVE_PROXY_HTTP_PORT, MVE_PROXY_ID, MVE_MODEL_TIMEOUT_S, "
+            "MVE_STATS_INTERVAL_S, "
             "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST, MVE_PROXY_DRAIN_S, MVE_PROXY_MAX_IN_FLIGHT_PER_INSTANCE, "
             "MVE_PROXY_MAX_IN_FLIGHT, MVE_PROXY_CAPTURE_QUEUE_RECORDS, MVE_PROXY_CAPTURE_QUEUE_MB, "
             "MVE_PROXY_CAPTURE_FILE_MAX_MB, MVE_PROXY_CAPTURE_FLUSH_INTERVAL_S, MVE_PROXY_SHADOW_MAX_IN_FLIGHT."
@@ -26,6 +28,9 @@ def register(subparsers) -> None:
                         help=f"control plane address (default: $MVE_CONTROL_PLANE or {DEFAULT_CONTROL_PLANE})")
     parser.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=None, help="gRPC port, 0 for a free one (default 8080)")
+    parser.add_argument("--http-port", type=int, default=None,
+                        help="SageMaker Runtime's HTTP face for boto3 (POST /endpoints/NAME/invocations) on --host; "
+                        f"0 for a free port, -1 to turn it off (default {DEFAULT_HTTP_PORT})")
     parser.add_argument("--proxy-id", default=None, help="name in the control plane's stats (default: host and pid)")
     parser.add_argument("--model-timeout", type=float, default=None, metavar="SECONDS",
                         help="longest wait for a model's answer (default 60)")
@@ -76,6 +81,7 @@ def settings_from_args(args: argparse.Namespace):
         control_plane=pick(args.control_plane, "CONTROL_PLANE", defaults.control_plane),
         host=pick(args.host, "PROXY_HOST", defaults.host),
         port=pick(args.port, "PROXY_PORT", defaults.port),
+        http_port=pick(args.http_port, "PROXY_HTTP_PORT", defaults.http_port),
         proxy_id=pick(args.proxy_id, "PROXY_ID", defaults.proxy_id),
         model_timeout_s=pick(args.model_timeout, "MODEL_TIMEOUT_S", defaults.model_timeout_s),
         stats_interval_s=pick(args.stats_interval, "STATS_INTERVAL_S", defaults.stats_interval_s),

@@ -1,4 +1,5 @@
-"""Assemble and run the proxy: the gRPC server, the WatchRoutes subscriber and the stats reporter."""
+"""Assemble and run the proxy: the gRPC server, SageMaker Runtime's HTTP door, the WatchRoutes
+subscriber and the stats reporter."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from mve.prometheus import MetricsServer, loop_reader
 from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.dataplane import DataPlane
 from mve.proxy.handlers import ErrorMappingServer
+from mve.proxy.http_auth import RequestAuth
+from mve.proxy.http_runtime import HttpRuntime, RuntimeHttpServer
 from mve.proxy.prometheus import ProxyCollector
 from mve.proxy.router import Router
 from mve.proxy.routes import RouteWatcher
@@ -67,6 +70,7 @@ class ProxyServer:
         self._tasks: list[asyncio.Task] = []
         self.reporter: StatsReporter | None = None
         self.metrics: MetricsServer | None = None
+        self.http: RuntimeHttpServer | None = None
 
     async def start(self) -> str:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
@@ -97,6 +101,16 @@ class ProxyServer:
         self.dataplane.address = (host, port)
         for name in ("", *services[:2]):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if s.http_enabled:
+            # The same DataPlane as the gRPC door; requests admitted by what the routing table says.
+            runtime = HttpRuntime(self.dataplane, RequestAuth(self.router))
+            self.http = RuntimeHttpServer(runtime, grace_s=s.grace_s)
+            try:
+                await self.http.start(s.host, s.http_port)
+            except OSError:
+                self.http = None
+                await self.server.stop(0)
+                raise
 
         self._control_channel = grpc.aio.insecure_channel(s.control_plane, options=CHANNEL_OPTIONS)
         control = control_pb2_grpc.EndpointControlStub(self._control_channel)
@@ -121,8 +135,16 @@ class ProxyServer:
             except OSError:
                 await self.stop()
                 raise
-        log.info("event=proxy_started address=%s control_plane=%s proxy_id=%s", self.address, s.control_plane, proxy_id)
+        log.info(
+            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s",
+            self.address, self.http_address or "off", s.control_plane, proxy_id,
+        )
         return self.address
+
+    @property
+    def http_address(self) -> str:
+        """``host:port`` of SageMaker Runtime's HTTP door ("" when it is off)."""
+        return self.http.address if self.http is not None else ""
 
     @property
     def metrics_address(self) -> str:
@@ -132,15 +154,26 @@ class ProxyServer:
     async def stop(self) -> None:
         """Say NOT_SERVING, keep serving for the drain, stop taking requests, let those in flight
         finish (grace) and then the shadow calls (grace again), write and flush every captured
-        record, then close everything."""
+        record, then close everything.
+
+        The HTTP door drains with the gRPC door: during the drain its answers close their
+        connections (keep-alive clients reconnect, through a load balancer to another proxy), then
+        both stop accepting and wait for their requests in flight together.
+        """
         await self.health.enter_graceful_shutdown()
+        if self.http is not None:
+            self.http.drain()
         if self.settings.drain_s > 0:
             log.info("event=proxy_draining seconds=%g", self.settings.drain_s)
             await asyncio.sleep(self.settings.drain_s)
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
+        doors = []
         if self.server is not None:
-            await self.server.stop(self.settings.grace_s)
+            doors.append(self.server.stop(self.settings.grace_s))
+        if self.http is not None:
+            doors.append(self.http.stop())
+        await asyncio.gather(*doors)
         await self.dataplane.shadows.close(self.settings.grace_s)
         # Off the loop: the writer thread writes what is queued and flushes every file.
         await asyncio.to_thread(self.capture.close)
@@ -170,7 +203,7 @@ async def serve(settings: ProxySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    announce_ready("proxy", proxy.address, metrics_address=proxy.metrics_address)
+    announce_ready("proxy", proxy.address, metrics_address=proxy.metrics_address, http_address=proxy.http_address)
     await stop.wait()
     log.info("event=proxy_stopping")
     await proxy.stop()

@@ -11,6 +11,8 @@ from mve.errors import ValidationError
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_METRICS_PORT = 9464
 METRICS_OFF = -1  # --metrics-port -1: no Prometheus exporter
+DEFAULT_HTTP_PORT = 8081
+HTTP_OFF = -1  # --http-port -1: no SageMaker Runtime HTTP door
 
 
 def parse_address(value: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -59,6 +61,9 @@ class ProxySettings:
     # Prometheus text on http://METRICS_HOST:METRICS_PORT/metrics; 0 picks a free port, -1 turns it off.
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the proxy binds
+    # SageMaker Runtime's HTTP face (boto3's sagemaker-runtime) on http://HOST:HTTP_PORT, the same
+    # host as the gRPC port; 0 picks a free port, -1 turns it off.
+    http_port: int = DEFAULT_HTTP_PORT
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -88,7 +93,21 @@ class ProxySettings:
             )
         if self.metrics_port != 0 and self.metrics_port == self.port and self.effective_metrics_host == self.host:
             raise ValidationError(f"--metrics-port must differ from --port, both are {self.port}")
+        if not HTTP_OFF <= self.http_port <= 65535:
+            raise ValidationError(
+                f"--http-port must be 0-65535 (0 picks a free port, -1 turns the HTTP door off), got {self.http_port}"
+            )
+        if self.http_port > 0:
+            if self.http_port == self.port:
+                raise ValidationError(f"--http-port must differ from --port, both are {self.port}")
+            if self.http_port == self.metrics_port and self.effective_metrics_host == self.host:
+                raise ValidationError(f"--http-port must differ from --metrics-port, both are {self.http_port}")
         return self
+
+    @property
+    def http_enabled(self) -> bool:
+        """Whether the SageMaker Runtime HTTP door runs (``--http-port`` is not -1)."""
+        return self.http_port != HTTP_OFF
 
     @property
     def metrics_enabled(self) -> bool:

@@ -20,7 +20,8 @@ from botocore.exceptions import ClientError
 
 from mve.codecs import MAX_BODY_BYTES
 from mve.errors import (
-    InternalFailure, ModelError, ModelNotReady, MveError, ResourceNotFound, ServiceUnavailable, ValidationError,
+    InternalFailure, ModelError, ModelNotReady, MveError, NotFound, ResourceNotFound, ServiceUnavailable,
+    ValidationError,
 )
 from mve.proxy import http_runtime
 from mve.proxy.dataplane import InvokeResult
@@ -131,11 +132,11 @@ def test_every_invoke_endpoint_header_in_botocores_model_is_served_or_refused():
     assert out["ContentType"] == http_runtime.CONTENT_TYPE
     assert model.operation_model("InvokeEndpointAsync").http["requestUri"] == http_runtime.ASYNC_ROUTE
     assert model.operation_model("InvokeEndpointWithResponseStream").http["requestUri"] == http_runtime.STREAM_ROUTE
-    # The runtime's error names and statuses, as the model states them.
-    statuses = {shape.name: shape.metadata["error"]["httpStatusCode"] for shape in operation.error_shapes}
-    from mve.proxy.http_errors import RUNTIME_ERRORS
+    # The runtime's error names and statuses in mve's error table are the model's.
+    from mve.errors import RUNTIME, http_status
 
-    assert {code: status for code, status in RUNTIME_ERRORS.values()} == statuses
+    for shape in operation.error_shapes:
+        assert http_status(shape.name, RUNTIME) == shape.metadata["error"]["httpStatusCode"], shape.name
 
 
 # ------------------------------------------------------------ InvokeEndpoint
@@ -206,6 +207,7 @@ def test_headers_of_features_mve_lacks_are_refused_naming_the_header(door_for, f
         (ValidationError("bad body"), "ValidationError", 400),  # reason ValidationException on the gRPC door
         (MveError("bad", reason="ValidationError"), "ValidationError", 400),
         (ResourceNotFound("Endpoint nope not found."), "ValidationError", 400),
+        (NotFound("Endpoint nope not found."), "ValidationError", 400),
         (ModelNotReady("no instance ready"), "ModelNotReadyException", 429),
         (ServiceUnavailable("later"), "ServiceUnavailable", 503),
         (InternalFailure("oops"), "InternalFailure", 500),
@@ -243,6 +245,7 @@ def test_a_model_error_carries_its_original_status_code_as_an_integer(door_for, 
 def test_original_status_code_reads_integers_and_grpc_names():
     assert original_status_code("404") == 404
     assert original_status_code("unavailable") == 503
+    assert original_status_code("DEADLINE_EXCEEDED") == 504
     assert original_status_code("something else") == 500
 
 
@@ -448,3 +451,34 @@ def test_a_traced_call_is_one_server_span_joined_to_the_callers_traceparent(door
     assert span.attributes["rpc.method"] == "InvokeEndpoint" and span.attributes["http.request.method"] == "POST"
     assert span.attributes["server.port"] == int(door.address.rsplit(":", 1)[1])
     assert not span.status.is_ok  # the model's failure is recorded on the span
+
+
+# ------------------------------------------------------------ --http-port
+
+
+def test_the_http_port_defaults_to_8081_and_is_range_checked():
+    from mve.proxy.settings import ProxySettings
+
+    assert ProxySettings().validate().http_port == 8081 and ProxySettings().http_enabled
+    assert not ProxySettings(http_port=-1).validate().http_enabled
+    assert ProxySettings(http_port=0, port=0, metrics_port=0).validate().http_enabled
+    for bad, named in ((-2, "--http-port must be 0-65535"), (65536, "--http-port must be 0-65535"),
+                       (8080, "must differ from --port"), (9464, "must differ from --metrics-port")):
+        with pytest.raises(ValidationError, match=named):
+            ProxySettings(http_port=bad).validate()
+    ProxySettings(http_port=9464, metrics_port=9464, metrics_host="127.0.0.2").validate()  # another address
+
+
+def test_the_http_port_comes_from_the_flag_then_the_environment(monkeypatch):
+    from mve.cli import build_parser
+    from mve.proxy.cli import settings_from_args
+
+    parser = build_parser()
+    monkeypatch.delenv("MVE_PROXY_HTTP_PORT", raising=False)
+    assert settings_from_args(parser.parse_args(["proxy"])).http_port == 8081
+    monkeypatch.setenv("MVE_PROXY_HTTP_PORT", "-1")
+    assert settings_from_args(parser.parse_args(["proxy"])).http_port == -1
+    assert settings_from_args(parser.parse_args(["proxy", "--http-port", "0"])).http_port == 0
+    monkeypatch.setenv("MVE_PROXY_HTTP_PORT", "eighty")
+    with pytest.raises(ValidationError, match="MVE_PROXY_HTTP_PORT"):
+        settings_from_args(parser.parse_args(["proxy"]))
