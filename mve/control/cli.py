@@ -55,6 +55,12 @@ def register(subparsers) -> None:
         "port, -1 to turn it off (default 7071; env MVE_CONTROL_PLANE_HTTP_PORT)",
     )
     parser.add_argument(
+        "--auth",
+        help="sigv4: the HTTP faces (this one's and the proxies') require AWS Signature Version 4 with a key from "
+        "`mve keys create`; none: they accept unsigned calls from anyone who can reach them (default sigv4; "
+        "env MVE_AUTH)",
+    )
+    parser.add_argument(
         "--metrics-retention-days", dest="metrics_retention_days", type=float,
         help="keep one-minute metric points this many days, 1-455 (default 15; one-second points: 3 hours)",
     )
@@ -96,6 +102,16 @@ def run(args: argparse.Namespace) -> int:
     except SettingsError as error:
         print(f"mve control-plane: error: {error}", file=sys.stderr)
         return 2
+    if settings.auth_required and settings.http_enabled:
+        from mve.sigv4 import verifier_missing
+
+        missing = verifier_missing()
+        if missing is not None:
+            print(
+                f"mve control-plane: error: --auth sigv4: {missing} (or --auth none, or --http-port -1)",
+                file=sys.stderr,
+            )
+            return 2
     from mve.tracing import TracingConfigError, tracing_config
 
     try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from google.protobuf import json_format
 
@@ -29,6 +29,7 @@ from mve.control.records import (
     VariantSpec,
 )
 from mve.control.store import Store
+from mve.sigv4 import SigningKeys
 
 log = logging.getLogger(__name__)
 
@@ -202,10 +203,16 @@ def build_routes_from_store(store: Store) -> list[pb.EndpointRoute]:
 
 
 class RoutePublisher:
-    """Keeps the current routing table and pushes each new version to every subscriber."""
+    """Keeps the current routing table and pushes each new version to every subscriber.
 
-    def __init__(self, store: Store):
+    `signing_keys` gives the date keys a table carries (`AccessKeyStore.signing_keys`); with it
+    tables say ``auth_required``, without it (``--auth none``) they carry no keys and do not.
+    """
+
+    def __init__(self, store: Store, signing_keys: Callable[[], list[pb.SigningKey]] | None = None):
         self._store = store
+        self._signing_keys = signing_keys
+        self._signing: SigningKeys | None = None
         self._table: pb.RoutingTable | None = None
         self._subscribers: set[asyncio.Queue] = set()
         self._delivered: dict[asyncio.Queue, int] = {}  # subscriber -> the last version handed to it
@@ -219,6 +226,19 @@ class RoutePublisher:
         return self._table
 
     @property
+    def auth_required(self) -> bool:
+        """Whether the tables require SigV4 on the HTTP faces (``--auth sigv4``)."""
+        return self._signing_keys is not None
+
+    @property
+    def signing_keys(self) -> SigningKeys:
+        """The current table's `mve.sigv4.SigningKeys`: what the control plane's own HTTP faces check."""
+        table = self.current
+        if self._signing is None:
+            self._signing = SigningKeys.from_table(table)
+        return self._signing
+
+    @property
     def subscriber_count(self) -> int:
         """How many WatchRoutes streams are open."""
         return len(self._subscribers)
@@ -226,18 +246,30 @@ class RoutePublisher:
     def publish(self) -> pb.RoutingTable:
         """Rebuild the table from the store; if it changed, give it a new version and send it."""
         routes = build_routes_from_store(self._store)
-        if self._table is not None and list(self._table.endpoints) == routes:
-            return self._table
+        keys = self._signing_keys() if self._signing_keys is not None else []
+        previous = self._table
+        if (
+            previous is not None
+            and list(previous.endpoints) == routes
+            and list(previous.signing_keys) == keys
+            and previous.auth_required == self.auth_required
+        ):
+            return previous
         table = pb.RoutingTable(
             version=self._store.next_route_version(),
             endpoints=routes,
             control_plane_id=self._store.control_plane_id(),
+            signing_keys=keys,
+            auth_required=self.auth_required,
         )
         self._table = table
+        self._signing = None
         log.info(
-            "event=routes_published version=%d endpoints=%d subscribers=%d",
+            "event=routes_published version=%d endpoints=%d signing_keys=%d auth_required=%s subscribers=%d",
             table.version,
             len(routes),
+            len(keys),
+            table.auth_required,
             len(self._subscribers),
         )
         for queue in self._subscribers:

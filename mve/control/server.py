@@ -22,9 +22,12 @@ from mve._proto import (
     control_pb2_grpc,
     experiments_pb2,
     experiments_pb2_grpc,
+    keys_pb2,
+    keys_pb2_grpc,
     metrics_pb2,
     metrics_pb2_grpc,
 )
+from mve.control.access_keys import AccessKeyStore, MasterKeyError, keep_window_current
 from mve.control.alarms import AlarmBook
 from mve.control.artifacts import ArtifactStore
 from mve.control.autoscaler import Autoscaler
@@ -35,8 +38,9 @@ from mve.control.cloudwatch_servicer import CloudWatchServicer
 from mve.control.deployments import DeploymentRunner
 from mve.control.experiments import Experiments
 from mve.control.experiments_servicer import ExperimentsServicer
-from mve.control.http_face import HttpFace
+from mve.control.http_face import HttpFace, sigv4_authenticator
 from mve.control.instances import LocalInstanceProvider
+from mve.control.keys_servicer import AccessKeysServicer
 from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
 from mve.control.reconciler import Reconciler
@@ -58,6 +62,11 @@ SERVICE_NAME = control_pb2.DESCRIPTOR.services_by_name["EndpointControl"].full_n
 CLOUDWATCH_NAME = metrics_pb2.DESCRIPTOR.services_by_name["CloudWatch"].full_name
 AUTOSCALING_NAME = autoscaling_pb2.DESCRIPTOR.services_by_name["ApplicationAutoScaling"].full_name
 EXPERIMENTS_NAME = experiments_pb2.DESCRIPTOR.services_by_name["Experiments"].full_name
+KEYS_NAME = keys_pb2.DESCRIPTOR.services_by_name["AccessKeys"].full_name
+AUTH_OFF_WARNING = (
+    "AUTH IS OFF (--auth none): THE HTTP FACES (SAGEMAKER, APPLICATION AUTO SCALING, CLOUDWATCH, AND THE "
+    "PROXIES' INVOKEENDPOINT) ACCEPT UNSIGNED CALLS FROM ANYONE WHO CAN REACH THEM"
+)
 COMPACT_INTERVAL_S = 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
@@ -66,7 +75,8 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
     """The control plane's parts, wired together on the settings' data dir."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.db_path)
-    routes = RoutePublisher(store)
+    access_keys = AccessKeyStore(settings.db_path, settings.master_key_path)
+    routes = RoutePublisher(store, access_keys.signing_keys if settings.auth_required else None)
     provider = LocalInstanceProvider(
         settings.log_dir, command_prefix=settings.model_server_prefix, stop_grace_s=settings.stop_grace_s
     )
@@ -92,6 +102,7 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
         service, settings.experiments_db_path, settings.metrics_db_path,
         retention_s=settings.metrics_retention_days * 86400,
     )
+    service.access_keys = access_keys
     return service
 
 
@@ -138,6 +149,8 @@ def _background_tasks(service: ControlService, settings: ControlPlaneSettings) -
         asyncio.create_task(_compact_forever(service.metrics), name="metrics-compact"),
         asyncio.create_task(service.autoscaler.run_forever(settings.autoscaling_interval_s), name="autoscaling"),
         *service.experiments.background_tasks(settings.capture_index_interval_s),
+        # The routing table's date keys follow the UTC day (yesterday, today, tomorrow).
+        asyncio.create_task(keep_window_current(service.access_keys, service.routes.publish), name="signing-keys"),
     ]
 
 
@@ -149,7 +162,13 @@ async def serve(settings: ControlPlaneSettings) -> int:
         from mve.control.tracing import TracingInterceptor
 
         interceptors.append(TracingInterceptor(tracing.tracer))  # inside: it sees the domain errors
-    service = build_service(settings, tracing.tracer if tracing is not None else None)
+    if not settings.auth_required:
+        log.warning("event=auth_off message=%r", AUTH_OFF_WARNING)
+    try:
+        service = build_service(settings, tracing.tracer if tracing is not None else None)
+    except MasterKeyError as error:
+        log.error("event=master_key_refused error=%r", str(error))
+        return 1
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[
@@ -168,10 +187,13 @@ async def serve(settings: ControlPlaneSettings) -> int:
         ApplicationAutoScalingServicer(service.autoscaler), server
     )
     experiments_pb2_grpc.add_ExperimentsServicer_to_server(ExperimentsServicer(service.experiments), server)
+    keys_pb2_grpc.add_AccessKeysServicer_to_server(
+        AccessKeysServicer(service.access_keys, service.routes.publish), server
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, EXPERIMENTS_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
+        (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, EXPERIMENTS_NAME, KEYS_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
         port = server.add_insecure_port(f"{settings.host}:{settings.port}")
@@ -200,7 +222,11 @@ async def serve(settings: ControlPlaneSettings) -> int:
             return 1
     http_face = None
     if settings.http_enabled:
-        http_face = HttpFace(_loopback_address(settings.host, port))
+        # Each call checks the published table's keys: with --auth none it requires no signature.
+        http_face = HttpFace(
+            _loopback_address(settings.host, port),
+            authenticate=sigv4_authenticator(lambda: service.routes.signing_keys),
+        )
         try:
             await http_face.start(settings.host, settings.http_port)
         except OSError as error:
@@ -248,6 +274,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
     service.store.close()
     service.metrics.close()
     service.autoscaler.store.close()
+    service.access_keys.close()
     await asyncio.to_thread(service.experiments.close)  # after the index's pass in progress
     if tracing is not None:
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued

@@ -16,6 +16,7 @@ validated once at start.
 | metrics_port | --metrics-port | MVE_CONTROL_PLANE_METRICS_PORT | 9465 | 0-65535 (0: a free port), -1: no Prometheus exporter |
 | metrics_host | --metrics-host | MVE_CONTROL_PLANE_METRICS_HOST | (--host) | |
 | http_port | --http-port | MVE_CONTROL_PLANE_HTTP_PORT | 7071 | 0-65535 (0: a free port), -1: no HTTP face (boto3's SageMaker, Application Auto Scaling, CloudWatch APIs; binds --host) |
+| auth | --auth | MVE_AUTH | sigv4 | sigv4: the HTTP faces require AWS Signature Version 4 with an access key (`mve keys`); none: they accept unsigned calls (logged as a WARNING) |
 | metrics_retention_days | --metrics-retention-days | MVE_METRICS_RETENTION_DAYS | 15 | 1-455: how long one-minute metric points are kept (one-second points: 3 hours) |
 | alarm_interval_s | --alarm-interval | MVE_ALARM_INTERVAL_S | 1.0 | 0.1-60: how often every alarm is evaluated |
 | utilization_interval_s | --utilization-interval | MVE_UTILIZATION_INTERVAL_S | 1.0 | 0.1-60: how often each model server's CPU and memory are sampled |
@@ -41,6 +42,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DEFAULT_METRICS_PORT = 9465
 METRICS_OFF = -1
 DEFAULT_HTTP_PORT = 7071
+AUTH_MODES = ("sigv4", "none")
 HTTP_OFF = -1
 
 
@@ -65,6 +67,7 @@ class ControlPlaneSettings:
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_host: str = ""  # "": the --host the control plane binds
     http_port: int = DEFAULT_HTTP_PORT
+    auth: str = "sigv4"
     metrics_retention_days: float = 15.0
     alarm_interval_s: float = 1.0
     utilization_interval_s: float = 1.0
@@ -81,6 +84,16 @@ class ControlPlaneSettings:
     def http_enabled(self) -> bool:
         """Whether the HTTP face for boto3 runs (``--http-port`` is not -1)."""
         return self.http_port != HTTP_OFF
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether the HTTP faces (this one's and the proxies') require SigV4 (``--auth sigv4``)."""
+        return self.auth == "sigv4"
+
+    @property
+    def master_key_path(self) -> Path:
+        """``<data-dir>/master.key``: the key the access keys' secrets are encrypted with (mode 0600)."""
+        return self.data_dir / "master.key"
 
     @property
     def effective_metrics_host(self) -> str:
@@ -128,6 +141,7 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("metrics_port", "MVE_CONTROL_PLANE_METRICS_PORT", int),
     ("metrics_host", "MVE_CONTROL_PLANE_METRICS_HOST", str),
     ("http_port", "MVE_CONTROL_PLANE_HTTP_PORT", int),
+    ("auth", "MVE_AUTH", lambda s: s.strip().lower()),
     ("metrics_retention_days", "MVE_METRICS_RETENTION_DAYS", float),
     ("alarm_interval_s", "MVE_ALARM_INTERVAL_S", float),
     ("utilization_interval_s", "MVE_UTILIZATION_INTERVAL_S", float),
@@ -148,7 +162,7 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
                 value = parse(env[var])
             except ValueError:
                 raise SettingsError(f"{var}={env[var]!r} is not a valid value") from None
-        elif value is not None and name in ("model_server_prefix", "log_level", "data_dir"):
+        elif value is not None and name in ("model_server_prefix", "log_level", "data_dir", "auth"):
             value = parse(value) if isinstance(value, str) else value
         if value is not None:
             values[name] = value
@@ -193,6 +207,8 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         raise SettingsError(f"--http-port must differ from --port, both are {s.port}")
     if s.http_port > 0 and s.http_port == s.metrics_port and s.effective_metrics_host == s.host:
         raise SettingsError(f"--http-port must differ from --metrics-port, both are {s.http_port}")
+    if s.auth not in AUTH_MODES:
+        raise SettingsError(f"--auth must be one of {', '.join(AUTH_MODES)}, got {s.auth!r}")
     if not 1 <= s.metrics_retention_days <= 455:
         raise SettingsError(f"--metrics-retention-days must be 1-455, got {s.metrics_retention_days}")
     if not 0.1 <= s.alarm_interval_s <= 60:
