@@ -41,7 +41,10 @@ def _contract(file_proto: descriptor_pb2.FileDescriptorProto) -> descriptor_pb2.
 
 
 def test_every_proto_is_covered():
-    assert {p.name for p in PROTO_FILES} == {"grpc_predict_v2.proto", "control.proto", "runtime.proto", "metrics.proto", "autoscaling.proto", "experiments.proto"}
+    assert {p.name for p in PROTO_FILES} == {
+        "grpc_predict_v2.proto", "control.proto", "runtime.proto", "metrics.proto", "autoscaling.proto",
+        "experiments.proto", "keys.proto",
+    }
 
 
 @pytest.mark.parametrize("proto", PROTO_FILES, ids=lambda p: p.name)
@@ -69,3 +72,17 @@ def test_open_inference_protocol_wire_names():
         "inputs": 5, "outputs": 6, "raw_input_contents": 7,
     }
     assert {f.name: f.number for f in pb.ModelInferResponse.DESCRIPTOR.fields}["raw_output_contents"] == 6
+
+
+def test_access_keys_service_and_signing_keys():
+    from mve._proto import control_pb2, keys_pb2
+
+    service = keys_pb2.DESCRIPTOR.services_by_name["AccessKeys"]
+    assert service.full_name == "mve.v1.AccessKeys"
+    assert [m.name for m in service.methods] == ["CreateAccessKey", "ListAccessKeys", "DeleteAccessKey"]
+    assert set(keys_pb2.CreateAccessKeyResponse.DESCRIPTOR.fields_by_name) == {"access_key", "secret_access_key"}
+    assert "secret_access_key" not in keys_pb2.AccessKeyMetadata.DESCRIPTOR.fields_by_name
+    table = control_pb2.RoutingTable.DESCRIPTOR.fields_by_name
+    assert table["signing_keys"].message_type.full_name == "mve.v1.SigningKey"
+    assert table["auth_required"].type == table["auth_required"].TYPE_BOOL
+    assert set(control_pb2.SigningKey.DESCRIPTOR.fields_by_name) == {"access_key_id", "date", "date_key"}
