@@ -4,11 +4,12 @@
     cw = mve.client("cloudwatch", address="127.0.0.1:7070")         # control plane: metrics, alarms
     aas = mve.client("application-autoscaling", address="127.0.0.1:7070")  # control plane: autoscaling
     exp = mve.client("experiments", address="127.0.0.1:7070")       # control plane: feedback, reports, bandits
+    iam = mve.client("iam", address="127.0.0.1:7070")               # control plane: access keys for SigV4
     smr = mve.client("sagemaker-runtime", address="127.0.0.1:8080")  # a proxy
 
 The address defaults to $MVE_CONTROL_PLANE (sagemaker, cloudwatch, application-autoscaling,
-experiments) or $MVE_ENDPOINT (sagemaker-runtime), then 127.0.0.1:7070 / 127.0.0.1:8080. Calls have
-deadlines: 30 s (control plane) and 60 s (runtime) unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
+experiments, iam) or $MVE_ENDPOINT (sagemaker-runtime), then 127.0.0.1:7070 / 127.0.0.1:8080. Calls
+have deadlines: 30 s (control plane) and 60 s (runtime) unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from mve.sdk.autoscaling import ApplicationAutoScalingClient
 from mve.sdk.cloudwatch import CloudWatchClient
 from mve.sdk.control import SageMakerClient
 from mve.sdk.experiments import ExperimentsClient
+from mve.sdk.iam import IAMClient
 from mve.sdk.runtime import SageMakerRuntimeClient
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
@@ -30,6 +32,7 @@ SERVICES = {
     "cloudwatch": (CloudWatchClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
     "application-autoscaling": (ApplicationAutoScalingClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
     "experiments": (ExperimentsClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
+    "iam": (IAMClient, "MVE_CONTROL_PLANE", DEFAULT_CONTROL_PLANE),
 }
 
 
@@ -40,8 +43,8 @@ def default_address(service_name: str) -> str:
 
 
 def client(service_name: str, address: str | None = None, *, timeout: float | None = None, **kwargs):
-    """A boto3-shaped client: "sagemaker", "cloudwatch", "application-autoscaling" or "experiments"
-    (control plane), "sagemaker-runtime" (proxy).
+    """A boto3-shaped client: "sagemaker", "cloudwatch", "application-autoscaling", "experiments" or
+    "iam" (control plane), "sagemaker-runtime" (proxy).
 
     Unknown service names raise ValueError. boto3's ``region_name`` and credential keywords are
     accepted and ignored, so that code written for boto3 runs unchanged.
