@@ -17,7 +17,7 @@ from __future__ import annotations
 from mve._proto import keys_pb2_grpc
 from mve.sdk import iam_convert as convert
 from mve.sdk.base import BaseClient, operation_method
-from mve.sdk.exceptions import ClientError, ClientExceptions, service_error_class
+from mve.sdk.exceptions import ClientError, ClientExceptions
 
 # snake_case method -> API operation name; each method takes the operation's keyword arguments.
 OPERATIONS = {
@@ -34,13 +34,15 @@ ERROR_CLASSES = {
     "ServiceFailureException": "ServiceFailure",
 }
 
+# IAM's codes are IAM's own (no SageMaker class shares one): plain ClientError subclasses.
 _CLASSES: dict[str, type[ClientError]] = {
-    code: service_error_class(name, code, __name__) for name, code in ERROR_CLASSES.items()
+    code: type(name, (ClientError,), {"__doc__": f"The service answered {code}.", "__module__": __name__})
+    for name, code in ERROR_CLASSES.items()
 }
 
 
 class IAMExceptions(ClientExceptions):
-    """``client.exceptions`` of the IAM client: boto3's classes for the access key operations, and mve's common ones."""
+    """``client.exceptions`` of the IAM client: boto3's classes for the access keys, and mve's common ones."""
 
     def __init__(self) -> None:
         super().__init__()
