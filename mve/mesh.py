@@ -54,6 +54,7 @@ class Mesh:
         control_plane_metrics_port: int = 0,
         proxy_metrics_port: int = 0,
         proxy_http_port: int = 0,
+        control_plane_http_port: int = 0,
         max_restarts: int = 5,
         ready_timeout_s: float = 60.0,
         grace_s: float = 10.0,
@@ -66,7 +67,8 @@ class Mesh:
             if not 0 <= port <= 65535:
                 raise ValueError(f"{name} must be 0-65535 (0 picks a free port), got {port}")
         for name, port in (("control_plane_metrics_port", control_plane_metrics_port),
-                           ("proxy_metrics_port", proxy_metrics_port), ("proxy_http_port", proxy_http_port)):
+                           ("proxy_metrics_port", proxy_metrics_port), ("proxy_http_port", proxy_http_port),
+                           ("control_plane_http_port", control_plane_http_port)):
             if not -1 <= port <= 65535:
                 raise ValueError(f"{name} must be 0-65535 (0 picks a free port, -1 turns it off), got {port}")
         if not 0 <= max_restarts <= 100:
@@ -83,7 +85,7 @@ class Mesh:
         self._control_plane_port = control_plane_port
         self._proxy_port = proxy_port
         self._metrics_ports = {"control-plane": control_plane_metrics_port, "proxy": proxy_metrics_port}
-        self._proxy_http_port = proxy_http_port
+        self._http_ports = {"control-plane": control_plane_http_port, "proxy": proxy_http_port}
         self._control_plane_args = tuple(control_plane_args)
         self._proxy_args = tuple(proxy_args)
         self._children: list[Child] = []
@@ -119,10 +121,16 @@ class Mesh:
         """HOST:PORT of the proxy's SageMaker Runtime HTTP door, for boto3 ("" when off)."""
         return self._children[1].ready_event.get("http_address", "") if len(self._children) > 1 else ""
 
+    @property
+    def control_plane_http_address(self) -> str:
+        """HOST:PORT of the control plane's HTTP face (SageMaker, Application Auto Scaling and
+        CloudWatch for boto3; "" when off)."""
+        return self._children[0].ready_event.get("http_address", "") if self._children else ""
+
     def _http_args(self, child: Child) -> list[str]:
-        # A restarted proxy keeps the HTTP port it had bound, as it keeps its gRPC port.
+        # A restarted child keeps the HTTP port it had bound, as it keeps its gRPC port.
         bound = child.ready_event.get("http_address", "")
-        return ["--http-port", bound.rsplit(":", 1)[1] if bound else str(self._proxy_http_port)]
+        return ["--http-port", bound.rsplit(":", 1)[1] if bound else str(self._http_ports[child.name])]
 
     def _metrics_args(self, child: Child) -> list[str]:
         # A restarted child keeps the metrics port it had bound, as it keeps its gRPC port.
@@ -158,7 +166,8 @@ class Mesh:
         control_plane = self._child(
             "control-plane",
             lambda port: ["control-plane", "--data-dir", str(self.data_dir), "--host", self.host,
-                          "--port", str(port), *self._metrics_args(control_plane), *self._control_plane_args],
+                          "--port", str(port), *self._metrics_args(control_plane), *self._http_args(control_plane),
+                          *self._control_plane_args],
             self._control_plane_port,
         )
         proxy = self._child(
@@ -242,6 +251,7 @@ def run_up(args) -> int:
     mesh = Mesh(args.data_dir, host=args.host, control_plane_port=args.control_plane_port,
                 proxy_port=args.proxy_port, control_plane_metrics_port=args.control_plane_metrics_port,
                 proxy_metrics_port=args.proxy_metrics_port, proxy_http_port=args.proxy_http_port,
+                control_plane_http_port=args.control_plane_http_port,
                 max_restarts=args.max_restarts)
     try:
         mesh.start()
@@ -250,13 +260,14 @@ def run_up(args) -> int:
         return 1
     print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE)", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.control_plane_metrics_address)}", file=sys.stderr)
+    print(f"  http         {_control_url(mesh.control_plane_http_address)}", file=sys.stderr)
     print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT)", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.proxy_metrics_address)}", file=sys.stderr)
     print(f"  http         {_runtime_url(mesh.proxy_http_address)}", file=sys.stderr)
     print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
     announce_ready("mesh", mesh.proxy_address, control_plane=mesh.control_plane_address,
                    control_plane_metrics=mesh.control_plane_metrics_address, proxy_metrics=mesh.proxy_metrics_address,
-                   proxy_http=mesh.proxy_http_address,
+                   proxy_http=mesh.proxy_http_address, control_plane_http=mesh.control_plane_http_address,
                    data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids())
     while not stop.wait(0.2):
         if mesh.done.is_set():
@@ -287,6 +298,10 @@ def register(subparsers) -> None:
                         "0 = free, -1 = off)")
     parser.add_argument("--proxy-metrics-port", type=_metrics_port, default=_env_port("MVE_PROXY_METRICS_PORT", 9464),
                         help="proxy Prometheus port (default $MVE_PROXY_METRICS_PORT or 9464; 0 = free, -1 = off)")
+    parser.add_argument("--control-plane-http-port", type=_http_port,
+                        default=_env_port("MVE_CONTROL_PLANE_HTTP_PORT", 7071),
+                        help="the control plane's HTTP face for boto3's sagemaker, application-autoscaling and "
+                        "cloudwatch clients (default $MVE_CONTROL_PLANE_HTTP_PORT or 7071; 0 = free, -1 = off)")
     parser.add_argument("--proxy-http-port", type=_http_port, default=_env_port("MVE_PROXY_HTTP_PORT", 8081),
                         help="the proxy's SageMaker Runtime HTTP door for boto3 (default $MVE_PROXY_HTTP_PORT or "
                         "8081; 0 = free, -1 = off)")
@@ -318,6 +333,10 @@ def _http_port(text: str) -> int:
         return _metrics_port(text)
     except argparse.ArgumentTypeError:
         raise argparse.ArgumentTypeError(f"HTTP port must be 0-65535 or -1 (off), got {text!r}") from None
+
+
+def _control_url(address: str) -> str:
+    return f"http://{address}   (boto3 sagemaker, application-autoscaling, cloudwatch endpoint_url)" if address else "off"
 
 
 def _runtime_url(address: str) -> str:
