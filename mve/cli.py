@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "mve.commands_metrics",  # metrics (CloudWatch verbs), top
     "mve.commands_autoscaling",  # autoscaling (Application Auto Scaling verbs)
     "mve.commands_experiments",  # report, feedback, bandit
+    "mve.commands_keys",  # keys (access keys for SigV4 on the HTTP faces)
     "mve.mesh",  # up
     "mve.demo",  # demo
 )

@@ -2,63 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
-import threading
 from datetime import datetime, timezone
 
-import grpc
 import pytest
+from keys_server import KeysServer
 
 import mve
-from mve._proto import keys_pb2_grpc
-from mve.control.access_keys import AccessKeyStore
-from mve.control.keys_servicer import AccessKeysServicer
-from mve.errors import ErrorInterceptor
 from mve.sdk.exceptions import ClientError, ParamValidationError
-
-
-class KeysServer:
-    """The real servicer and store on a free loopback port, served by an event loop in a thread."""
-
-    def __init__(self, tmp_path):
-        self.store = AccessKeyStore(tmp_path / "mve.db", tmp_path / "master.key")
-        self.changes = 0
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _changed(self):
-        self.changes += 1
-
-    def _run(self):
-        asyncio.set_event_loop(self.loop)
-
-        async def start():
-            self.server = grpc.aio.server(interceptors=[ErrorInterceptor()])
-            keys_pb2_grpc.add_AccessKeysServicer_to_server(AccessKeysServicer(self.store, self._changed), self.server)
-            self.port = self.server.add_insecure_port("127.0.0.1:0")
-            await self.server.start()
-
-        self.loop.run_until_complete(start())
-        self.ready.set()
-        self.loop.run_forever()
-
-    def __enter__(self):
-        self.thread.start()
-        self.ready.wait(10)
-        return self
-
-    def __exit__(self, *exc):
-        asyncio.run_coroutine_threadsafe(self.server.stop(None), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.store.close()
 
 
 @pytest.fixture
 def iam(tmp_path):
     with KeysServer(tmp_path) as server:
-        with mve.client("iam", address=f"127.0.0.1:{server.port}") as client:
+        with mve.client("iam", address=server.address) as client:
             yield client, server
 
 
