@@ -8,7 +8,7 @@ from google.protobuf import timestamp_pb2
 
 from mve._proto import experiments_pb2 as pb
 from mve._proto import experiments_pb2_grpc
-from mve.errors import ResourceNotFound, ValidationError, to_status
+from mve.errors import NotFound, ResourceNotFound, ValidationError, to_status
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -83,7 +83,8 @@ def canned_report(endpoint: str) -> pb.GetExperimentReportResponse:
 
 
 class FakeExperiments(experiments_pb2_grpc.ExperimentsServicer):
-    """Records every request; endpoint "missing" is ResourceNotFound, a bad confidence level refused."""
+    """Records every request; endpoint "missing" is SageMaker's ValidationException 'Could not find
+    endpoint', endpoint "no-policy" has no bandit policy (ResourceNotFound), a bad confidence level refused."""
 
     def __init__(self):
         self.requests: dict[str, list] = {}
@@ -93,7 +94,9 @@ class FakeExperiments(experiments_pb2_grpc.ExperimentsServicer):
         self.requests.setdefault(name, []).append(request)
         endpoint = request.policy.endpoint_name if name == "PutBanditPolicy" else request.endpoint_name
         if endpoint == "missing":
-            context.abort_with_status(to_status(ResourceNotFound('Could not find endpoint "missing".')))
+            context.abort_with_status(to_status(NotFound('Could not find endpoint "missing".')))
+        if endpoint == "no-policy" and name.endswith("BanditPolicy") and name != "PutBanditPolicy":
+            context.abort_with_status(to_status(ResourceNotFound("Endpoint no-policy has no bandit policy.")))
 
     def SendFeedback(self, request, context):  # noqa: N802 - gRPC's name
         self._log("SendFeedback", request, context)

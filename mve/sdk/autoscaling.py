@@ -16,7 +16,7 @@ from __future__ import annotations
 from mve._proto import autoscaling_pb2_grpc
 from mve.sdk import autoscaling_convert as convert
 from mve.sdk.base import BaseClient, operation_method
-from mve.sdk.exceptions import ClientError, ClientExceptions
+from mve.sdk.exceptions import ClientError, ClientExceptions, service_error_class
 from mve.sdk.waiters import Paginator
 
 # snake_case method -> API operation name; each method takes the operation's keyword arguments.
@@ -46,10 +46,7 @@ ERROR_CODES = (
     "TooManyTagsException",
 )
 
-_CLASSES: dict[str, type[ClientError]] = {
-    code: type(code, (ClientError,), {"__doc__": f"The service answered {code}.", "__module__": __name__})
-    for code in ERROR_CODES
-}
+_CLASSES: dict[str, type[ClientError]] = {code: service_error_class(code, code, __name__) for code in ERROR_CODES}
 
 
 class ApplicationAutoScalingExceptions(ClientExceptions):

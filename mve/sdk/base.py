@@ -49,7 +49,8 @@ class BaseClient:
         except grpc.RpcError as error:
             raise self._client_error(
                 translate_rpc_error(
-                    error, operation=operation, address=self.address, timeout=self.timeout, request_id=request_id
+                    error, operation=operation, address=self.address, timeout=self.timeout, request_id=request_id,
+                    service=self.service_name,
                 )
             ) from None
         return response, response_metadata(request_id)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from mve._proto import metrics_pb2_grpc
 from mve.sdk import cloudwatch_convert as convert
 from mve.sdk.base import BaseClient, operation_method
-from mve.sdk.exceptions import ClientError, ClientExceptions
+from mve.sdk.exceptions import ClientError, ClientExceptions, service_error_class
 from mve.sdk.waiters import Paginator, Waiter
 
 # snake_case method -> API operation name; each method takes the operation's keyword arguments.
@@ -48,6 +48,7 @@ ERROR_CLASSES = {
     "LimitExceededFault": "LimitExceeded",
     "InvalidNextToken": "InvalidNextToken",
     "InternalServiceFault": "InternalServiceError",
+    "ValidationException": "ValidationError",
 }
 
 # botocore's waiters-2.json for CloudWatch: AlarmExists polls DescribeAlarms every 5 s, 40 times.
@@ -55,8 +56,7 @@ ALARM_EXISTS_DELAY_S = 5.0
 ALARM_EXISTS_MAX_ATTEMPTS = 40
 
 _CLASSES: dict[str, type[ClientError]] = {
-    code: type(name, (ClientError,), {"__doc__": f"The service answered {code}.", "__module__": __name__})
-    for name, code in ERROR_CLASSES.items()
+    code: service_error_class(name, code, __name__) for name, code in ERROR_CLASSES.items()
 }
 
 

@@ -1,10 +1,19 @@
-"""The SDK's exceptions, named and shaped like botocore's.
+"""The SDK's exceptions, named and shaped like botocore's, and botocore's own when it is installed.
 
-A service error is a `ClientError` whose ``response["Error"]["Code"]`` is the SageMaker error name
-(``ValidationException``, ``ResourceNotFound``, ``ModelError``, ...). Each client has an
-``exceptions`` attribute with one `ClientError` subclass per name, so
-``except client.exceptions.ResourceNotFound`` works as it does with boto3. Problems found before
-any call (bad parameters) or below the service (no connection, a timeout) are `SDKError`s.
+A service error is a `ClientError` whose ``response["Error"]["Code"]`` is the error's name in the
+client's API (``ValidationException`` on ``sagemaker``, ``ValidationError`` and ``ModelError`` on
+``sagemaker-runtime``, ...: the table in `mve.errors`), with the HTTP status the HTTP faces would
+answer in ``response["ResponseMetadata"]["HTTPStatusCode"]``, and a ModelError's
+``OriginalStatusCode`` (an integer) and ``OriginalMessage`` beside ``Error``, as botocore puts them.
+Each client has an ``exceptions`` attribute with one `ClientError` subclass per name, so
+``except client.exceptions.ModelError`` works as it does with boto3.
+
+With botocore installed, `ClientError` subclasses ``botocore.exceptions.ClientError`` and
+`SDKError` ``botocore.exceptions.BotoCoreError`` (`ParamValidationError`, `EndpointConnectionError`
+and `WaiterError` botocore's classes of those names), so ``except ClientError`` code written for
+boto3 works with either client. Without botocore they are plain exceptions of the same shape.
+Problems found before any call (bad parameters) or below the service (no connection, a timeout)
+are `SDKError`s.
 """
 
 from __future__ import annotations
@@ -13,28 +22,45 @@ import uuid
 
 import grpc
 
-from mve.errors import from_rpc_error, reason_of
+from mve.errors import from_rpc_error, http_status, reason_of
+
+try:
+    from botocore import exceptions as _botocore
+except ImportError:  # the SDK works without botocore: its own classes, the same shapes
+    _botocore = None
 
 
-class SDKError(Exception):
+def _botocore_base(name: str) -> tuple[type, ...]:
+    """botocore's exception class `name`, as a base class, when botocore is installed."""
+    cls = getattr(_botocore, name, None) if _botocore is not None else None
+    return (cls,) if cls is not None else ()
+
+
+class SDKError(*_botocore_base("BotoCoreError"), Exception):
     """Base of errors raised by the SDK itself rather than by the service (botocore's BotoCoreError)."""
 
+    def __init__(self, message: str):
+        Exception.__init__(self, message)  # botocore's BotoCoreError formats keyword arguments instead
+        self.kwargs = {}
 
-class ParamValidationError(SDKError, ValueError):
+
+class ParamValidationError(SDKError, *_botocore_base("ParamValidationError"), ValueError):
     """The parameters of a call do not match its shape; raised before anything is sent."""
 
     def __init__(self, report: str):
         super().__init__(f"Parameter validation failed:\n{report}")
         self.report = report
+        self.kwargs = {"report": report}
 
 
-class EndpointConnectionError(SDKError, ConnectionError):
+class EndpointConnectionError(SDKError, *_botocore_base("EndpointConnectionError"), ConnectionError):
     """Nothing answered at the address: the service is not running or not reachable."""
 
     def __init__(self, address: str, detail: str = ""):
         message = f'Could not connect to the endpoint URL: "{address}"'
         super().__init__(f"{message} ({detail})" if detail else message)
         self.address = address
+        self.kwargs = {"endpoint_url": address}
 
 
 class ReadTimeoutError(SDKError, TimeoutError):
@@ -43,9 +69,10 @@ class ReadTimeoutError(SDKError, TimeoutError):
     def __init__(self, address: str, operation: str, timeout: float):
         super().__init__(f'Read timeout on endpoint URL: "{address}" ({operation} took longer than {timeout:g} s)')
         self.address = address
+        self.kwargs = {"endpoint_url": address}
 
 
-class WaiterError(SDKError):
+class WaiterError(SDKError, *_botocore_base("WaiterError")):
     """A waiter reached a failure state or ran out of attempts."""
 
     def __init__(self, name: str, reason: str, last_response: dict | None):
@@ -53,22 +80,25 @@ class WaiterError(SDKError):
         self.name = name
         self.reason = reason
         self.last_response = last_response
+        self.kwargs = {"name": name, "reason": reason}
 
 
-class ClientError(Exception):
+class ClientError(*_botocore_base("ClientError"), Exception):
     """An error the service reported, with botocore's ``response`` dict and ``operation_name``."""
 
     def __init__(self, error_response: dict, operation_name: str):
         error = error_response.get("Error", {})
-        super().__init__(
+        Exception.__init__(
+            self,
             f"An error occurred ({error.get('Code', 'Unknown')}) when calling the {operation_name} "
-            f"operation: {error.get('Message', 'Unknown')}"
+            f"operation: {error.get('Message', 'Unknown')}",
         )
         self.response = error_response
         self.operation_name = operation_name
 
 
-# The error names a SageMaker user can meet, control plane and runtime together.
+# The error names a SageMaker user can meet, control plane and runtime together: one class each,
+# shared by every client (boto3 makes them per client; catching by name behaves the same).
 ERROR_CODES = (
     "ValidationException",
     "ValidationError",
@@ -82,6 +112,22 @@ ERROR_CODES = (
     "InternalFailure",
     "InternalDependencyException",
 )
+
+_ERROR_CLASSES: dict[str, type[ClientError]] = {
+    code: type(code, (ClientError,), {"__doc__": f"The service answered {code}.", "__module__": __name__})
+    for code in ERROR_CODES
+}
+globals().update(_ERROR_CLASSES)
+
+
+def service_error_class(class_name: str, code: str, module: str) -> type[ClientError]:
+    """A class named `class_name` for the error code `code`, as boto3 names a modeled error
+    (CloudWatch's ``InvalidParameterValueException`` catches ``InvalidParameterValue``); a
+    subclass of the common class of the same code when there is one, so that both catch it."""
+    base = _ERROR_CLASSES.get(code, ClientError)
+    if base.__name__ == class_name:
+        return base
+    return type(class_name, (base,), {"__doc__": f"The service answered {code}.", "__module__": module})
 
 
 class ClientExceptions:
@@ -101,27 +147,6 @@ class ClientExceptions:
         return self._by_code.get(code, ClientError)
 
 
-_ERROR_CLASSES: dict[str, type[ClientError]] = {
-    code: type(code, (ClientError,), {"__doc__": f"The service answered {code}.", "__module__": __name__})
-    for code in ERROR_CODES
-}
-globals().update(_ERROR_CLASSES)
-
-_HTTP_STATUS = {
-    "ValidationException": 400,
-    "ValidationError": 400,
-    "ResourceNotFound": 400,
-    "ResourceInUse": 400,
-    "ResourceLimitExceeded": 400,
-    "ConflictException": 409,
-    "ModelError": 424,
-    "ModelNotReadyException": 429,
-    "ServiceUnavailable": 503,
-    "InternalFailure": 500,
-    "InternalDependencyException": 530,
-}
-
-
 def response_metadata(request_id: str, status: int = 200) -> dict:
     """boto3's ``ResponseMetadata`` for a call identified by `request_id`."""
     return {"RequestId": request_id, "HTTPStatusCode": status, "HTTPHeaders": {}, "RetryAttempts": 0}
@@ -133,9 +158,10 @@ def new_request_id() -> str:
 
 
 def translate_rpc_error(
-    error: grpc.RpcError, *, operation: str, address: str, timeout: float, request_id: str
+    error: grpc.RpcError, *, operation: str, address: str, timeout: float, request_id: str, service: str = "sagemaker"
 ) -> Exception:
-    """The exception a failed gRPC call becomes: a ClientError subclass, or a connection/timeout error."""
+    """The exception a failed gRPC call of `service` (boto3's client name) becomes: a ClientError
+    subclass with the HTTP status `mve.errors` gives its name there, or a connection/timeout error."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     reason = reason_of(error)
     if reason is None and code == grpc.StatusCode.UNAVAILABLE:
@@ -144,7 +170,7 @@ def translate_rpc_error(
         return ReadTimeoutError(address, operation, timeout)
     domain = from_rpc_error(error)
     error_body = {"Code": domain.reason, "Message": domain.message}
-    response: dict = {"Error": error_body, "ResponseMetadata": response_metadata(request_id, _HTTP_STATUS.get(domain.reason, 400))}
+    response: dict = {"Error": error_body, "ResponseMetadata": response_metadata(request_id, http_status(domain.reason, service))}
     for key, value in domain.metadata.items():
         # ModelError's OriginalStatusCode / OriginalMessage sit beside Error, as in boto3.
         response[key] = int(value) if key == "OriginalStatusCode" and value.isdigit() else value
@@ -160,6 +186,7 @@ __all__ = [
     "ParamValidationError",
     "ReadTimeoutError",
     "SDKError",
+    "service_error_class",
     "WaiterError",
     "new_request_id",
     "response_metadata",

@@ -10,6 +10,12 @@
 The address defaults to $MVE_CONTROL_PLANE (sagemaker, cloudwatch, application-autoscaling,
 experiments, iam) or $MVE_ENDPOINT (sagemaker-runtime), then 127.0.0.1:7070 / 127.0.0.1:8080. Calls
 have deadlines: 30 s (control plane) and 60 s (runtime) unless ``timeout=`` says otherwise. The implementation lives in `mve.sdk`.
+
+``endpoint_url=`` (boto3's keyword) is the same gRPC address written as a URL: ``grpc://HOST:PORT``
+(or plain ``HOST:PORT``). An ``http(s)://`` URL is refused with a ValueError that says what to do:
+mve's HTTP faces (SageMaker's own HTTP APIs, SigV4-signed) are for boto3 itself,
+``boto3.client(service, endpoint_url="http://HOST:7071")`` (control plane) or ``:8081`` (runtime);
+mve.client speaks gRPC and does not guess a gRPC port from an HTTP one.
 """
 
 from __future__ import annotations
@@ -42,15 +48,54 @@ def default_address(service_name: str) -> str:
     return os.environ.get(env_name) or fallback
 
 
-def client(service_name: str, address: str | None = None, *, timeout: float | None = None, **kwargs):
+GRPC_SCHEME = "grpc"
+
+
+def address_of_endpoint_url(endpoint_url: str, service_name: str = "sagemaker") -> str:
+    """The gRPC address ``HOST:PORT`` an `endpoint_url` names (``grpc://HOST:PORT`` or ``HOST:PORT``).
+
+    An http(s) URL is a ValueError pointing at boto3: that is where mve's HTTP faces are used.
+    """
+    scheme, sep, rest = endpoint_url.partition("://")
+    if not sep:
+        return endpoint_url
+    if scheme.lower() in ("http", "https"):
+        raise ValueError(
+            f"mve.client speaks gRPC, and {endpoint_url!r} is an HTTP URL. mve's HTTP faces speak "
+            f"SageMaker's own HTTP APIs for boto3: use boto3.client({service_name!r}, "
+            f"endpoint_url={endpoint_url!r}, ...) with a key from `mve keys create` (docs/boto3.md). "
+            f"For mve.client give the gRPC address: endpoint_url='grpc://HOST:PORT' "
+            f"(control plane 7070, proxy 8080)."
+        )
+    if scheme.lower() != GRPC_SCHEME:
+        raise ValueError(f"endpoint_url {endpoint_url!r}: mve.client takes grpc://HOST:PORT or HOST:PORT")
+    if "/" in rest.rstrip("/"):
+        raise ValueError(f"endpoint_url {endpoint_url!r}: a gRPC address has no path; give grpc://HOST:PORT")
+    return rest.rstrip("/")
+
+
+def client(
+    service_name: str,
+    address: str | None = None,
+    *,
+    endpoint_url: str | None = None,
+    timeout: float | None = None,
+    **kwargs,
+):
     """A boto3-shaped client: "sagemaker", "cloudwatch", "application-autoscaling", "experiments" or
     "iam" (control plane), "sagemaker-runtime" (proxy).
 
-    Unknown service names raise ValueError. boto3's ``region_name`` and credential keywords are
-    accepted and ignored, so that code written for boto3 runs unchanged.
+    `address` or `endpoint_url` (``grpc://HOST:PORT``; see `address_of_endpoint_url`) names the
+    gRPC server; not both. Unknown service names raise ValueError. boto3's ``region_name`` and
+    credential keywords are accepted and ignored (the gRPC doors are not signed), so that code
+    written for boto3 runs unchanged.
     """
     if service_name not in SERVICES:
         raise ValueError(f"Unknown service: {service_name!r}. Valid service names are: {', '.join(SERVICES)}")
+    if endpoint_url is not None:
+        if address is not None:
+            raise TypeError("client() takes address or endpoint_url, not both")
+        address = address_of_endpoint_url(endpoint_url, service_name)
     ignored = {"region_name", "aws_access_key_id", "aws_secret_access_key", "aws_session_token", "config"}
     unknown = set(kwargs) - ignored
     if unknown:
@@ -60,4 +105,4 @@ def client(service_name: str, address: str | None = None, *, timeout: float | No
     return cls(address or default_address(service_name), **options)
 
 
-__all__ = ["SERVICES", "client", "default_address"]
+__all__ = ["SERVICES", "address_of_endpoint_url", "client", "default_address"]

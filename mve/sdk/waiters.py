@@ -14,14 +14,15 @@ from mve.sdk.exceptions import ClientError, WaiterError
 DEFAULT_DELAY_S = 0.5
 DEFAULT_MAX_ATTEMPTS = 240  # two minutes at the default delay
 
-_NOT_FOUND_CODES = ("ResourceNotFound", "ValidationException", "ValidationError")
+# botocore's waiters-2.json for sagemaker: DescribeEndpoint answering ValidationException (SageMaker's
+# 'Could not find endpoint ...') fails EndpointInService and completes EndpointDeleted. EndpointDeleted
+# here also wants the message to say so: a ValidationException about the request itself (a name too
+# long) is not a deleted endpoint.
+GONE_CODE = "ValidationException"
 
 
-def _not_found(error: ClientError) -> bool:
-    code = error.response.get("Error", {}).get("Code")
-    message = error.response.get("Error", {}).get("Message", "")
-    # SageMaker answers ValidationException "Could not find endpoint ..."; mve answers ResourceNotFound.
-    return code == "ResourceNotFound" or (code in _NOT_FOUND_CODES and "could not find" in message.lower())
+def _gone(error: ClientError) -> bool:
+    return _code(error) == GONE_CODE and "could not find endpoint" in _message(error).lower()
 
 
 class Waiter:
@@ -84,7 +85,7 @@ def _retryable(error: ClientError) -> bool:
 
 def _in_service(response: dict | None, error: ClientError | None) -> str | None:
     if error is not None:
-        if _code(error) in _NOT_FOUND_CODES:
+        if _code(error) == GONE_CODE:
             return f"{_code(error)}: {_message(error)}"
         return None
     status = response.get("EndpointStatus")
@@ -98,7 +99,7 @@ def _in_service(response: dict | None, error: ClientError | None) -> str | None:
 
 def _deleted(response: dict | None, error: ClientError | None) -> str | None:
     if error is not None:
-        return "success" if _not_found(error) else None
+        return "success" if _gone(error) else None
     if response.get("EndpointStatus") == "Failed":
         return f'EndpointStatus is "Failed": {response.get("FailureReason", "no FailureReason given")}'
     return None

@@ -15,7 +15,9 @@ import mve
 from mve._proto import control_pb2 as pb
 from mve._proto import control_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 from mve.sdk import ClientError, EndpointConnectionError, ReadTimeoutError
-from mve.errors import ModelError, ResourceAlreadyExists, ResourceNotFound, ValidationError, to_status
+import botocore.exceptions
+
+from mve.errors import RUNTIME, ModelError, NotFound, ResourceAlreadyExists, ValidationError, to_status
 
 CREATED = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
 
@@ -37,7 +39,7 @@ class FakeControl(control_pb2_grpc.EndpointControlServicer):
         self.requests.append(request)
         self.metadata.append(dict(context.invocation_metadata()))
         errors = {
-            "missing": ResourceNotFound("Could not find endpoint \"missing\"."),
+            "missing": NotFound('Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/missing".'),
             "invalid": ValidationError("EndpointName is too long"),
             "exists": ResourceAlreadyExists("Cannot create already existing endpoint \"exists\"."),
         }
@@ -73,8 +75,9 @@ class FakeRuntime(runtime_pb2_grpc.EndpointRuntimeServicer):
     def InvokeEndpoint(self, request, context):  # noqa: N802
         if request.endpoint_name == "broken":
             context.abort_with_status(to_status(ModelError(
-                "Received server error (500) from model", metadata={"OriginalStatusCode": "500",
-                                                                     "OriginalMessage": "boom"})))
+                "Received server error (500) from model", original_status_code=500, original_message="boom"), RUNTIME))
+        if request.endpoint_name == "missing":
+            context.abort_with_status(to_status(NotFound("Endpoint missing of account 000000000000 not found."), RUNTIME))
         return runtime_pb2.InvokeEndpointResponse(
             body=request.body[::-1], content_type=request.accept or request.content_type,
             invoked_production_variant=request.target_variant or "Variant1",
@@ -109,20 +112,38 @@ def test_describe_endpoint_has_boto3_shape(fake_server):
     assert control.metadata[-1]["x-mve-request-id"] == request_id
 
 
-@pytest.mark.parametrize(
-    ("endpoint", "code", "cls"),
-    [("missing", "ResourceNotFound", "ResourceNotFound"), ("invalid", "ValidationException", "ValidationException"),
-     ("exists", "ValidationException", "ValidationException")],
-)
-def test_service_errors_carry_the_sagemaker_error_name(fake_server, endpoint, code, cls):
+@pytest.mark.parametrize("endpoint", ["missing", "invalid", "exists"])
+def test_service_errors_carry_the_sagemaker_error_name(fake_server, endpoint):
+    """SageMaker answers ValidationException (HTTP 400) to a missing name, a bad one and a taken one."""
     address, _ = fake_server
     sm = mve.client("sagemaker", address=address)
     with pytest.raises(ClientError) as caught:
         sm.describe_endpoint(EndpointName=endpoint)
-    assert caught.value.response["Error"]["Code"] == code
-    assert isinstance(caught.value, getattr(sm.exceptions, cls))
+    assert caught.value.response["Error"]["Code"] == "ValidationException"
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert isinstance(caught.value, sm.exceptions.ValidationException)
+    assert isinstance(caught.value, botocore.exceptions.ClientError)  # `except ClientError` code works unchanged
     assert caught.value.operation_name == "DescribeEndpoint"
-    assert f"An error occurred ({code}) when calling the DescribeEndpoint operation" in str(caught.value)
+    assert "An error occurred (ValidationException) when calling the DescribeEndpoint operation" in str(caught.value)
+
+
+def test_a_missing_endpoint_says_could_not_find_with_its_arn(fake_server):
+    address, _ = fake_server
+    with pytest.raises(ClientError) as caught:
+        mve.client("sagemaker", address=address).describe_endpoint(EndpointName="missing")
+    assert caught.value.response["Error"]["Message"] == (
+        'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/missing".')
+
+
+def test_invoking_a_missing_endpoint_is_the_runtimes_validation_error(fake_server):
+    address, _ = fake_server
+    smr = mve.client("sagemaker-runtime", address=address)
+    with pytest.raises(smr.exceptions.ValidationError) as caught:
+        smr.invoke_endpoint(EndpointName="missing", Body=b"1")
+    assert caught.value.response["Error"] == {
+        "Code": "ValidationError", "Message": "Endpoint missing of account 000000000000 not found."}
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    assert isinstance(caught.value, botocore.exceptions.ClientError)
 
 
 def test_model_error_keeps_the_original_status(fake_server):
@@ -133,6 +154,7 @@ def test_model_error_keeps_the_original_status(fake_server):
     assert caught.value.response["OriginalStatusCode"] == 500
     assert caught.value.response["OriginalMessage"] == "boom"
     assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 424
+    assert caught.value.response["Error"]["Code"] == "ModelError"
 
 
 def test_invoke_endpoint_returns_a_streaming_body(fake_server):

@@ -47,8 +47,8 @@ def test_in_service_fails_on_failed_with_the_failure_reason():
 
 
 def test_in_service_fails_when_the_endpoint_does_not_exist():
-    describe = FakeDescribe(_error("ResourceNotFound", "Could not find endpoint ab"))
-    with pytest.raises(WaiterError, match="ResourceNotFound"):
+    describe = FakeDescribe(_error("ValidationException", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/ab".'))
+    with pytest.raises(WaiterError, match="terminal failure state: ValidationException: Could not find endpoint"):
         waiter_for("endpoint_in_service", describe, sleep=lambda s: None).wait(EndpointName="ab")
 
 
@@ -69,11 +69,9 @@ def test_in_service_retries_service_unavailable_but_not_other_errors():
         waiter_for("endpoint_in_service", describe, sleep=lambda s: None).wait(EndpointName="ab")
 
 
-@pytest.mark.parametrize("error", [
-    _error("ResourceNotFound", "Could not find endpoint ab"),
-    _error("ValidationException", 'Could not find endpoint "ab".'),  # SageMaker's own wording
-])
-def test_endpoint_deleted_succeeds_when_the_endpoint_is_gone(error):
+def test_endpoint_deleted_succeeds_when_the_endpoint_is_gone():
+    # SageMaker's own answer, and mve's: ValidationException 'Could not find endpoint "arn:..."'.
+    error = _error("ValidationException", 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/ab".')
     describe = FakeDescribe(_status("Deleting"), error)
     waiter_for("endpoint_deleted", describe, sleep=lambda s: None).wait(EndpointName="ab")
     assert len(describe.calls) == 2
@@ -85,6 +83,9 @@ def test_endpoint_deleted_fails_on_failed_and_on_other_validation_errors():
                    sleep=lambda s: None).wait(EndpointName="ab")
     with pytest.raises(WaiterError, match="too long"):
         waiter_for("endpoint_deleted", FakeDescribe(_error("ValidationException", "EndpointName too long")),
+                   sleep=lambda s: None).wait(EndpointName="ab")
+    with pytest.raises(WaiterError, match="ResourceNotFound"):  # not SageMaker's answer for a deleted endpoint
+        waiter_for("endpoint_deleted", FakeDescribe(_error("ResourceNotFound", "Could not find endpoint ab")),
                    sleep=lambda s: None).wait(EndpointName="ab")
 
 

@@ -284,7 +284,7 @@ def test_feedback_errors_name_the_line_and_send_nothing(control_plane, capsys, t
     assert f"{path}:3: give GroundTruthLabels, a Reward or both" in err
     assert len(fake.requests["SendFeedback"]) == before + 1
     assert main(["feedback", "missing", "--inference-id", "x", "--reward", "1", "--control-plane", address]) == 1
-    assert capsys.readouterr().err.startswith('ResourceNotFound: Could not find endpoint "missing".')
+    assert capsys.readouterr().err.startswith('ValidationException: Could not find endpoint "missing".')
 
 
 def test_bandit_put_describe_delete(control_plane, capsys):

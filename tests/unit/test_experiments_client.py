@@ -200,9 +200,12 @@ def test_bandit_policy_calls(fake):
 def test_service_errors_are_client_errors(fake):
     exp, _ = fake
     with pytest.raises(exp.exceptions.ResourceNotFound) as caught:
-        exp.describe_bandit_policy(EndpointName="missing")
+        exp.describe_bandit_policy(EndpointName="no-policy")
     assert caught.value.response["Error"]["Code"] == "ResourceNotFound"
     assert "when calling the DescribeBanditPolicy operation" in str(caught.value)
+    with pytest.raises(exp.exceptions.ValidationException, match='Could not find endpoint "missing"') as caught:
+        exp.describe_bandit_policy(EndpointName="missing")
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
     with pytest.raises(exp.exceptions.ValidationException, match="ConfidenceLevel must be 0.5-0.999"):
         exp.get_experiment_report(EndpointName="ab", ConfidenceLevel=0.2)
     with pytest.raises(exp.exceptions.ClientError):
