@@ -231,7 +231,8 @@ def test_cloudwatch(boto, endpoint, protocol):
         AlarmName=alarm, Namespace="AWS/SageMaker", MetricName="Invocation5XXErrors", Dimensions=dimensions,
         Statistic="Sum", Period=60, EvaluationPeriods=1, Threshold=5.0, ComparisonOperator="GreaterThanThreshold",
     )
-    alarms = cw.describe_alarms(AlarmNames=[alarm])["MetricAlarms"]
+    cw.get_waiter("alarm_exists").wait(AlarmNames=[alarm], WaiterConfig={"Delay": 1, "MaxAttempts": 5})
+    alarms = [a for page in cw.get_paginator("describe_alarms").paginate(AlarmNames=[alarm]) for a in page["MetricAlarms"]]
     assert [(a["AlarmName"], a["Threshold"]) for a in alarms] == [(alarm, 5.0)]
     assert isinstance(alarms[0]["StateUpdatedTimestamp"], datetime)
     with pytest.raises(cw.exceptions.InvalidParameterValueException) as caught:
