@@ -4,15 +4,16 @@
 
 One aiohttp server in the control plane's event loop, on ``--http-port`` (default 7071):
 
-- ``POST /`` with ``X-Amz-Target: SageMaker.<Op>`` or ``AnyScaleFrontendService.<Op>``: AWS JSON 1.1;
+- ``POST /`` with ``X-Amz-Target: <targetPrefix>.<Op>``: AWS JSON (SageMaker's ``SageMaker``,
+  Application Auto Scaling's ``AnyScaleFrontendService``, CloudWatch's ``GraniteServiceVersion20100801``);
 - ``POST /service/GraniteServiceVersion20100801/operation/<Op>``: CloudWatch's smithy-rpc-v2-cbor.
 
-Every request: body read up to `MAX_BODY_BYTES` (413 past it), then the signature checked when an
-authenticator is set (``--auth sigv4``), then the operation looked up in botocore's model and mve's
-SDK (`mve.control.http_operations`), the body decoded (`mve.control.http_protocols`), and the SDK
-method called on a worker thread with a client of the control plane's own gRPC address. At most
-`max_in_flight` calls run at once; past that a request is answered ``ThrottlingException``, which
-botocore retries with back-off.
+Every request: body read up to `MAX_BODY_BYTES` (413 past it), then the caller checked by the
+authenticator (SigV4), then the operation looked up in botocore's model and mve's SDK
+(`mve.control.http_operations`), the body decoded (`mve.control.http_protocols`), and the SDK
+method called on one of `workers` threads with a client of the control plane's own gRPC address.
+At most `max_in_flight` calls are admitted at once (the rest of them wait for a thread); past that
+a request is answered ``ThrottlingException``, which botocore retries with back-off.
 """
 
 from __future__ import annotations

@@ -196,6 +196,23 @@ def test_cloudwatch_timestamps_arrive_as_utc_datetimes(server, fakes, protocol):
     assert params["Period"] == 60 and params["Statistics"] == ["Sum", "SampleCount"]
 
 
+def test_update_endpoint_deployment_config_arrives_whole(server, fakes):
+    deployment = {
+        "BlueGreenUpdatePolicy": {
+            "TrafficRoutingConfiguration": {"Type": "CANARY", "WaitIntervalInSeconds": 30,
+                                            "CanarySize": {"Type": "CAPACITY_PERCENT", "Value": 20}},
+            "TerminationWaitInSeconds": 0, "MaximumExecutionTimeoutInSeconds": 900,
+        },
+        "AutoRollbackConfiguration": {"Alarms": [{"AlarmName": "errors"}]},
+    }
+    fakes["sagemaker"].answers["update_endpoint"] = {"EndpointArn": "arn:e"}
+    boto(server, "sagemaker").update_endpoint(EndpointName="ab", EndpointConfigName="ab-2", DeploymentConfig=deployment,
+                                              RetainAllVariantProperties=False)
+    assert fakes["sagemaker"].calls == [("update_endpoint", {
+        "EndpointName": "ab", "EndpointConfigName": "ab-2", "DeploymentConfig": deployment,
+        "RetainAllVariantProperties": False})]
+
+
 # --- what mve answers is what boto3 returns ---------------------------------------------------------
 
 
