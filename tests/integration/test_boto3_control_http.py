@@ -1,7 +1,7 @@
 """The real boto3 against a real control plane's HTTP face (its own process, SigV4 required).
 
 One control plane (``--port 0 --http-port 0``, auth on) serves the module; the access key boto3
-signs with is created over gRPC (``mve.v1.AccessKeys``). The flow is the article's, through
+signs with is created with mve's SDK (``mve.client("iam").create_access_key``). The flow is the article's, through
 ``boto3.client("sagemaker" | "application-autoscaling" | "cloudwatch", endpoint_url=...)`` alone:
 models, a two-variant config, endpoints, botocore's own waiters, list paginators, weights, scaling
 targets and policies, metrics and alarms (CloudWatch over both protocols it speaks), deletion, and
@@ -18,12 +18,11 @@ from datetime import datetime, timedelta, timezone
 
 import boto3
 import botocore.model
-import grpc
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from mve._proto import keys_pb2, keys_pb2_grpc
+import mve
 from tiny_models import build_model
 
 pytestmark = pytest.mark.integration
@@ -47,11 +46,9 @@ def control_plane(module_services, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def access_key(control_plane):
-    with grpc.insecure_channel(control_plane.address) as channel:
-        created = keys_pb2_grpc.AccessKeysStub(channel).CreateAccessKey(
-            keys_pb2.CreateAccessKeyRequest(description="boto3 integration test"), timeout=10
-        )
-    return created.access_key.access_key_id, created.secret_access_key
+    with mve.client("iam", address=control_plane.address) as iam:
+        created = iam.create_access_key(Description="boto3 integration test")["AccessKey"]
+    return created["AccessKeyId"], created["SecretAccessKey"]
 
 
 @contextmanager
