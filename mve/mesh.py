@@ -11,6 +11,11 @@ Children run in their own process group, so whatever they start (model servers) 
 them, and on Linux they get SIGTERM if the supervisor dies without stopping them. The model servers
 of a crashed control plane are left running for its successor to adopt; the mesh kills whatever
 is left of them when it stops. The per-process work is in `mve.supervise`.
+
+``mve up --auth sigv4`` (the default) makes the data dir's first access key once and keeps it in
+``<data-dir>/credentials`` for boto3 (`mve.first_key`; a Mesh in a test gets one the same way with
+``ensure_first_key(mesh.data_dir, mesh.control_plane_address)``); ``--auth none`` is passed to the
+control plane and said loudly.
 """
 
 from __future__ import annotations
@@ -252,12 +257,13 @@ def run_up(args) -> int:
                 proxy_port=args.proxy_port, control_plane_metrics_port=args.control_plane_metrics_port,
                 proxy_metrics_port=args.proxy_metrics_port, proxy_http_port=args.proxy_http_port,
                 control_plane_http_port=args.control_plane_http_port,
-                max_restarts=args.max_restarts)
+                max_restarts=args.max_restarts, control_plane_args=("--auth", args.auth))
     try:
         mesh.start()
     except MeshError as error:
         print(f"mve up: {error}", file=sys.stderr)
         return 1
+    first_key = _first_key(mesh, args.auth)
     print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE)", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.control_plane_metrics_address)}", file=sys.stderr)
     print(f"  http         {_control_url(mesh.control_plane_http_address)}", file=sys.stderr)
@@ -265,10 +271,15 @@ def run_up(args) -> int:
     print(f"  metrics      {_metrics_url(mesh.proxy_metrics_address)}", file=sys.stderr)
     print(f"  http         {_runtime_url(mesh.proxy_http_address)}", file=sys.stderr)
     print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
+    if first_key is not None:
+        print(first_key.usage(), file=sys.stderr)
+    elif args.auth == "none":
+        print(f"WARNING: {AUTH_OFF}", file=sys.stderr)
     announce_ready("mesh", mesh.proxy_address, control_plane=mesh.control_plane_address,
                    control_plane_metrics=mesh.control_plane_metrics_address, proxy_metrics=mesh.proxy_metrics_address,
                    proxy_http=mesh.proxy_http_address, control_plane_http=mesh.control_plane_http_address,
-                   data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids())
+                   data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids(), auth=args.auth,
+                   credentials=str(first_key.path.resolve()) if first_key is not None else "")
     while not stop.wait(0.2):
         if mesh.done.is_set():
             break
@@ -277,6 +288,37 @@ def run_up(args) -> int:
         print(f"mve up: {mesh.failure}", file=sys.stderr)
         return 1
     return 0
+
+
+AUTH_OFF = ("AUTH IS OFF (--auth none): THE HTTP FACES ACCEPT UNSIGNED CALLS FROM ANYONE WHO CAN REACH THEM. "
+            "Use it for local play only.")
+
+
+def _first_key(mesh: Mesh, auth: str):
+    """With --auth sigv4, the data dir's access key (made on the first run; `mve.first_key`); else None."""
+    if auth != "sigv4":
+        return None
+    from mve.first_key import ensure_first_key
+    from mve.sdk.exceptions import ClientError, SDKError
+
+    try:
+        first_key = ensure_first_key(mesh.data_dir, mesh.control_plane_address)
+    except (ClientError, SDKError, OSError) as error:
+        print(f"mve up: could not make the first access key ({error}); make one with `mve keys create`",
+              file=sys.stderr)
+        return None
+    if first_key.created:
+        log.info("event=first_access_key access_key_id=%s path=%s", first_key.access_key_id, first_key.path)
+    return first_key
+
+
+def _auth_mode(text: str) -> str:
+    import argparse
+
+    mode = text.strip().lower()
+    if mode not in ("sigv4", "none"):
+        raise argparse.ArgumentTypeError(f"--auth must be sigv4 or none, got {text!r}")
+    return mode
 
 
 def register(subparsers) -> None:
@@ -305,6 +347,11 @@ def register(subparsers) -> None:
     parser.add_argument("--proxy-http-port", type=_http_port, default=_env_port("MVE_PROXY_HTTP_PORT", 8081),
                         help="the proxy's SageMaker Runtime HTTP door for boto3 (default $MVE_PROXY_HTTP_PORT or "
                         "8081; 0 = free, -1 = off)")
+    parser.add_argument("--auth", type=_auth_mode, default=os.environ.get("MVE_AUTH") or "sigv4",
+                        metavar="{sigv4,none}",
+                        help="sigv4: the HTTP faces require AWS Signature Version 4; the first run makes an access "
+                        "key in DATA_DIR/credentials (profile mve, mode 0600). none: they accept unsigned calls from "
+                        "anyone who can reach them, for local play (default $MVE_AUTH or sigv4)")
     parser.add_argument("--max-restarts", type=int, default=5, choices=range(0, 101), metavar="0-100",
                         help="restarts of a crashing child before giving up (default 5)")
     parser.set_defaults(func=run_up)
