@@ -15,14 +15,18 @@ load, the c=1 p50 of one model server and of the proxy in alternating rounds (th
 of the machine's drift), the throughput of a grpc.aio server that does no work (the ceiling of any
 Python proxy here, benchmarks/noop_server.py), and the targets as ratios of this run. Then the
 tracing rows: the proxy's throughput at the top concurrency with tracing off, sampled at 1% and at
-100%, exporting over OTLP/gRPC to a no-op receiver (benchmarks/e2e_tracing.py). Prints a table,
-writes benchmarks/results/e2e.json.
+100%, exporting over OTLP/gRPC to a no-op receiver (benchmarks/e2e_tracing.py). Then the door
+rows: InvokeEndpoint over the proxy's HTTP door (SageMaker Runtime's protocol, what boto3 sends)
+and over its gRPC door, the same npy body and closed loop at each concurrency in alternating
+rounds, with the HTTP door's throughput, p50 and proxy CPU per request as ratios to the gRPC
+door's (benchmarks/e2e_doors.py). Prints a table, writes benchmarks/results/e2e.json.
 
     python benchmarks/bench_e2e.py            # ~4 minutes
     python benchmarks/bench_e2e.py --quick    # < 90 s, shorter cells
     python benchmarks/bench_e2e.py --smoke    # seconds of load: direct and mve only (the test runs this)
     python benchmarks/bench_e2e.py --loadgen h2load   # drive every cell with nghttp2's h2load (C)
     python benchmarks/bench_e2e.py --tracing-only     # only the tracing rows (~1 minute; --quick: less)
+    python benchmarks/bench_e2e.py --doors-only --quick   # only the HTTP vs gRPC door rows (~40 s)
 
 ``mve_batched`` uses MaxBatchSize 32 and MaxDelayMicroseconds 0 (adaptive batching, see
 docs/batching.md) unless --max-batch-size / --max-delay-us say otherwise. With ``--loadgen h2load``
@@ -50,6 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 
 import mve  # noqa: E402
+from e2e_doors import print_doors, run_doors  # noqa: E402
 from e2e_report import evaluate_targets, print_report  # noqa: E402
 from e2e_tracing import print_tracing, run_tracing_rows  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
@@ -287,7 +292,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tracing-only", action="store_true",
                         help="run only the tracing rows (off / sampled 1%% / sampled 100%%) at the top concurrency")
     parser.add_argument("--tracing-rounds", type=int, default=None, choices=range(1, 21), metavar="1-20",
-                        help="alternating rounds of the tracing rows (default: 3 full, 2 quick, 1 smoke)")
+                        help="alternating rounds of the tracing rows and the door rows (default: 3 full, 2 quick, "
+                        "1 smoke)")
+    parser.add_argument("--doors-only", action="store_true",
+                        help="run only the door rows: InvokeEndpoint over HTTP (boto3's protocol) vs gRPC, at every "
+                        "--concurrency")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     try:
@@ -308,8 +317,12 @@ def main(argv=None) -> int:
 
         ensure_h2load()
     started = time.monotonic()
+    if args.tracing_only and args.doors_only:
+        parser.error("--tracing-only and --doors-only are two different runs; pick one")
     if args.tracing_only:
         return run_tracing_only(args, mode_name, mode, max(concurrencies), started)
+    if args.doors_only:
+        return run_doors_only(args, mode_name, mode, concurrencies, started)
 
     with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -317,6 +330,7 @@ def main(argv=None) -> int:
         with open(work / "servers.log", "a", buffering=1) as log:
             scenarios = run_baselines(model_path, concurrencies, mode, log, with_nginx=not args.smoke)
         mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg)
+        mesh_results["doors"] = run_doors(model_path, work, concurrencies, mode, mode[6], deploy=deploy)
         if not args.smoke:
             with open(work / "servers.log", "a", buffering=1) as log:
                 mesh_results["tracing"] = run_tracing_rows(
@@ -342,6 +356,7 @@ def main(argv=None) -> int:
     print_report(results)
     if "tracing" in results:
         print_tracing(results["tracing"])
+    print_doors(results["doors"])
     if not results["settings"]["proxy_batching_available"]:
         print("note: this proxy has no batcher yet (mve/proxy/batcher.py); 'batching on' ran unbatched")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -369,6 +384,28 @@ def run_tracing_only(args, mode_name: str, mode: tuple, concurrency: int, starte
         "wall_seconds": time.monotonic() - started,
     }
     print_tracing(tracing)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def run_doors_only(args, mode_name: str, mode: tuple, concurrencies, started: float) -> int:
+    """`--doors-only`: the door rows alone, printed and written to --out."""
+    with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
+        work = Path(tmp)
+        model_path = build_example_models(work / "models")["mlp"]
+        doors = run_doors(model_path, work, concurrencies, mode, mode[6], deploy=deploy)
+    results = {
+        "benchmark": "e2e-doors",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {"mode": mode_name, "concurrency": concurrencies, "cell_seconds": mode[0],
+                     "warmup_seconds": mode[1], "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE},
+        "doors": doors,
+        "wall_seconds": time.monotonic() - started,
+    }
+    print_doors(doors)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")

@@ -51,3 +51,12 @@ def test_smoke_run_writes_every_scenario_sweep_and_target(tmp_path):
     by_met = {target["name"]: target["met"] for target in results["targets"]}
     assert all(met is None for name, met in by_met.items() if "nginx" in name)
     assert all(isinstance(met, bool) for name, met in by_met.items() if "nginx" not in name)
+    # The door rows: InvokeEndpoint over the proxy's HTTP door and its gRPC door, and their ratios.
+    doors = results["doors"]
+    for door in ("grpc", "http"):
+        for concurrency in ("1", "8"):
+            cell = doors["doors"][door][concurrency]
+            assert cell["requests"] > 0 and cell["errors"] == 0 and cell["proxy_cpu_us_per_request"] > 0
+        assert set(doors["doors"][door]["8"]["variants"]) <= {"Variant1", "Variant2"}
+    assert all(ratio["throughput_http_over_grpc"] > 0 for ratio in doors["ratios"].values())
+    assert "InvokeEndpoint by door" in done.stdout
