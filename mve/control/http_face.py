@@ -182,9 +182,6 @@ class HttpFace:
             body = await self._read_body(request)
             await self._check_caller(request, body)
             model = face.operation(operation, protocol)
-            params = protocol.decode_params(body, model)
-        except WireError as error:
-            return self._error(protocol, face, ErrorReply(error.code, error.message, 400), request_id, operation)
         except OperationFailure as failure:
             return self._error(protocol, face, failure.reply, request_id, operation)
         if self._in_flight >= self._max_in_flight:
@@ -192,9 +189,8 @@ class HttpFace:
             return self._error(protocol, face, error, request_id, operation)
         self._in_flight += 1
         try:
-            client = self._clients[face.name]
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(self._executor, call_operation, client, face, operation, params)
+            reply = await loop.run_in_executor(self._executor, self._serve, face, protocol, model, body, request_id)
         except OperationFailure as failure:
             return self._error(protocol, face, failure.reply, request_id, operation)
         except Exception:  # noqa: BLE001 - one bad call answers 500 and is logged; the server goes on
@@ -203,14 +199,18 @@ class HttpFace:
             return self._error(protocol, face, error, request_id, operation)
         finally:
             self._in_flight -= 1
-        request_id = result.get("ResponseMetadata", {}).get("RequestId") or request_id
-        try:
-            reply = protocol.encode_output(result, model, request_id)
-        except Exception:  # noqa: BLE001 - an answer mve cannot write is its bug: 500, logged
-            log.exception("event=http_encode_failed service=%s operation=%s request_id=%s", face.name, operation, request_id)
-            return self._error(protocol, face, ErrorReply("InternalFailure", "internal failure", 500), request_id, operation)
         log.debug("event=http_call service=%s operation=%s status=200 request_id=%s", face.name, operation, request_id)
         return _response(reply)
+
+    def _serve(self, face: ServiceFace, protocol: Protocol, model, body: bytes, request_id: str) -> WireReply:
+        """On a worker thread: decode, call mve's SDK, encode (a 6 MB body never parses on the event loop)."""
+        try:
+            params = protocol.decode_params(body, model)
+        except WireError as error:
+            raise OperationFailure(ErrorReply(error.code, error.message, 400)) from None
+        result = call_operation(self._clients[face.name], face, model.name, params)
+        request_id = result.get("ResponseMetadata", {}).get("RequestId") or request_id
+        return protocol.encode_output(result, model, request_id)
 
     async def _refuse_query(self, request: web.Request) -> web.StreamResponse:
         """An AWS query-protocol call (an older botocore's CloudWatch): an XML error it can read."""
