@@ -150,3 +150,38 @@ def test_the_proxy_counts_http_invocations_as_it_counts_grpc_ones(mesh):
     assert delta("mve_invocations_total", "pm", "Minus") == 0
     assert delta("mve_invocation_model_errors_total", "broken", "Broken") == 2
     assert delta("mve_invocation_5xx_errors_total", "broken", "Broken") == 2
+
+
+def test_sigterm_drains_the_http_door_with_the_grpc_door(services, tmp_path):
+    import http.client
+    import json
+    import signal
+
+    control = services(["control-plane", "--data-dir", str(tmp_path / "data"), "--port", "0", "--auth", "none"])
+    off = services(["proxy", "--control-plane", control.address, "--port", "0", "--http-port", "-1"])
+    assert off.ready["http_address"] == ""
+    proxy = services(["proxy", "--control-plane", control.address, "--port", "0"],
+                     env={"MVE_PROXY_DRAIN_S": "3"})
+    host, port = proxy.ready["http_address"].rsplit(":", 1)
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)  # one keep-alive connection
+
+    def post() -> tuple[int, str, bool]:
+        """(status, Connection, whether the message names the missing endpoint)."""
+        connection.request("POST", "/endpoints/nope/invocations", body=b"1,2", headers={"Content-Type": "text/csv"})
+        response = connection.getresponse()
+        message = json.loads(response.read())["message"]
+        return response.status, response.getheader("Connection", "keep-alive").lower(), "Endpoint nope" in message
+
+    deadline = time.monotonic() + 15
+    while (answer := post())[0] == 503:  # no routing table yet: ServiceUnavailable
+        assert time.monotonic() < deadline, "the proxy never got its routing table"
+        time.sleep(0.05)
+    assert answer == (400, "keep-alive", True)
+    proxy.process.send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert post() == (400, "close", True)  # still served while draining, then closed
+    connection.close()
+    assert proxy.process.wait(15) == 0
+    with pytest.raises(OSError):
+        http.client.HTTPConnection(host, int(port), timeout=2).request("GET", "/")
+    assert any("event=http_runtime_stopped" in line for line in proxy.output)
