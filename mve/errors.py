@@ -170,6 +170,18 @@ class ModelError(MveError):
             details["LogStreamArn"] = log_stream_arn
         super().__init__(message, reason=reason, metadata=details)
 
+    @classmethod
+    def answered(cls, status: int, message: str, *, model: str, variant: str, note: str = "") -> "ModelError":
+        """The ModelError for a model that answered `status` (HTTP) with `message`, worded as SageMaker's:
+        'Received server error (500) from model M of variant V with message "..."'."""
+        kind = "client" if 400 <= status < 500 else "server"
+        return cls(
+            f'Received {kind} error ({status}) from model {model} of variant {variant} with message "{message}"'
+            + (f": {note}" if note else "."),
+            original_status_code=status,
+            original_message=message,
+        )
+
     @property
     def original_status_code(self) -> int | None:
         """The container's HTTP status, or None when the model server did not say."""

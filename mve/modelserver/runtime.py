@@ -114,7 +114,7 @@ class OnnxModel:
         try:
             return self._session.run(output_names, feeds, run_options)
         except Exception as error:  # any onnxruntime failure at run time is the model's error
-            raise ModelError(f"model failed: {error}", metadata={"OriginalMessage": str(error)[:1024]}) from error
+            raise ModelError(f"model failed: {error}", original_message=str(error)[:1024]) from error
         finally:
             with self._lock:
                 self._active.discard(run_options)

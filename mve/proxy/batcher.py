@@ -28,9 +28,10 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
+import grpc
 import numpy as np
 
-from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable
+from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable, http_status_of_grpc_code
 from mve.proxy.batch_queue import KeyQueue, Member
 from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split, split_bytes
 from mve.proxy.upstream import InferResult
@@ -165,10 +166,10 @@ class VariantBatcher:
                 raise ServiceUnavailable(
                     f"Request to variant {self._name()} timed out after {timeout:.3f} s waiting for a batch"
                 ) from None
-            raise ModelError(
-                f"Received DEADLINE_EXCEEDED from model {self._model()} of variant {self._name()}: its batch did "
-                f"not finish within the request's deadline ({timeout:.3f} s)",
-                metadata={"OriginalStatusCode": "DEADLINE_EXCEEDED", "OriginalMessage": "Deadline Exceeded"},
+            raise ModelError.answered(
+                http_status_of_grpc_code(grpc.StatusCode.DEADLINE_EXCEEDED), "Deadline Exceeded",
+                model=self._model(), variant=self._name(),
+                note=f"its batch did not finish within the request's deadline ({timeout:.3f} s)",
             ) from None
         finally:
             timer.cancel()

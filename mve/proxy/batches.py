@@ -172,9 +172,10 @@ def _split_outputs(response, offsets, model: str, variant: str) -> list:
                 )
             outputs.append((tensor, _fastroute.split_batch(array, offsets)))
     except (ValidationError, IndexError) as error:
+        # The model server answered OK (HTTP 200) with outputs that cannot be split.
         raise ModelError(
             f"model {model} of variant {variant} returned a response that cannot be split by rows: {error}",
-            metadata={"OriginalStatusCode": "OK", "OriginalMessage": str(error)},
+            original_status_code=200, original_message=str(error),
         ) from None
     return outputs
 

@@ -4,13 +4,15 @@ A grpc.aio server with any interceptor runs the interceptor chain (a coroutine a
 handler) on every call. The proxy instead wraps each handler once, when it is registered, with the
 same mapping `mve.errors.ErrorInterceptor` applies (`mve.errors.map_errors`); a behaviour marked
 ``maps_errors = True`` does the mapping itself and is registered as it is (the ModelInfer hot path).
+Every door of the proxy is SageMaker Runtime's: errors take the runtime's names (`mve.errors.RUNTIME`:
+bad input and a missing endpoint are ``ValidationError``, not the control API's ValidationException).
 """
 
 from __future__ import annotations
 
 import grpc
 
-from mve.errors import map_errors
+from mve.errors import RUNTIME, map_errors
 
 
 class _MappedGenericHandler(grpc.GenericRpcHandler):
@@ -26,7 +28,7 @@ class _MappedGenericHandler(grpc.GenericRpcHandler):
             return self._wrapped[method]
         except KeyError:
             pass
-        handler = map_errors(self._inner.service(handler_call_details))
+        handler = map_errors(self._inner.service(handler_call_details), RUNTIME)
         if len(self._wrapped) < 4096:  # bounded: unknown method names must not grow it forever
             self._wrapped[method] = handler
         return handler
@@ -45,7 +47,7 @@ class ErrorMappingServer:
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
         """Register a service's method handlers, each wrapped once."""
         self.server.add_registered_method_handlers(
-            service_name, {name: map_errors(h) for name, h in method_handlers.items()}
+            service_name, {name: map_errors(h, RUNTIME) for name, h in method_handlers.items()}
         )
 
     def __getattr__(self, name):

@@ -51,8 +51,9 @@ def response_outputs(response, variant: VariantState) -> dict[str, np.ndarray]:
                 array = tensors.contents_to_numpy(tensor.contents, tensor.datatype, tensor.shape, tensor.name)
             outputs[tensor.name] = array
     except (ValidationError, IndexError) as error:
+        # The model server answered OK (HTTP 200) with outputs that cannot be read.
         raise ModelError(
             f"model {variant.model_name} of variant {variant.name} returned a malformed response: {error}",
-            metadata={"OriginalStatusCode": "OK", "OriginalMessage": str(error)},
+            original_status_code=200, original_message=str(error),
         ) from None
     return outputs

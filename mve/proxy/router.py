@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mve import _fastroute
-from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
+from mve.errors import ModelNotReady, NotFound, ServiceUnavailable, ValidationError
 from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
 from mve.proxy.capture import CapturePolicy
 from mve.sigv4 import NO_KEYS, SigningKeys
@@ -67,6 +67,9 @@ class Instance:
 # How long an instance that refused a connection is skipped (unless it is the only one left);
 # the control plane takes a dead instance out of the table soon after.
 EJECTION_S = 2.0
+
+# The account id in mve's ARNs (arn:mve:sagemaker:local:000000000000:...), named where SageMaker names one.
+ACCOUNT_ID = "000000000000"
 
 
 @dataclass(eq=False)
@@ -345,10 +348,11 @@ class Router:
                 variant.batcher.retire()
 
     def endpoint(self, endpoint_name: str) -> EndpointState:
-        """The endpoint's state; ResourceNotFound when the table has no such endpoint."""
+        """The endpoint's state; NotFound when the table has no such endpoint (SageMaker Runtime's
+        ValidationError "Endpoint NAME of account ACCOUNT not found.")."""
         endpoint = self._state.endpoints.get(endpoint_name)
         if endpoint is None:
-            raise ResourceNotFound(f"Endpoint {endpoint_name} not found.")
+            raise NotFound(f"Endpoint {endpoint_name} of account {ACCOUNT_ID} not found.")
         return endpoint
 
     def pick(self, endpoint_name: str, target_variant: str = "", routing_key: str = "") -> VariantState:

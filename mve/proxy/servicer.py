@@ -16,7 +16,7 @@ from mve import __version__
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve._proto import runtime_pb2, runtime_pb2_grpc
-from mve.errors import abort_with_error
+from mve.errors import RUNTIME, abort_with_error
 from mve.proxy.dataplane import DataPlane, InvokeRequest
 
 INFERENCE_SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
@@ -135,7 +135,7 @@ class RawModelInfer:
         except (grpc.aio.AbortError, grpc.RpcError):
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: report, don't crash
-            await abort_with_error(context, error, "ModelInfer")
+            await abort_with_error(context, error, "ModelInfer", RUNTIME)
 
 
 def add_inference_service(servicer: InferenceServicer, model_infer: RawModelInfer, server) -> None:

@@ -32,23 +32,6 @@ from mve.errors import ModelError, ModelNotReady, ResourceNotFound, ValidationEr
 
 log = logging.getLogger(__name__)
 
-# gRPC codes a model server answers for a caller's mistake: SageMaker counts these as the
-# model's 4xx; any other failing code is the model's 5xx.
-_CLIENT_SIDE_CODES = frozenset(
-    {
-        "INVALID_ARGUMENT",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "FAILED_PRECONDITION",
-        "OUT_OF_RANGE",
-        "UNAUTHENTICATED",
-        "RESOURCE_EXHAUSTED",
-        "CANCELLED",
-    }
-)
-
-
 @dataclass
 class VariantCounters:
     """Counts and histograms for one (endpoint, variant): one report interval, or a running total."""
@@ -107,7 +90,8 @@ def error_classes(error: BaseException) -> tuple[bool, bool, bool]:
     failure of mve's own is a 5xx.
     """
     if isinstance(error, ModelError):
-        client_side = error.metadata.get("OriginalStatusCode", "") in _CLIENT_SIDE_CODES
+        status = error.original_status_code  # the HTTP status the model answered (None: unknown)
+        client_side = status is not None and 400 <= status < 500
         return client_side, not client_side, True
     if isinstance(error, (ValidationError, ResourceNotFound, ModelNotReady)):
         return True, False, False

@@ -20,7 +20,7 @@ import grpc
 
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
-from mve.errors import ModelError, ModelNotReady, ValidationError
+from mve.errors import ModelError, ModelNotReady, ValidationError, http_status_of_grpc_code
 from mve.proxy.router import Instance, TensorSpec, VariantState
 from mve.tracing import outgoing_metadata
 
@@ -115,7 +115,8 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
 
     Errors come back as domain errors: INVALID_ARGUMENT from the model -> ValidationError with the
     model's message; an unreachable instance with no other to try -> ModelNotReady; any other
-    failure -> ModelError carrying OriginalStatusCode and OriginalMessage.
+    failure -> ModelError carrying OriginalStatusCode (the HTTP status google.rpc.Code maps the model
+    server's gRPC status to: INTERNAL 500, ...) and OriginalMessage.
     """
     if pool.max_in_flight and pool.in_flight >= pool.max_in_flight:
         raise ModelNotReady(
@@ -189,10 +190,8 @@ def _model_failure(variant: VariantState, instance: Instance, error: grpc.aio.Ai
         "event=model_error endpoint=%s variant=%s instance=%s code=%s message=%r",
         variant.endpoint_name, variant.name, instance.instance_id, code.name, message,
     )
-    return ModelError(
-        f"Received {code.name} from model {variant.model_name} of variant {variant.name} with message: {message}",
-        metadata={"OriginalStatusCode": code.name, "OriginalMessage": message},
-    )
+    return ModelError.answered(http_status_of_grpc_code(code), message, model=variant.model_name, variant=variant.name)
+
 
 
 async def fetch_model_metadata(pool: UpstreamPool, variant: VariantState, timeout: float):

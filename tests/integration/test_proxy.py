@@ -239,12 +239,13 @@ def test_unknown_variant_endpoint_and_bad_bodies_are_client_errors(mesh):
         mesh.invoke(b"[[1]]", "application/json", target_variant="nope")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "Variant nope not found for endpoint cancer; its variants are: weak, strong" in info.value.details()
+    assert reason_of(info.value) == "ValidationError"  # the runtime's name, not the control API's ValidationException
 
     with pytest.raises(grpc.RpcError) as info:
         mesh.invoke(b"[[1]]", "application/json", endpoint_name="nope")
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
-    assert info.value.details() == "Endpoint nope not found."
-    assert reason_of(info.value) == "ResourceNotFound"
+    assert info.value.details() == "Endpoint nope of account 000000000000 not found."  # SageMaker's words
+    assert reason_of(info.value) == "ValidationError"
 
     bad = [
         (b"[[1, 2], [3]]", "application/json", "same length"),
@@ -258,7 +259,7 @@ def test_unknown_variant_endpoint_and_bad_bodies_are_client_errors(mesh):
             mesh.invoke(body, content_type)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, content_type
         assert message in info.value.details()
-        assert reason_of(info.value) == "ValidationException"
+        assert reason_of(info.value) == "ValidationError"
     with pytest.raises(grpc.RpcError) as info:
         mesh.invoke(b"[[1]]", "application/json", inference_id="x" * 65)
     assert "InferenceId" in info.value.details()

@@ -172,18 +172,25 @@ def test_update_weights_moves_all_traffic_to_the_weighted_variant(sm, smr, endpo
 def test_errors_carry_sagemaker_names(sm, smr, endpoint):
     with pytest.raises(ClientError) as caught:
         sm.describe_endpoint(EndpointName="no-such-endpoint")
-    assert caught.value.response["Error"]["Code"] in ("ResourceNotFound", "ValidationException")
-    assert "no-such-endpoint" in caught.value.response["Error"]["Message"]
-    with pytest.raises(sm.exceptions.ResourceNotFound):
+    assert caught.value.response["Error"] == {
+        "Code": "ValidationException",
+        "Message": 'Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/no-such-endpoint".'}
+    assert caught.value.response["ResponseMetadata"]["HTTPStatusCode"] == 400
+    with pytest.raises(sm.exceptions.ValidationException, match="Could not find model"):
         sm.describe_model(ModelName="no-such-model")
     with pytest.raises(sm.exceptions.ValidationException):
         sm.create_model(ModelName="bad_name!", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": "/x.onnx"})
     with pytest.raises(sm.exceptions.ValidationException, match="already existing"):
         sm.create_endpoint(EndpointName=endpoint, EndpointConfigName="ab-config")
-    with pytest.raises(smr.exceptions.ValidationException):
+    # The runtime's name for bad input (and a missing endpoint) is ValidationError.
+    with pytest.raises(smr.exceptions.ValidationError):
         smr.invoke_endpoint(EndpointName=endpoint, Body=b"1,2", ContentType="text/csv", TargetVariant="Variant9")
-    with pytest.raises(smr.exceptions.ValidationException):
+    with pytest.raises(smr.exceptions.ValidationError):
         smr.invoke_endpoint(EndpointName=endpoint, Body=b"not numbers", ContentType="text/csv")
+    with pytest.raises(smr.exceptions.ValidationError) as caught:
+        smr.invoke_endpoint(EndpointName="no-such-endpoint", Body=b"1,2", ContentType="text/csv")
+    assert caught.value.response["Error"] == {
+        "Code": "ValidationError", "Message": "Endpoint no-such-endpoint of account 000000000000 not found."}
 
 
 def test_delete_endpoint_and_the_endpoint_deleted_waiter(sm, smr, example_models):
@@ -202,7 +209,7 @@ def test_delete_endpoint_and_the_endpoint_deleted_waiter(sm, smr, example_models
     assert "solo" not in [e["EndpointName"] for e in sm.list_endpoints()["Endpoints"]]
     sm.delete_endpoint_config(EndpointConfigName="solo")
     sm.delete_model(ModelName="solo")
-    with pytest.raises(sm.exceptions.ResourceNotFound):
+    with pytest.raises(sm.exceptions.ValidationException, match='Could not find model "arn:mve:sagemaker:local:000000000000:model/solo"'):
         sm.describe_model(ModelName="solo")
 
 
@@ -264,7 +271,7 @@ def test_cli_full_lifecycle(mesh, example_models, tmp_path):
 def test_cli_errors_are_one_line_with_the_error_name(mesh):
     missing = _cli(mesh, "endpoint", "describe", "nope")
     assert missing.returncode == 1
-    assert missing.stderr.startswith(("ResourceNotFound: ", "ValidationException: "))
+    assert missing.stderr.startswith('ValidationException: Could not find endpoint "arn:mve:sagemaker:local:000000000000:endpoint/nope".')
     bad = _cli(mesh, "endpoint-configs", "create", "x", "--variant", "name=V1")
     assert bad.returncode == 2 and "model=" in bad.stderr
     invalid = _cli(mesh, "models", "create", "bad_name!", "--model-data", "/nonexistent.onnx")

@@ -95,8 +95,8 @@ def test_error_metrics_sum_errors_and_average_the_rate(store, cloudwatch):
     for _ in range(6):
         book.record_success("ep", "A", 10.0, 1.0)
     book.record_error("ep", "A", InternalFailure("x"))
-    book.record_error("ep", "A", ModelError("m", metadata={"OriginalStatusCode": "INTERNAL"}))
-    book.record_error("ep", "A", ModelError("m", metadata={"OriginalStatusCode": "INVALID_ARGUMENT"}))
+    book.record_error("ep", "A", ModelError("m", original_status_code=500))
+    book.record_error("ep", "A", ModelError("m", original_status_code=400))
     book.record_error("ep", "A", ModelNotReady("busy"))
     apply(store, report(book))
     (five,) = stats(cloudwatch, "Invocation5XXErrors", statistics=("Sum", "SampleCount", "Average", "Maximum"))

@@ -85,7 +85,7 @@ def recorded():
                 book.drain()
         raw[variant]["model"], raw[variant]["overhead"] = model, overhead
     book.record_error("ep", "a", ValidationError("bad"))
-    book.record_error("ep", "a", ModelError("boom", metadata={"OriginalStatusCode": "INTERNAL"}))
+    book.record_error("ep", "a", ModelError("boom", original_status_code=500))
     rows = np.array([1, 1, 2, 3, 4, 4, 8, 8, 8, 16, 64, 65, 128, 129, 130, 1024, 1039, 1040, 5000])
     for r in rows:
         book.record_batch("ep", "b", int(r), 1, [float(r) * 10.0])

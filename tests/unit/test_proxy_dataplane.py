@@ -158,7 +158,10 @@ def test_a_model_failure_is_a_model_error_with_the_original_status():
     dataplane, pool, stats = setup({"a0": boom, "a1": boom})
     with pytest.raises(ModelError) as info:
         invoke(dataplane)
-    assert info.value.metadata == {"OriginalStatusCode": "INTERNAL", "OriginalMessage": "onnxruntime exploded"}
+    # The model server's INTERNAL is the HTTP 500 a container would have answered (google.rpc.Code's mapping).
+    assert info.value.metadata == {"OriginalStatusCode": "500", "OriginalMessage": "onnxruntime exploded"}
+    assert info.value.original_status_code == 500
+    assert info.value.message == 'Received server error (500) from model m1 of variant v1 with message "onnxruntime exploded".'
     assert len(pool.calls) == 1  # only UNAVAILABLE is retried
     counters = stats.drain()[("ep", "v1")]
     assert counters.invocation_model_errors == 1
@@ -218,13 +221,13 @@ def test_stats_requests_carry_every_counter():
     stats = StatsBook()
     stats.record_success("ep", "v1", 100.0, 20.0, instances=2)
     stats.record_success("ep", "v1", 300.0, 40.0, instances=4)
-    stats.record_error("ep", "v1", ModelError("x", metadata={"OriginalStatusCode": "INTERNAL"}), instances=4)
-    stats.record_error("ep", "v1", ModelError("x", metadata={"OriginalStatusCode": "INVALID_ARGUMENT"}), instances=4)
+    stats.record_error("ep", "v1", ModelError("x", original_status_code=500), instances=4)
+    stats.record_error("ep", "v1", ModelError("x", original_status_code=400), instances=4)
     request = stats_request("proxy-1", stats.drain(), incarnation="abc", sequence=7)
     assert (request.proxy_id, request.incarnation, request.sequence) == ("proxy-1", "abc", 7)
     (variant,) = request.variants
     assert (variant.invocations, variant.invocation_model_errors) == (4, 2)
-    # The model's INTERNAL is a 5xx, its INVALID_ARGUMENT a 4xx (SageMaker counts by the model's status).
+    # The model's 500 is a 5xx, its 400 a 4xx (SageMaker counts by the model's status).
     assert (variant.invocation_5xx_errors, variant.invocation_4xx_errors) == (1, 1)
     latency = variant.model_latency_us
     assert (latency.count, latency.sum, latency.min, latency.max) == (2, 400.0, 100.0, 300.0)

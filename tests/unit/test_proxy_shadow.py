@@ -37,7 +37,7 @@ class FakeUpstream:
         if variant.name in self.held:
             await self.held[variant.name].wait()
         if variant.name in self.failing:
-            raise ModelError("the shadow's model broke", metadata={"OriginalStatusCode": "INTERNAL", "OriginalMessage": ""})
+            raise ModelError("the shadow's model broke", original_status_code=500, original_message="")
         x = np.frombuffer(message.raw_input_contents[0], dtype=np.float32).reshape(tuple(message.inputs[0].shape))
         response = pb.ModelInferResponse(model_name=message.model_name, id=message.id)
         response.outputs.add(name="y", datatype="FP32", shape=list(x.shape))

@@ -8,7 +8,7 @@ import pytest
 from scipy.stats import chisquare
 
 from mve._proto import control_pb2
-from mve.errors import ModelNotReady, ResourceNotFound, ServiceUnavailable, ValidationError
+from mve.errors import RUNTIME, ModelNotReady, NotFound, ServiceUnavailable, ValidationError, error_name
 from mve.proxy.router import Router
 
 
@@ -57,10 +57,11 @@ def test_unknown_target_variant_names_the_endpoints_variants():
         router.pick("ep", target_variant="c")
 
 
-def test_unknown_endpoint_is_resource_not_found():
+def test_unknown_endpoint_is_the_runtimes_validation_error_as_sagemaker_words_it():
     router = router_with({"a": 1.0})
-    with pytest.raises(ResourceNotFound, match="Endpoint nope not found."):
+    with pytest.raises(NotFound, match="^Endpoint nope of account 000000000000 not found.$") as info:
         router.pick("nope")
+    assert error_name(info.value, RUNTIME) == "ValidationError"
 
 
 def test_weight_0_variant_is_never_picked_at_random():
