@@ -29,7 +29,8 @@ DOORS = ("grpc", "http")
 
 
 def run_invoke_loadgen(door: str, target: str, endpoint: str, *, concurrency: int, mode: tuple) -> dict:
-    """One cell on one door: invoke_loadgen.py's JSON summary."""
+    """One cell on one door: invoke_loadgen.py's JSON summary (with the load process's own CPU per
+    request: its client shares the machine with the proxy, so it explains part of a throughput gap)."""
     seconds, warmup, max_requests = mode[:3]
     command = [sys.executable, str(INVOKE_LOADGEN), "--door", door, "--target", target, "--endpoint", endpoint,
                "--concurrency", str(concurrency), "--requests", str(max_requests), "--seconds", str(seconds),
@@ -60,7 +61,8 @@ def run_doors(model_path: Path, work: Path, concurrencies, mode: tuple, rounds: 
                     cells[door][str(concurrency)].append(cell)
                     print(f"  door {door} c={concurrency} round {round_index + 1}: {cell['throughput_rps']:.0f} req/s "
                           f"p50 {_ms(cell['p50_ms'])} p99 {_ms(cell['p99_ms'])} errors {cell['errors']} "
-                          f"proxy CPU {cell['proxy_cpu_us_per_request']:.0f} us/req", file=sys.stderr)
+                          f"proxy CPU {cell['proxy_cpu_us_per_request']:.0f} us/req "
+                          f"client CPU {cell['client_cpu_us_per_request'] or 0:.0f} us/req", file=sys.stderr)
     out: dict = {"request": "mlp, 1 row FP32, application/x-npy in and out", "rounds": rounds,
                  "auth": "none (control plane --auth none)", "doors": {}, "ratios": {}}
     for door in DOORS:
@@ -84,6 +86,7 @@ def _median_cell(runs: list[dict]) -> dict:
 
     return {"throughput_rps": median("throughput_rps"), "p50_ms": median("p50_ms"), "p99_ms": median("p99_ms"),
             "proxy_cpu_us_per_request": median("proxy_cpu_us_per_request"),
+            "client_cpu_us_per_request": median("client_cpu_us_per_request"),
             "requests": sum(r["requests"] for r in runs), "errors": sum(r["errors"] for r in runs),
             "variants": _merged(r.get("variants", {}) for r in runs)}
 
@@ -136,13 +139,15 @@ def print_doors(doors: dict, out=None) -> None:
     write = (out or sys.stdout).write
     write(f"\nInvokeEndpoint by door ({doors['request']}; medians of {doors['rounds']} alternating rounds; "
           f"auth {doors['auth']})\n")
-    write(f"{'door':<6} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} {'errors':>7}\n")
+    write(f"{'door':<6} {'conc':>5} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'proxy CPU us/req':>17} "
+          f"{'client CPU us/req':>18} {'errors':>7}\n")
     for door in DOORS:
         for c, cell in doors["doors"][door].items():
             if c == "runs":
                 continue
             write(f"{door:<6} {c:>5} {cell['throughput_rps']:>9.0f} {_fmt(cell['p50_ms'])} {_fmt(cell['p99_ms'])} "
-                  f"{cell['proxy_cpu_us_per_request']:>17.0f} {cell['errors']:>7}\n")
+                  f"{cell['proxy_cpu_us_per_request']:>17.0f} {cell['client_cpu_us_per_request'] or 0:>18.0f} "
+                  f"{cell['errors']:>7}\n")
     write(f"{'HTTP / gRPC':<12} {'conc':>5} {'req/s':>9} {'p50':>8} {'CPU/req':>8}\n")
     for c, ratio in doors["ratios"].items():
         write(f"{'':<12} {c:>5} {_fmt(ratio['throughput_http_over_grpc'], 9)} {_fmt(ratio['p50_http_over_grpc'])} "

@@ -15,7 +15,8 @@ Run as its own process (its CPU is not the proxy's): `concurrency` workers, each
 answer before sending the next; a warm-up (not counted) opens the connections; the measured phase
 stops at `requests` answers or `seconds`, whichever comes first. Prints the keys of
 benchmarks/loadgen.py: ``{"requests", "errors", "error_codes", "seconds", "throughput_rps",
-"p50_ms", "p99_ms", "mean_ms", "variants"}``.
+"p50_ms", "p99_ms", "mean_ms", "variants"}``, and ``client_cpu_us_per_request`` (this process's CPU
+per answer while measuring: the client shares the machine with the proxy).
 
     python benchmarks/invoke_loadgen.py --door http --target 127.0.0.1:8081 --endpoint mlp --concurrency 8
 """
@@ -157,9 +158,9 @@ async def run_load(args) -> dict:
             warm = Load(requests=10**9, deadline=time.perf_counter() + args.warmup)
             await asyncio.gather(*workers(warm))
         load = Load(requests=args.requests, deadline=time.perf_counter() + args.seconds)
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*workers(load))
-        elapsed = time.perf_counter() - started
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         await close()
     latencies_ms = np.asarray(load.latencies) * 1e3
@@ -173,6 +174,8 @@ async def run_load(args) -> dict:
         "p50_ms": float(np.percentile(latencies_ms, 50)) if done else None,
         "p99_ms": float(np.percentile(latencies_ms, 99)) if done else None,
         "mean_ms": float(latencies_ms.mean()) if done else None,
+        # This process's CPU (all its threads) per answer in the measured phase: the client's own cost.
+        "client_cpu_us_per_request": cpu * 1e6 / done if done else None,
         "variants": load.variants,
     }
 
