@@ -167,7 +167,7 @@ def test_instance_types_map_to_local_resources(instance_type, resources):
     assert resolve_instance_type(instance_type) == resources
 
 
-@pytest.mark.parametrize("instance_type", ["ml.m5.large", "cpu", "ml.cpu.huge", "ml.tpu.small"])
+@pytest.mark.parametrize("instance_type", ["cpu", "ml.cpu.huge", "ml.tpu.small", "ml.m5", "m5.large"])
 def test_unknown_instance_types_list_the_valid_forms(instance_type):
     with pytest.raises(ValidationError, match=r"ml\.cpu\.<size> or ml\.gpu\.<size>"):
         resolve_instance_type(instance_type)
