@@ -84,7 +84,8 @@ def test_keys_through_the_sdk_and_the_routing_table(services, tmp_path):
         assert info.value.code == "InvalidSignatureException"
 
         # The control plane's own HTTP face checks the same keys.
-        assert boto3_sagemaker(control, first["AccessKeyId"], first["SecretAccessKey"]).list_endpoints()["Endpoints"] == []
+        sagemaker = boto3_sagemaker(control, first["AccessKeyId"], first["SecretAccessKey"])
+        assert sagemaker.list_endpoints()["Endpoints"] == []
 
         iam.delete_access_key(AccessKeyId=first["AccessKeyId"])
         with pytest.raises(iam.exceptions.NoSuchEntityException):
@@ -115,7 +116,8 @@ def test_keys_survive_a_restart_encrypted_at_rest(services, tmp_path):
     with mve.client("iam", address=again.address) as iam:
         assert [k["AccessKeyId"] for k in iam.list_access_keys()["AccessKeyMetadata"]] == [key["AccessKeyId"]]
     table = RouteWatch(control_stub(again.address)).next()
-    assert verify(*signed(key["AccessKeyId"], key["SecretAccessKey"]), SigningKeys.from_table(table)) == key["AccessKeyId"]
+    keys = SigningKeys.from_table(table)
+    assert verify(*signed(key["AccessKeyId"], key["SecretAccessKey"]), keys) == key["AccessKeyId"]
     assert boto3_sagemaker(again, key["AccessKeyId"], key["SecretAccessKey"]).list_endpoints()["Endpoints"] == []
 
 
