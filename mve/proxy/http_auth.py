@@ -89,6 +89,9 @@ class RequestAuth:
                 "The control plane requires signed requests, but this proxy has no SigV4 verifier (mve.sigv4)",
                 503,
             ) from None
+        missing = sigv4.verifier_missing()  # botocore, whose signer computes the expected signature
+        if missing is not None:
+            raise AuthRefused("ServiceUnavailable", f"The control plane requires signed requests, but {missing}", 503)
         self._verify = sigv4.aiohttp_verify
         self._auth_error = sigv4.AuthError
 

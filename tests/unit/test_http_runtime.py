@@ -482,3 +482,14 @@ def test_the_http_port_comes_from_the_flag_then_the_environment(monkeypatch):
     monkeypatch.setenv("MVE_PROXY_HTTP_PORT", "eighty")
     with pytest.raises(ValidationError, match="MVE_PROXY_HTTP_PORT"):
         settings_from_args(parser.parse_args(["proxy"]))
+
+
+def test_without_botocore_a_required_signature_is_refused_as_service_unavailable(door_for, monkeypatch):
+    from mve import sigv4
+
+    monkeypatch.setattr(sigv4, "verifier_missing", lambda: "checking SigV4 needs botocore, which cannot be imported")
+    door = door_for(source=table(auth_required=True))  # the real verifier, loaded on first need
+    client = door.client()
+    with pytest.raises(client.exceptions.ServiceUnavailable, match="needs botocore"):
+        client.invoke_endpoint(EndpointName="ep", Body=b"1,2", ContentType="text/csv")
+    assert door.dataplane.requests == []
