@@ -11,6 +11,12 @@ experiment report (accuracy per variant with confidence intervals, the differenc
 with its always-valid p-value, the sample-ratio check), moves the endpoint to the report's winner
 alone with a canary UpdateEndpoint (rollback alarm on its 5xx errors) while requests keep coming,
 and deletes everything it created.
+
+``--client mve`` (the default) talks gRPC through ``mve.client(...)``. ``--client boto3`` runs the
+same demo through the real boto3 (``pip install boto3``): ``sagemaker``, ``sagemaker-runtime`` and
+``cloudwatch`` clients pointed by ``endpoint_url`` at the demo mesh's HTTP faces and signing with
+the access key in its data dir's credentials file (the experiments API, mve's own, stays on
+``mve.client``). With boto3 the demo runs its own mesh.
 """
 
 from __future__ import annotations
@@ -51,14 +57,16 @@ def send_traffic(smr, endpoint: str, X, y, count: int, rows: int, workers: int, 
 
     def one(index: int) -> tuple:
         body, labels = bodies[index % len(bodies)]
+        # The caller's own InferenceId, as a SageMaker user sends it: boto3's answer has no InferenceId member.
+        inference_id = uuid.uuid4().hex
         start = time.perf_counter()
         response = smr.invoke_endpoint(EndpointName=endpoint, Body=body, ContentType="application/x-npy",
-                                       Accept="application/x-npy")
+                                       Accept="application/x-npy", InferenceId=inference_id)
         latency = time.perf_counter() - start
         predicted = np.load(io.BytesIO(response["Body"].read()), allow_pickle=False).reshape(-1)
         progress.advance(task)
         return (response["InvokedProductionVariant"], latency, int(np.sum(predicted == labels)), len(labels),
-                response["InferenceId"], labels.tolist())
+                response.get("InferenceId", inference_id), labels.tolist())
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return list(pool.map(one, range(count)))
@@ -119,6 +127,13 @@ def _demo(args, console, stack: ExitStack) -> None:
         raise DemoError(f"the demo builds its models with scikit-learn and skl2onnx ({error.name} is missing): "
                         "pip install 'mve[examples]'") from None
 
+    on_boto3 = getattr(args, "client", "mve") == "boto3"
+    if on_boto3:
+        _require_boto3()
+    mesh = None
+    if on_boto3 and (args.control_plane or args.endpoint_address):
+        raise DemoError("--client boto3 runs on the demo's own mesh (its HTTP faces and access key); "
+                        "leave out --control-plane and --endpoint-address")
     if args.control_plane and args.endpoint_address:
         control_plane, proxy = args.control_plane, args.endpoint_address
         data_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mve-demo-")))
@@ -132,8 +147,16 @@ def _demo(args, console, stack: ExitStack) -> None:
         control_plane, proxy = mesh.control_plane_address, mesh.proxy_address
         console.print(f"mesh up: control plane {control_plane}, proxy {proxy} (logs in {data_dir / 'mesh.log'})")
 
-    sm = mve.client("sagemaker", address=control_plane)
-    smr = mve.client("sagemaker-runtime", address=proxy)
+    if on_boto3:
+        sm, smr, cw = boto3_clients(mesh, args.concurrency)
+        console.print(f"client boto3 {_boto3_version()}: sagemaker and cloudwatch at "
+                      f"http://{mesh.control_plane_http_address}, sagemaker-runtime at http://{mesh.proxy_http_address}, "
+                      f"signed with the access key in {data_dir / 'credentials'}")
+    else:
+        sm = mve.client("sagemaker", address=control_plane)
+        smr = mve.client("sagemaker-runtime", address=proxy)
+        cw = mve.client("cloudwatch", address=control_plane)
+    stack.callback(cw.close)
     stack.callback(smr.close)
     stack.callback(sm.close)
     with console.status("building the example models"):
@@ -183,8 +206,6 @@ def _demo(args, console, stack: ExitStack) -> None:
         raise DemoError(f"TargetVariant=Variant1 reached {sorted(set(targeted))}")
     console.print("TargetVariant=Variant1: 10 of 10 requests answered by Variant1")
 
-    cw = mve.client("cloudwatch", address=control_plane)
-    stack.callback(cw.close)
     sent = {v: sum(1 for r in first + second if r[0] == v) for v, _ in VARIANTS}
     sent["Variant1"] += len(targeted)
     console.print(metrics_table(cw, endpoint, sent))
@@ -202,6 +223,51 @@ def _demo(args, console, stack: ExitStack) -> None:
     console.print(f"winner by the experiment report: {winner} ({evidence})")
     _move_to_winner(sm, smr, cw, endpoint, winner, models[winner], console, stack, X)
     console.print("cleaning up: endpoint, endpoint configs, alarm, models" + ("" if args.control_plane else ", mesh"))
+
+
+def _require_boto3() -> None:
+    try:
+        import boto3  # noqa: F401
+    except ModuleNotFoundError:
+        raise DemoError("--client boto3 needs boto3, which is not installed: pip install boto3") from None
+
+
+def _boto3_version() -> str:
+    import boto3
+
+    return boto3.__version__
+
+
+def boto3_clients(mesh, concurrency: int):
+    """boto3's sagemaker, sagemaker-runtime and cloudwatch clients at `mesh`'s HTTP faces, signing
+    with its data dir's first access key (made now if the data dir has none)."""
+    import boto3
+    from botocore.config import Config
+
+    from mve.first_key import ensure_first_key
+
+    if not mesh.control_plane_http_address or not mesh.proxy_http_address:
+        raise DemoError("the mesh's HTTP faces are off; --client boto3 needs them")
+    key = ensure_first_key(mesh.data_dir, mesh.control_plane_address)
+    session = boto3.Session(aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret_access_key,
+                            region_name="us-east-1")
+    control = f"http://{mesh.control_plane_http_address}"
+    runtime = f"http://{mesh.proxy_http_address}"
+    return (session.client("sagemaker", endpoint_url=control),
+            session.client("sagemaker-runtime", endpoint_url=runtime,
+                           config=Config(max_pool_connections=max(10, concurrency))),
+            session.client("cloudwatch", endpoint_url=control))
+
+
+def _client_errors() -> tuple[type[Exception], ...]:
+    """The ClientError classes of either client: mve's (botocore's subclass when installed) and botocore's."""
+    from mve.sdk import ClientError
+
+    try:
+        from botocore.exceptions import ClientError as BotocoreClientError
+    except ModuleNotFoundError:
+        return (ClientError,)
+    return (ClientError, BotocoreClientError)
 
 
 def send_feedback(exp, endpoint: str, results: list[tuple]) -> int:
@@ -343,11 +409,9 @@ def _wait_for_weights(sm, endpoint: str, weights: dict[str, float], timeout_s: f
 
 
 def _delete_endpoint(sm, endpoint: str) -> None:
-    from mve.sdk import ClientError
-
     try:
         sm.describe_endpoint(EndpointName=endpoint)
-    except ClientError:
+    except _client_errors():
         return  # deleted already
     _quietly(sm.delete_endpoint, EndpointName=endpoint)
     _quietly(lambda **kw: sm.get_waiter("endpoint_deleted").wait(**kw), EndpointName=endpoint,
@@ -372,6 +436,9 @@ def register(subparsers) -> None:
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None, help="use this running control plane")
     parser.add_argument("--endpoint-address", metavar="HOST:PORT", default=None, help="use this running proxy")
     parser.add_argument("--data-dir", default=None, help="data dir of the demo's own mesh (default: a temporary one)")
+    parser.add_argument("--client", choices=("mve", "boto3"), default="mve",
+                        help="mve: mve.client over gRPC (default); boto3: the real boto3 at the mesh's HTTP faces, "
+                             "signed with the data dir's access key (pip install boto3)")
     parser.set_defaults(func=run_demo)
 
 
