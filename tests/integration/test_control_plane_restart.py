@@ -24,6 +24,7 @@ from control_plane_helpers import (
     wait_status,
 )
 from mve._proto import control_pb2 as pb
+from mve.errors import reason_of
 from procs import wait_until
 
 pytestmark = pytest.mark.integration
@@ -133,4 +134,7 @@ def test_an_instance_missing_its_startup_health_check_fails_the_endpoint_and_is_
                 desired_weights_and_capacities=[pb.DesiredWeightAndCapacity(variant_name="slow", desired_weight=2)],
             )
         )
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    # SageMaker's answer for an endpoint not InService: ValidationException "Cannot update in-progress endpoint".
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert reason_of(caught.value) == "ValidationException"
+    assert "Cannot update in-progress endpoint" in caught.value.details()
