@@ -6,7 +6,7 @@
 
 cimport cython
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport int64_t, uint32_t, uint64_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 
 cdef extern from *:
     """
@@ -417,7 +417,14 @@ cdef class InstanceBalancer:
     cdef mve_rng _rng
     cdef object _counts_owner       # int64 numpy array that owns the counters
     cdef int64_t *_counts
+    cdef object _skipped_owner      # uint8 numpy array: 1 for an instance passed over while others serve
+    cdef uint8_t *_skipped
+    cdef int64_t _n_skipped
     cdef int64_t _n
+    cdef bint _candidate(self, int64_t i, int64_t exclude, bint honour_skips) noexcept
+    cdef int64_t _least(self, int64_t exclude, bint honour_skips) noexcept
+    cdef int64_t _uniform(self, int64_t exclude, bint honour_skips) noexcept
+    cdef int64_t _exclusion(self, object exclude) except -2
 
 
 @cython.final

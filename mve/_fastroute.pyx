@@ -386,6 +386,10 @@ cdef class InstanceBalancer:
     ``acquire`` picks an instance with the fewest requests in flight (least outstanding requests,
     uniformly among ties), ``acquire_random`` one uniformly at random; both count one more on it,
     and ``release`` counts one less.
+
+    An instance marked with ``set_skipped`` (ejected as an outlier, or refusing connections) is
+    passed over by both while another instance can be chosen; when every candidate is skipped
+    the choice falls back to all of them, so the variant still serves.
     """
 
     def __init__(self, n_instances, seed=None):
@@ -395,6 +399,9 @@ cdef class InstanceBalancer:
         cdef uint64_t s = _validated_seed(seed)
         self._counts_owner = np.zeros(n, dtype=np.int64)
         self._counts = <int64_t *> cnp.PyArray_DATA(self._counts_owner)
+        self._skipped_owner = np.zeros(n, dtype=np.uint8)
+        self._skipped = <uint8_t *> cnp.PyArray_DATA(self._skipped_owner)
+        self._n_skipped = 0
         self._n = n
         mve_rng_seed(&self._rng, s)
 
@@ -403,14 +410,22 @@ cdef class InstanceBalancer:
         """The number of instances."""
         return self._n
 
-    def acquire(self):
-        """Pick an instance with the fewest outstanding requests and count one more on it."""
+    @property
+    def skipped_count(self):
+        """How many instances are marked skipped."""
+        return self._n_skipped
+
+    cdef bint _candidate(self, int64_t i, int64_t exclude, bint honour_skips) noexcept:
+        return i != exclude and not (honour_skips and self._skipped[i])
+
+    cdef int64_t _least(self, int64_t exclude, bint honour_skips) noexcept:
+        """The least-outstanding candidate (uniform among ties), or -1 when there is none."""
         cdef int64_t *c = self._counts
-        if c == NULL:
-            raise ValueError("InstanceBalancer was not initialised")
-        cdef int64_t i, least = c[0], ties = 1, chosen = 0
-        for i in range(1, self._n):
-            if c[i] < least:
+        cdef int64_t i, least = 0, ties = 0, chosen = -1
+        for i in range(self._n):
+            if not self._candidate(i, exclude, honour_skips):
+                continue
+            if ties == 0 or c[i] < least:
                 least = c[i]
                 ties = 1
                 chosen = i
@@ -421,33 +436,84 @@ cdef class InstanceBalancer:
         if ties > 1:
             chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> ties)
             for i in range(self._n):
-                if c[i] == least:
+                if self._candidate(i, exclude, honour_skips) and c[i] == least:
                     if chosen == 0:
                         chosen = i
                         break
                     chosen -= 1
+        return chosen
+
+    cdef int64_t _uniform(self, int64_t exclude, bint honour_skips) noexcept:
+        """A candidate uniformly at random, or -1 when there is none."""
+        cdef int64_t i, candidates = 0, chosen
+        for i in range(self._n):
+            candidates += self._candidate(i, exclude, honour_skips)
+        if candidates == 0:
+            return -1
+        chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> candidates)
+        for i in range(self._n):
+            if self._candidate(i, exclude, honour_skips):
+                if chosen == 0:
+                    return i
+                chosen -= 1
+        return -1
+
+    cdef int64_t _exclusion(self, object exclude) except -2:
+        cdef int64_t skip = operator.index(exclude)
+        return skip if 0 <= skip < self._n and self._n > 1 else -1
+
+    def acquire(self, exclude=-1):
+        """Pick an instance with the fewest outstanding requests and count one more on it.
+
+        Skipped instances are passed over while another can be chosen. With ``exclude`` an
+        instance index and another instance to choose, never ``exclude`` (a retry after that
+        instance failed).
+        """
+        cdef int64_t *c = self._counts
+        if c == NULL:
+            raise ValueError("InstanceBalancer was not initialised")
+        cdef int64_t skip = self._exclusion(exclude)
+        cdef int64_t chosen = self._least(skip, self._n_skipped > 0)
+        if chosen < 0:
+            chosen = self._least(skip, False)
         c[chosen] += 1
         return chosen
 
     def acquire_random(self, exclude=-1):
         """Pick an instance uniformly at random and count one more on it (routing strategy RANDOM).
 
-        With ``exclude`` an instance index and another instance to choose, never ``exclude``:
-        uniform among the others (a retry after that instance failed).
+        Skipped instances are passed over while another can be chosen. With ``exclude`` an
+        instance index and another instance to choose, never ``exclude``: uniform among the
+        others (a retry after that instance failed).
         """
         cdef int64_t *c = self._counts
         if c == NULL:
             raise ValueError("InstanceBalancer was not initialised")
-        cdef int64_t skip = exclude
-        cdef int64_t chosen
-        if 0 <= skip < self._n and self._n > 1:
-            chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> (self._n - 1))
-            if chosen >= skip:
-                chosen += 1
-        else:
-            chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> self._n)
+        cdef int64_t skip = self._exclusion(exclude)
+        cdef int64_t chosen = -1
+        if self._n_skipped > 0:
+            chosen = self._uniform(skip, True)
+        if chosen < 0:
+            if skip >= 0:
+                chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> (self._n - 1))
+                if chosen >= skip:
+                    chosen += 1
+            else:
+                chosen = <int64_t> mve_rng_bounded(&self._rng, <uint64_t> self._n)
         c[chosen] += 1
         return chosen
+
+    def set_skipped(self, index, skipped):
+        """Mark instance ``index`` skipped (True) or choosable again (False)."""
+        cdef int64_t i = _validated_index(index, self._n)
+        cdef uint8_t flag = 1 if skipped else 0
+        if self._skipped[i] != flag:
+            self._n_skipped += 1 if flag else -1
+            self._skipped[i] = flag
+
+    def skipped(self, index):
+        """Whether instance ``index`` is marked skipped."""
+        return bool(self._skipped[_validated_index(index, self._n)])
 
     def release(self, index):
         """Count one request less on instance ``index``; ValueError if it has none."""
