@@ -21,7 +21,9 @@ def register(subparsers) -> None:
             "MVE_STATS_INTERVAL_S, "
             "MVE_PROXY_METRICS_PORT, MVE_PROXY_METRICS_HOST, MVE_PROXY_DRAIN_S, MVE_PROXY_MAX_IN_FLIGHT_PER_INSTANCE, "
             "MVE_PROXY_MAX_IN_FLIGHT, MVE_PROXY_CAPTURE_QUEUE_RECORDS, MVE_PROXY_CAPTURE_QUEUE_MB, "
-            "MVE_PROXY_CAPTURE_FILE_MAX_MB, MVE_PROXY_CAPTURE_FLUSH_INTERVAL_S, MVE_PROXY_SHADOW_MAX_IN_FLIGHT."
+            "MVE_PROXY_CAPTURE_FILE_MAX_MB, MVE_PROXY_CAPTURE_FLUSH_INTERVAL_S, MVE_PROXY_SHADOW_MAX_IN_FLIGHT, "
+            "MVE_PROXY_OUTLIER_CONSECUTIVE_FAILURES, MVE_PROXY_OUTLIER_LATENCY_FACTOR, MVE_PROXY_OUTLIER_EJECTION_S, "
+            "MVE_PROXY_OUTLIER_MAX_EJECTION_PERCENT."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -64,6 +66,19 @@ def register(subparsers) -> None:
     parser.add_argument("--shadow-max-in-flight", type=int, default=None, metavar="N",
                         help="copies of requests in flight to shadow variants at once; past it they are dropped "
                         "and counted (default 256, 1-100000)")
+    parser.add_argument("--outlier-consecutive-failures", type=int, default=None, metavar="N",
+                        help="eject an instance from its variant's rotation after N failed calls in a row "
+                        "(timeouts, UNAVAILABLE, 5xx-class; not the caller's bad input); 0 turns this off "
+                        "(default 5, 1-1000)")
+    parser.add_argument("--outlier-latency-factor", type=float, default=None, metavar="X",
+                        help="eject an instance whose latency EWMA is above X times the median of its siblings' "
+                        "(after 20 answers, in variants of 2+ instances); 0 turns this off (default 5, 1.5-1000)")
+    parser.add_argument("--outlier-ejection-s", type=float, default=None, metavar="SECONDS",
+                        help="an ejected instance is out this long times its ejections in a row (at most 10x), "
+                        "then probed with one request at a time (default 10, 0.1-3600)")
+    parser.add_argument("--outlier-max-ejection-percent", type=float, default=None, metavar="PERCENT",
+                        help="at most this share of a variant's instances ejected at once, never all "
+                        "(default 50, 0-100)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -101,6 +116,18 @@ def settings_from_args(args: argparse.Namespace):
             args.capture_flush_interval, "PROXY_CAPTURE_FLUSH_INTERVAL_S", defaults.capture_flush_interval_s
         ),
         shadow_max_in_flight=pick(args.shadow_max_in_flight, "PROXY_SHADOW_MAX_IN_FLIGHT", defaults.shadow_max_in_flight),
+        outlier_consecutive_failures=pick(
+            args.outlier_consecutive_failures, "PROXY_OUTLIER_CONSECUTIVE_FAILURES",
+            defaults.outlier_consecutive_failures,
+        ),
+        outlier_latency_factor=pick(
+            args.outlier_latency_factor, "PROXY_OUTLIER_LATENCY_FACTOR", defaults.outlier_latency_factor
+        ),
+        outlier_ejection_s=pick(args.outlier_ejection_s, "PROXY_OUTLIER_EJECTION_S", defaults.outlier_ejection_s),
+        outlier_max_ejection_percent=pick(
+            args.outlier_max_ejection_percent, "PROXY_OUTLIER_MAX_EJECTION_PERCENT",
+            defaults.outlier_max_ejection_percent,
+        ),
     ).validate()
 
 

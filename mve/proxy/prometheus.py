@@ -2,7 +2,9 @@
 
 Shadow variants are variants here too: their invocations, errors and latencies under their own
 VariantName. Data capture adds ``mve_capture_records_total`` and ``mve_capture_dropped_total``,
-shadows ``mve_shadow_dropped_total`` (all labelled endpoint and variant).
+shadows ``mve_shadow_dropped_total`` (all labelled endpoint and variant). Outlier detection adds
+``mve_proxy_instances_ejected`` (instances out of rotation now) and
+``mve_proxy_outlier_ejections_total`` (ejections since the start, also labelled by reason).
 
 Everything comes from `StatsBook.snapshot()` (totals since the proxy started) and the router's
 current `RoutingState`, read together on the event loop's thread (see `mve.prometheus`), so a
@@ -130,13 +132,18 @@ class ProxyCollector(Collector):
         totals: dict[tuple[str, str], list] = {}
         for endpoint in state.endpoints.values():
             for v in (*endpoint.variants, *endpoint.shadows):
-                now = v.clock()
-                healthy = sum(1 for i in range(len(v.instances)) if v.ejected_until.get(i, 0.0) <= now)
-                entry = totals.setdefault((endpoint.name, v.name), [0, 0.0])
+                detector = v.outliers
+                healthy = len(v.instances) - (detector.out_of_rotation() if detector is not None else 0)
+                ejected = detector.ejected_count if detector is not None else 0
+                entry = totals.setdefault((endpoint.name, v.name), [0, 0.0, 0])
                 entry[0] += healthy
                 entry[1] += v.weight
-        variants = [(endpoint, name, healthy, weight) for (endpoint, name), (healthy, weight) in totals.items()]
-        side = {}
+                entry[2] += ejected
+        variants = [
+            (endpoint, name, healthy, weight, ejected)
+            for (endpoint, name), (healthy, weight, ejected) in totals.items()
+        ]
+        side = {"outlier_ejections": dict(self._router.ejections)}
         if self._capture is not None:
             side["capture_records"] = self._capture.written()
             side["capture_dropped"] = self._capture.dropped()
@@ -165,18 +172,35 @@ class ProxyCollector(Collector):
         )
         instances = GaugeMetricFamily(
             "mve_proxy_variant_instances",
-            "Instances of the variant in the proxy's routing table, less those ejected for refusing connections.",
+            "Instances of the variant in the proxy's routing table, less those out of rotation (ejected as "
+            "outliers, or skipped for refusing connections).",
+            labels=LABELS,
+        )
+        ejected = GaugeMetricFamily(
+            "mve_proxy_instances_ejected",
+            "Instances of the variant ejected as outliers (consecutive failures or a latency far above their "
+            "siblings'), back-off or probe not yet over.",
             labels=LABELS,
         )
         weight = GaugeMetricFamily(
             "mve_proxy_variant_weight", "The variant's weight in the routing table (a shadow variant's: the fraction "
             "of requests copied to it).", labels=LABELS,
         )
-        for endpoint, variant, healthy, variant_weight in variants:
+        for endpoint, variant, healthy, variant_weight, variant_ejected in variants:
             instances.add_metric((endpoint, variant), healthy)
             weight.add_metric((endpoint, variant), variant_weight)
+            ejected.add_metric((endpoint, variant), variant_ejected)
         yield instances
         yield weight
+        yield ejected
+        ejections = CounterMetricFamily(
+            "mve_proxy_outlier_ejections", "Outlier ejections of the variant's instances since the proxy started, "
+            "by reason (consecutive_failures, latency, probe_failed, probe_slow).",
+            labels=(*LABELS, "reason"),
+        )
+        for labels, count in sorted(side["outlier_ejections"].items()):
+            ejections.add_metric(labels, count)
+        yield ejections
         for name, documentation, key in _SIDE_COUNTERS:
             if key in side:
                 family = CounterMetricFamily(name, documentation, labels=LABELS)

@@ -16,7 +16,11 @@ same variant, and a weight change moves only the keys it must.
 
 Within a variant, its RoutingStrategy picks the instance: LEAST_OUTSTANDING_REQUESTS the one
 with the fewest requests in flight, RANDOM (SageMaker's default) one uniformly at random; both
-count the requests in flight, which --max-in-flight-per-instance bounds.
+count the requests in flight, which --max-in-flight-per-instance bounds. Instances the variant's
+`OutlierDetector` has taken out of rotation (`mve.proxy.outliers`: consecutive failures, a latency
+far above their siblings', a refused connection) are passed over; their state survives a
+weight-only table with the balancer, and a table that changes the instance list carries it over
+by instance id.
 
 An endpoint's shadow variants (`EndpointState.shadows`) are never picked by weight, TargetVariant
 or routing key: the data plane sends them copies of sampled requests (`mve.proxy.shadow`), their
@@ -31,6 +35,7 @@ import logging
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +43,7 @@ from mve import _fastroute
 from mve.errors import ModelNotReady, NotFound, ServiceUnavailable, ValidationError
 from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
 from mve.proxy.capture import CapturePolicy
+from mve.proxy.outliers import OutlierDetector, OutlierPolicy
 from mve.sigv4 import NO_KEYS, SigningKeys
 
 log = logging.getLogger(__name__)
@@ -64,10 +70,6 @@ class Instance:
     address: str
 
 
-# How long an instance that refused a connection is skipped (unless it is the only one left);
-# the control plane takes a dead instance out of the table soon after.
-EJECTION_S = 2.0
-
 # The account id in mve's ARNs (arn:mve:sagemaker:local:000000000000:...), named where SageMaker names one.
 ACCOUNT_ID = "000000000000"
 
@@ -76,8 +78,8 @@ ACCOUNT_ID = "000000000000"
 class VariantState:
     """A variant of one endpoint in one routing table, with its instance balancer.
 
-    The balancer (and the record of ejected instances) is shared with the previous table's state
-    of the same variant when the instance list did not change, so outstanding-request counts
+    The balancer and the outlier detector are shared with the previous table's state of the same
+    variant when the instance list did not change, so outstanding-request counts and ejections
     survive a weight-only table.
     """
 
@@ -93,22 +95,26 @@ class VariantState:
     balancer: object | None = field(default=None, repr=False)
     batcher: object | None = field(default=None, repr=False)  # VariantBatcher when batching is on
     fleet: str = ""  # "blue" or "green" during an update of the endpoint, else ""
-    ejected_until: dict[int, float] = field(default_factory=dict, repr=False)
+    outliers: OutlierDetector | None = field(default=None, repr=False)  # None when it has no instance
     clock: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     def acquire(self, limit: int = 0) -> tuple[int, Instance]:
         """Pick an instance by the routing strategy (ejected ones skipped) and count the request.
 
         LEAST_OUTSTANDING_REQUESTS picks one with the fewest requests in flight, RANDOM one
-        uniformly at random (or, when that one is at `limit`, the least loaded). Every successful
-        call must be paired with `release` of the returned index. With a `limit`, ModelNotReady
-        when every instance already has that many requests outstanding.
+        uniformly at random (or, when that one is at `limit`, the least loaded). Instances out of
+        rotation are passed over while another can serve. Every successful call must be paired
+        with `release` of the returned index, and its outcome told to `outliers`. With a `limit`,
+        ModelNotReady when every instance already has that many requests outstanding.
         """
         balancer = self.balancer
         if balancer is None:
             raise ModelNotReady(
                 f"Variant {self.name} of endpoint {self.endpoint_name} has no healthy instance to take the request"
             )
+        outliers = self.outliers
+        if outliers.active:
+            outliers.refresh()
         if self.routing_strategy == RANDOM:
             index = balancer.acquire_random()
             if limit and balancer.outstanding(index) > limit:
@@ -122,44 +128,36 @@ class VariantState:
                 f"Variant {self.name} of endpoint {self.endpoint_name}: every instance has {limit} requests in "
                 f"flight, its limit (--max-in-flight-per-instance); retry later"
             )
-        if self.ejected_until and self.ejected_until.get(index, 0.0) > self.clock():
-            other = self.acquire_other(index)
-            if other is not None:
-                self.balancer.release(index)
-                return other
+        if outliers.active:
+            outliers.picked(index)
         return index, self.instances[index]
 
     def acquire_other(self, failed: int) -> tuple[int, Instance] | None:
         """Like `acquire`, but never the instance at index `failed`; None when it is the only one."""
         if self.balancer is None or len(self.instances) < 2:
             return None
+        outliers = self.outliers
+        if outliers.active:
+            outliers.refresh()
         if self.routing_strategy == RANDOM:
             index = self.balancer.acquire_random(failed)
-            return index, self.instances[index]
-        held = []
-        try:
-            # Holding extra counts on `failed` pushes it up the least-outstanding order until
-            # another instance wins; bounded because each hold adds one.
-            for _ in range(4096):
-                index = self.balancer.acquire()
-                if index != failed:
-                    return index, self.instances[index]
-                held.append(index)
-            return None
-        finally:
-            for index in held:
-                self.balancer.release(index)
+        else:
+            index = self.balancer.acquire(failed)
+        if outliers.active:
+            outliers.picked(index)
+        return index, self.instances[index]
 
     def release(self, index: int) -> None:
         """The request counted by `acquire` on instance `index` has finished."""
         self.balancer.release(index)
 
     def eject(self, index: int) -> bool:
-        """Skip instance `index` for EJECTION_S (it refused a connection); False if it already was."""
-        now = self.clock()
-        fresh = self.ejected_until.get(index, 0.0) <= now
-        self.ejected_until[index] = now + EJECTION_S
-        return fresh
+        """Pass instance `index` over for a moment (it refused a connection); False if it already was."""
+        return self.outliers.refused(index)
+
+    def ejected_instance_ids(self) -> list[str]:
+        """The ids of the instances the outlier detector holds out of rotation."""
+        return self.outliers.ejected_ids() if self.outliers is not None else []
 
 
 @dataclass(eq=False)
@@ -285,12 +283,17 @@ class Router:
         seed: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         batcher_factory: Callable[[BatchingPolicy], object] | None = None,
+        outliers: OutlierPolicy = OutlierPolicy(),
     ):
         self._rng = random.Random(seed)
         self._clock = clock
         self._state = EMPTY_STATE
         self._batcher_factory = batcher_factory
         self.has_table = False
+        self.outlier_policy = outliers
+        # Outlier ejections since the start, by (endpoint, variant, reason): counted by every
+        # variant's detector, so a table swap never takes a count back.
+        self.ejections: Counter = Counter()
 
     def set_batcher_factory(self, factory: Callable[[BatchingPolicy], object]) -> None:
         """Make batchers with `factory(policy)` from now on, for the current table's batched variants too."""
@@ -346,6 +349,19 @@ class Router:
                     variant.endpoint_name, variant.name, variant.batcher.queued_rows,
                 )
                 variant.batcher.retire()
+
+    def ejected_instances(self) -> dict[tuple[str, str], list[str]]:
+        """(endpoint, variant) -> ids of its instances out of rotation, for the variants that have any.
+
+        Both fleets of a variant during an update, and shadow variants, are included.
+        """
+        out: dict[tuple[str, str], list[str]] = {}
+        for endpoint in self._state.endpoints.values():
+            for variant in endpoint.variants + endpoint.shadows:
+                ejected = variant.ejected_instance_ids()
+                if ejected:
+                    out.setdefault((endpoint.name, variant.name), []).extend(ejected)
+        return out
 
     def endpoint(self, endpoint_name: str) -> EndpointState:
         """The endpoint's state; NotFound when the table has no such endpoint (SageMaker Runtime's
@@ -433,11 +449,15 @@ class Router:
         if strategy not in ROUTING_STRATEGIES:
             raise ValidationError(f"variant {v.variant_name} has unknown routing strategy {strategy}")
         instances = tuple(Instance(i.instance_id, i.address) for i in v.instances)
-        ejected_until: dict[int, float] = {}
+        outliers = None
         if old is not None and old.instances == instances and old.balancer is not None:
-            balancer, ejected_until = old.balancer, old.ejected_until
+            balancer, outliers = old.balancer, old.outliers
         elif instances:
             balancer = _fastroute.InstanceBalancer(len(instances), seed=self._rng.getrandbits(63))
+            outliers = OutlierDetector(
+                endpoint_name, v.variant_name, [i.instance_id for i in instances], balancer, self.outlier_policy,
+                self._clock, ejections=self.ejections, previous=old.outliers if old is not None else None,
+            )
         else:
             balancer = None
         batching = BatchingPolicy.from_config(v.batching)
@@ -460,6 +480,6 @@ class Router:
             batching=batching,
             balancer=balancer,
             batcher=batcher,
-            ejected_until=ejected_until,
+            outliers=outliers,
             clock=self._clock,
         )

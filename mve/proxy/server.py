@@ -44,7 +44,7 @@ class ProxyServer:
     def __init__(self, settings: ProxySettings, *, seed: int | None = None, tracing: Tracing | None = None):
         self.settings = settings
         self.tracing = tracing
-        self.router = Router(seed=seed)
+        self.router = Router(seed=seed, outliers=settings.outlier_policy)
         self.pool = UpstreamPool(
             close_grace_s=settings.model_timeout_s,
             max_in_flight=settings.max_in_flight,
@@ -119,7 +119,9 @@ class ProxyServer:
             control, self.router, self.pool, proxy_id,
             backoff_min_s=s.resubscribe_min_s, backoff_max_s=s.resubscribe_max_s,
         )
-        self.reporter = StatsReporter(self.stats, control, proxy_id, s.stats_interval_s)
+        self.reporter = StatsReporter(
+            self.stats, control, proxy_id, s.stats_interval_s, ejected=self.router.ejected_instances
+        )
         self._tasks = [
             asyncio.create_task(watcher.run(), name="watch-routes"),
             asyncio.create_task(self.reporter.run_forever(), name="stats"),

@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from mve.errors import ValidationError
+from mve.proxy.outliers import OutlierPolicy
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_METRICS_PORT = 9464
@@ -64,6 +65,15 @@ class ProxySettings:
     # SageMaker Runtime's HTTP face (boto3's sagemaker-runtime) on http://HOST:HTTP_PORT, the same
     # host as the gRPC port; 0 picks a free port, -1 turns it off.
     http_port: int = DEFAULT_HTTP_PORT
+    # Outlier ejection (`mve.proxy.outliers`): an instance with this many failures in a row (timeouts,
+    # UNAVAILABLE, 5xx-class), or whose latency EWMA is this factor above its siblings' median, leaves
+    # the variant's rotation for --outlier-ejection-s x its ejections in a row (at most 10x), then is
+    # probed; at most --outlier-max-ejection-percent of a variant's instances are out at once.
+    # 0 turns the failure rule or the latency rule off.
+    outlier_consecutive_failures: int = 5
+    outlier_latency_factor: float = 5.0
+    outlier_ejection_s: float = 10.0
+    outlier_max_ejection_percent: float = 50.0
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -87,6 +97,12 @@ class ProxySettings:
         _check_range("--capture-file-max-mb", self.capture_file_max_mb, 1, 65_536)
         _check_range("--capture-flush-interval", self.capture_flush_interval_s, 0.01, 60.0)
         _check_range("--shadow-max-in-flight", self.shadow_max_in_flight, 1, 100_000)
+        if self.outlier_consecutive_failures != 0:
+            _check_range("--outlier-consecutive-failures (0: off)", self.outlier_consecutive_failures, 1, 1000)
+        if self.outlier_latency_factor != 0:
+            _check_range("--outlier-latency-factor (0: off)", self.outlier_latency_factor, 1.5, 1000.0)
+        _check_range("--outlier-ejection-s", self.outlier_ejection_s, 0.1, 3600.0)
+        _check_range("--outlier-max-ejection-percent", self.outlier_max_ejection_percent, 0.0, 100.0)
         if not METRICS_OFF <= self.metrics_port <= 65535:
             raise ValidationError(
                 f"--metrics-port must be 0-65535 (0 picks a free port, -1 turns the exporter off), got {self.metrics_port}"
@@ -103,6 +119,16 @@ class ProxySettings:
             if self.http_port == self.metrics_port and self.effective_metrics_host == self.host:
                 raise ValidationError(f"--http-port must differ from --metrics-port, both are {self.http_port}")
         return self
+
+    @property
+    def outlier_policy(self) -> OutlierPolicy:
+        """The ``--outlier-*`` settings as the routers' `OutlierPolicy`."""
+        return OutlierPolicy(
+            consecutive_failures=self.outlier_consecutive_failures,
+            latency_factor=self.outlier_latency_factor,
+            ejection_s=self.outlier_ejection_s,
+            max_ejection_percent=self.outlier_max_ejection_percent,
+        )
 
     @property
     def http_enabled(self) -> bool:

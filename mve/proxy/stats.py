@@ -10,7 +10,10 @@ to the control plane so that it can answer percentiles.
 `StatsBook` keeps the counts of the current report interval (`drain` hands them over) and the
 totals since the proxy started (`snapshot`, read by the Prometheus exporter). `StatsReporter`
 sends each interval once: a report carries the proxy's incarnation and a sequence number, and an
-unacknowledged report is resent as it was, so the control plane counts it exactly once.
+unacknowledged report is resent as it was, so the control plane counts it exactly once. Each
+report also names, per variant, the instances the proxy holds out of rotation as outliers at the
+interval's end (``ejected_instance_ids``), so an interval with no request is still reported while
+an instance is ejected: the control plane replaces an instance that stays ejected.
 Reporting never runs on the request path and its failures are only logged.
 """
 
@@ -175,7 +178,9 @@ def _per_instance(c: VariantCounters) -> control_pb2.SampleSet:
     )
 
 
-def variant_stats(endpoint: str, variant: str, c: VariantCounters) -> control_pb2.VariantStats:
+def variant_stats(
+    endpoint: str, variant: str, c: VariantCounters, ejected_instance_ids: list[str] | tuple[str, ...] = ()
+) -> control_pb2.VariantStats:
     """One variant's interval as the ``VariantStats`` of a report."""
     return control_pb2.VariantStats(
         endpoint_name=endpoint,
@@ -189,6 +194,7 @@ def variant_stats(endpoint: str, variant: str, c: VariantCounters) -> control_pb
         invocations_per_instance=_per_instance(c),
         batch_size=_sample_set(c.batch_size),
         queue_time_us=_sample_set(c.queue_time),
+        ejected_instance_ids=ejected_instance_ids,
     )
 
 
@@ -199,19 +205,28 @@ def stats_request(
     incarnation: str = "",
     sequence: int = 0,
     interval_end: float | None = None,
+    ejected: dict[tuple[str, str], list[str]] | None = None,
 ) -> control_pb2.ReportStatsRequest:
-    """A ``ReportStatsRequest`` carrying `counters`, stamped `interval_end` (default now)."""
+    """A ``ReportStatsRequest`` carrying `counters` and the `ejected` instance ids per (endpoint,
+    variant), stamped `interval_end` (default now). A variant with ejections and no counts is
+    reported with zero counts."""
     stamp = timestamp_pb2.Timestamp()
     if interval_end is None:
         stamp.GetCurrentTime()
     else:
         stamp.FromNanoseconds(int(interval_end * 1e9))
+    ejected = ejected or {}
+    keys = sorted(counters.keys() | ejected.keys())
     return control_pb2.ReportStatsRequest(
         proxy_id=proxy_id,
         interval_end=stamp,
         incarnation=incarnation,
         sequence=sequence,
-        variants=[variant_stats(endpoint, variant, c) for (endpoint, variant), c in sorted(counters.items())],
+        variants=[
+            variant_stats(endpoint, variant, counters.get((endpoint, variant)) or VariantCounters(),
+                          ejected.get((endpoint, variant), ()))
+            for endpoint, variant in keys
+        ],
     )
 
 
@@ -223,9 +238,15 @@ class StatsReporter:
     unchanged, so the control plane, which remembers the last sequence applied per incarnation,
     ignores a report it has already counted. At most `max_pending` wait; older ones are dropped
     and counted in ``dropped_reports`` (the control plane was away for that long).
+
+    `ejected` (the router's `ejected_instances`) names the instances out of rotation when an
+    interval is taken; an interval with ejections is reported even when no request came.
     """
 
-    def __init__(self, book: StatsBook, stub, proxy_id: str, interval_s: float, *, max_pending: int = 600, clock=time.time):
+    def __init__(
+        self, book: StatsBook, stub, proxy_id: str, interval_s: float, *, max_pending: int = 600, clock=time.time,
+        ejected=None,
+    ):
         self.book = book
         self.stub = stub
         self.proxy_id = proxy_id
@@ -235,11 +256,14 @@ class StatsReporter:
         self.dropped_reports = 0
         self._sequence = 0
         self._clock = clock
+        self._ejected = ejected
 
     def take_interval(self) -> None:
-        """Drain the book into a new pending report (nothing when the interval was empty)."""
+        """Drain the book into a new pending report (nothing when the interval was empty and no
+        instance is ejected)."""
         counters = self.book.drain()
-        if not counters:
+        ejected = self._ejected() if self._ejected is not None else {}
+        if not counters and not ejected:
             return
         if len(self.pending) == self.pending.maxlen:
             self.dropped_reports += 1
@@ -247,7 +271,8 @@ class StatsReporter:
         self._sequence += 1
         self.pending.append(
             stats_request(
-                self.proxy_id, counters, incarnation=self.incarnation, sequence=self._sequence, interval_end=self._clock()
+                self.proxy_id, counters, incarnation=self.incarnation, sequence=self._sequence,
+                interval_end=self._clock(), ejected=ejected,
             )
         )
 

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 
+# A call cancelled this close to its deadline (or 10% of it) timed out: the caller's deadline and
+# the call's own timer end together, and whichever fires first, the instance did not answer in time.
+DEADLINE_SLACK_S = 0.05
+
 # Large enough for a 6 MB body as a tensor plus outputs of similar size.
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
@@ -108,8 +112,12 @@ class InferResult:
 async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, timeout: float) -> InferResult:
     """Send `request` to one instance of `variant`; on UNAVAILABLE retry once on another instance.
 
-    An instance that answered UNAVAILABLE is ejected for a moment (`VariantState.eject`), so the
-    requests after it do not each pay for a failed first try.
+    An instance that answered UNAVAILABLE is passed over for a moment (`VariantState.eject`), so
+    the requests after it do not each pay for a failed first try.
+
+    Each call's outcome goes to the variant's outlier detector (`mve.proxy.outliers`): an answer
+    with its latency; a timeout, UNAVAILABLE or 5xx-class status as a failure; the caller's bad
+    input, a 4xx-class status or a cancelled call as no verdict.
 
     The retry gets only what is left of `timeout` (the caller's deadline), never a fresh one.
 
@@ -124,10 +132,9 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
         )
     index, instance = variant.acquire(pool.max_in_flight_per_instance)
     pool.in_flight += 1
-    first_started = started = time.perf_counter()
+    first_started = time.perf_counter()
     try:
-        response = await _call(pool, instance, request, timeout)
-        return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
+        return await _observed_call(pool, variant, index, instance, request, timeout)
     except grpc.aio.AioRpcError as error:
         if error.code() != grpc.StatusCode.UNAVAILABLE:
             raise _model_failure(variant, instance, error) from None
@@ -137,7 +144,7 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
         pool.in_flight -= 1
     if variant.eject(index):
         log.warning(
-            "event=instance_ejected endpoint=%s variant=%s instance=%s address=%s message=%r",
+            "event=instance_skipped endpoint=%s variant=%s instance=%s address=%s reason=unavailable message=%r",
             variant.endpoint_name, variant.name, instance.instance_id, instance.address, first_error.details(),
         )
     other = variant.acquire_other(index)
@@ -147,17 +154,16 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
             f"{first_error.details()}"
         )
     index, instance = other
-    started = time.perf_counter()
-    left = timeout - (started - first_started)
+    left = timeout - (time.perf_counter() - first_started)
     if left <= 0:
+        variant.outliers.settled(index)
         variant.release(index)
         raise ModelNotReady(
             f"Variant {variant.name} of endpoint {variant.endpoint_name}: instance {instance.instance_id} was "
             f"unreachable and no time was left of the deadline to try another"
         )
     try:
-        response = await _call(pool, instance, request, left)
-        return InferResult(response, instance, (time.perf_counter() - started) * 1e6)
+        return await _observed_call(pool, variant, index, instance, request, left)
     except grpc.aio.AioRpcError as error:
         if error.code() == grpc.StatusCode.UNAVAILABLE:
             variant.eject(index)
@@ -168,6 +174,39 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
         raise _model_failure(variant, instance, error) from None
     finally:
         variant.release(index)
+
+
+async def _observed_call(
+    pool: UpstreamPool, variant: VariantState, index: int, instance: Instance, request, timeout: float
+) -> InferResult:
+    """`_call`, with its outcome and latency told to the variant's outlier detector."""
+    outliers = variant.outliers
+    started = time.perf_counter()
+    try:
+        response = await _call(pool, instance, request, timeout)
+    except grpc.aio.AioRpcError as error:
+        # 5xx-class (INTERNAL, UNAVAILABLE, DEADLINE_EXCEEDED, ...): the instance failed. 4xx-class
+        # (the caller's INVALID_ARGUMENT, CANCELLED, ...): no verdict on it.
+        if http_status_of_grpc_code(error.code()) >= 500:
+            outliers.failed(index)
+        else:
+            outliers.settled(index)
+        raise
+    except asyncio.CancelledError:
+        # Cancelled at the caller's deadline (the server noticed it before the call's own timer):
+        # the instance timed out all the same. Cancelled earlier: the caller left, no verdict.
+        waited = time.perf_counter() - started
+        if waited >= timeout - min(DEADLINE_SLACK_S, 0.1 * timeout):
+            outliers.failed(index)
+        else:
+            outliers.settled(index)
+        raise
+    except BaseException:  # the channel closed under the call (a table removed the instance)
+        outliers.settled(index)
+        raise
+    latency_us = (time.perf_counter() - started) * 1e6
+    outliers.succeeded(index, latency_us)
+    return InferResult(response, instance, latency_us)
 
 
 async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
@@ -209,6 +248,7 @@ async def fetch_model_metadata(pool: UpstreamPool, variant: VariantState, timeou
             raise ModelNotReady(f"Variant {variant.name} has no reachable instance: {error.details()}") from None
         raise _model_failure(variant, instance, error) from None
     finally:
+        variant.outliers.settled(index)  # metadata says nothing of inference health; a probe slot reopens
         variant.release(index)
 
     def specs(items):
