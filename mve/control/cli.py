@@ -84,6 +84,11 @@ def register(subparsers) -> None:
         "--capture-index-interval", dest="capture_index_interval_s", type=float,
         help="seconds between reads of the data-capture files for experiment reports and bandits, 0.2-60 (default 1)",
     )
+    parser.add_argument(
+        "--replace-ejected-after", dest="replace_ejected_after_s", type=float,
+        help="replace an instance the proxies have reported as an ejected outlier for this many seconds "
+        "(a new one starts, then the outlier stops), 5-3600, 0 never (default 60; env MVE_REPLACE_EJECTED_AFTER_S)",
+    )
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
 

@@ -9,7 +9,10 @@ ones (all at once, each within its variant's startup timeout) and settles the st
 - Updating -> InService; a failed scale-out stops the new instances, restores the previous
   instance count and leaves the endpoint InService with the reason in FailureReason;
 - InService: a crashed instance leaves the routing table at once and is replaced (retrying with
-  back-off if the replacement fails);
+  back-off if the replacement fails); an instance the proxies keep reporting as an ejected outlier
+  for ``replace_ejected_after_s`` (`note_ejected`, `mve.control.ejections`) is replaced make
+  before break: its replacement starts, and once it is ready the outlier leaves the routing table,
+  drains and is stopped;
 - Deleting: stop every process, delete the record.
 
 With a `tracer` (tracing on) each pass is a ``mve.reconcile`` span, a child of the span of the API
@@ -29,6 +32,7 @@ import signal
 import time
 from typing import Callable
 
+from mve.control.ejections import EjectionWatch
 from mve.control.instance_types import available_cores, instance_threads, resolve_instance_type
 from mve.control.instances import (
     InstanceStartError,
@@ -67,6 +71,7 @@ class Reconciler:
         clock: Callable[[], float] = time.time,
         cores: int | None = None,
         tracer=None,
+        replace_ejected_after_s: float = 0.0,
     ):
         self._store = store
         # An endpoint with an update in progress belongs to its deployment runner: passes keep
@@ -84,6 +89,9 @@ class Reconciler:
         self._closing = False
         self._tracer = tracer
         self._kicked_by: dict[str, list] = {}  # endpoint -> span contexts of the calls that asked for a pass
+        # Outliers: instances the proxies report ejected, and those being replaced (endpoint -> ids).
+        self.ejections = EjectionWatch(replace_ejected_after_s, clock=clock)
+        self._condemned: dict[str, set[str]] = {}
         provider.on_exit = self._instance_exited
 
     # ------------------------------------------------------------ entry points
@@ -169,6 +177,42 @@ class Reconciler:
         task = asyncio.get_running_loop().create_task(self._run(endpoint_name, previous=worker))
         self._workers[endpoint_name] = task
 
+    def note_ejected(self, endpoint_name: str, variant_name: str, instance_ids) -> None:
+        """One proxy report's ejected instances of a variant; replace those ejected long enough."""
+        for instance_id, ejected_for in self.ejections.observe(endpoint_name, variant_name, instance_ids):
+            reason = f"the proxies have reported it ejected as an outlier for {ejected_for:.1f} s"
+            self.replace_instance(endpoint_name, instance_id, reason)
+
+    def replace_instance(self, endpoint_name: str, instance_id: str, reason: str) -> bool:
+        """Start a replacement for an InService instance, then stop it (make before break).
+
+        Only for an InService endpoint with no update in progress (False otherwise, or when the
+        instance is not serving; a later report asks again). Idempotent while the replacement runs.
+        """
+        if instance_id in self._condemned.get(endpoint_name, ()):
+            return True
+        endpoint = self._store.get_endpoint(endpoint_name)
+        if endpoint is None or endpoint.status != EndpointStatus.IN_SERVICE or self.is_deploying(endpoint_name):
+            log.debug("event=instance_replacement_deferred endpoint=%s instance=%s", endpoint_name, instance_id)
+            return False
+        record = next(
+            (
+                r for r in self._store.list_instances(endpoint_name)
+                if r.instance_id == instance_id and r.status == InstanceStatus.IN_SERVICE
+                and r.serves(endpoint.config_name)
+            ),
+            None,
+        )
+        if record is None:
+            return False
+        self._condemned.setdefault(endpoint_name, set()).add(instance_id)
+        log.warning(
+            "event=instance_replacing endpoint=%s variant=%s instance=%s pid=%d reason=%r",
+            endpoint_name, record.variant_name, instance_id, record.pid, reason,
+        )
+        self.kick(endpoint_name)
+        return True
+
     async def shutdown(self, grace_s: float) -> None:
         """Stop every worker and every model server (graceful), forgetting the stopped instances."""
         self._closing = True
@@ -242,8 +286,10 @@ class Reconciler:
             self._fail(endpoint.name, f"Endpoint config {endpoint.config_name!r} of this endpoint no longer exists.")
             return
         instances = self._store.list_instances(endpoint.name)
+        condemned = self._condemned_of(endpoint.name, instances)
         launches: list[VariantSpec] = []
         surplus: list[InstanceRecord] = []
+        outliers: list[InstanceRecord] = []
         for state in endpoint.variants:
             spec = config.variant(state.variant_name)
             live = [
@@ -251,6 +297,9 @@ class Reconciler:
                 if i.variant_name == state.variant_name and i.serves(endpoint.config_name)
                 and i.status != InstanceStatus.STOPPING
             ]
+            # An outlier being replaced counts as missing; it keeps serving until its replacement is ready.
+            outliers += [i for i in live if i.instance_id in condemned]
+            live = [i for i in live if i.instance_id not in condemned]
             missing = state.desired_instance_count - len(live)
             if missing > 0 and spec is not None:
                 launches += [spec] * missing
@@ -262,8 +311,32 @@ class Reconciler:
         if errors:
             await self._launch_failed(endpoint.name, errors)
         else:
+            if outliers:
+                await self._retire_outliers(endpoint.name, outliers)
             self._retries.pop(endpoint.name, None)
             self._settle(endpoint.name)
+
+    def _condemned_of(self, name: str, instances: list[InstanceRecord]) -> set[str]:
+        """The endpoint's instances being replaced as outliers, forgetting those already gone."""
+        condemned = self._condemned.get(name)
+        if not condemned:
+            return set()
+        condemned &= {i.instance_id for i in instances}
+        if not condemned:
+            del self._condemned[name]
+        return set(condemned)
+
+    async def _retire_outliers(self, name: str, outliers: list[InstanceRecord]) -> None:
+        """Their replacements are ready: out of the routing table, drain, stop."""
+        await self._scale_in(name, outliers)
+        for record in outliers:
+            self._condemned.get(name, set()).discard(record.instance_id)
+            log.warning(
+                "event=instance_replaced endpoint=%s variant=%s instance=%s pid=%d reason=outlier",
+                name, record.variant_name, record.instance_id, record.pid,
+            )
+        if not self._condemned.get(name, True):
+            del self._condemned[name]
 
     async def launch_instances(self, name: str, launches: list[VariantSpec], config_name: str) -> list[BaseException]:
         """Start instances of `config_name`'s variants concurrently (each within its startup timeout).
@@ -483,6 +556,7 @@ class Reconciler:
         await self._stop_endpoint_processes(endpoint.name)
         self._store.delete_endpoint(endpoint.name)
         self._retries.pop(endpoint.name, None)
+        self._condemned.pop(endpoint.name, None)
         self._routes.publish()
         log.info("event=endpoint_deleted endpoint=%s", endpoint.name)
 

@@ -80,7 +80,10 @@ def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService
     provider = LocalInstanceProvider(
         settings.log_dir, command_prefix=settings.model_server_prefix, stop_grace_s=settings.stop_grace_s
     )
-    reconciler = Reconciler(store, provider, routes, drain_s=settings.drain_s, tracer=tracer)
+    reconciler = Reconciler(
+        store, provider, routes, drain_s=settings.drain_s, tracer=tracer,
+        replace_ejected_after_s=settings.replace_ejected_after_s,
+    )
     limits = Limits(
         max_instances_per_variant=settings.max_instances_per_variant,
         min_startup_timeout_s=settings.min_startup_timeout_s,

@@ -61,6 +61,7 @@ DEFAULT_IMAGE = "onnxruntime"
 MAX_TAGS = 50
 AUTOMATIC_CHANGES_SHOWN = 20  # DescribeEndpoint's AutomaticWeightChanges
 MAX_REASON_LENGTH = 4096
+MAX_EJECTED_PER_VARIANT = 1000  # ReportStats: instance ids one variant's stats may name as ejected
 
 T = TypeVar("T")
 
@@ -556,7 +557,9 @@ class ControlService:
     # ------------------------------------------------------------ proxies
 
     def report_stats(self, proxy_id: str, incarnation: str, sequence: int, interval_end: float, variants) -> bool:
-        """Add a proxy's report (``VariantStats`` messages) to the metric store, exactly once.
+        """Add a proxy's report (``VariantStats`` messages) to the metric store, exactly once, and
+        tell the reconciler which instances the proxy holds ejected as outliers (it replaces one
+        that stays ejected; see `Reconciler.note_ejected`).
 
         Returns False when this (incarnation, sequence) was applied before and so changed nothing.
         """
@@ -575,11 +578,22 @@ class ControlService:
             problem = check_report_counts(v)
             if problem:
                 raise ValidationError(f"VariantStats of {v.endpoint_name}/{v.variant_name}: {problem}")
+            if len(v.ejected_instance_ids) > MAX_EJECTED_PER_VARIANT or any(
+                not 1 <= len(i) <= 256 for i in v.ejected_instance_ids
+            ):
+                raise ValidationError(
+                    f"VariantStats of {v.endpoint_name}/{v.variant_name}: ejected_instance_ids holds at most "
+                    f"{MAX_EJECTED_PER_VARIANT} ids of 1-256 characters"
+                )
             dimensions = variant_dimensions(v.endpoint_name, v.variant_name)
             items.extend((spec, dimensions, samples) for spec, samples in report_samples(v))
-        if self.metrics is None:
-            return True
-        return self.metrics.apply_report(proxy_id, incarnation, sequence, interval_end, items)
+        applied = True
+        if self.metrics is not None:
+            applied = self.metrics.apply_report(proxy_id, incarnation, sequence, interval_end, items)
+        if applied:  # a report sent again says nothing new about ejections
+            for v in variants:
+                self.reconciler.note_ejected(v.endpoint_name, v.variant_name, v.ejected_instance_ids)
+        return applied
 
 
 def _weights_after(endpoint: EndpointRecord, changes: dict[str, float | None]) -> dict[str, float]:

@@ -23,6 +23,7 @@ validated once at start.
 | autoscaling_interval_s | --autoscaling-interval | MVE_AUTOSCALING_INTERVAL_S | 5.0 | 0.1-300: how often every scaling policy is evaluated |
 | autoscaling_window_s | --autoscaling-window | MVE_AUTOSCALING_WINDOW_S | 60 | 5-3600: the sliding window target tracking averages its metric over |
 | capture_index_interval_s | --capture-index-interval | MVE_CAPTURE_INDEX_INTERVAL_S | 1.0 | 0.2-60: how often the capture files are read for new records |
+| replace_ejected_after_s | --replace-ejected-after | MVE_REPLACE_EJECTED_AFTER_S | 60 | 5-3600, or 0: never: an instance the proxies report as an ejected outlier this long is replaced |
 
 Feedback and the capture index are kept as long as metrics (``--metrics-retention-days``).
 
@@ -74,6 +75,7 @@ class ControlPlaneSettings:
     autoscaling_interval_s: float = 5.0
     autoscaling_window_s: float = 60.0
     capture_index_interval_s: float = 1.0
+    replace_ejected_after_s: float = 60.0
 
     @property
     def metrics_enabled(self) -> bool:
@@ -148,6 +150,7 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("autoscaling_interval_s", "MVE_AUTOSCALING_INTERVAL_S", float),
     ("autoscaling_window_s", "MVE_AUTOSCALING_WINDOW_S", float),
     ("capture_index_interval_s", "MVE_CAPTURE_INDEX_INTERVAL_S", float),
+    ("replace_ejected_after_s", "MVE_REPLACE_EJECTED_AFTER_S", float),
 )
 
 
@@ -221,5 +224,9 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         raise SettingsError(f"--autoscaling-window must be 5-3600 seconds, got {s.autoscaling_window_s}")
     if not 0.2 <= s.capture_index_interval_s <= 60:
         raise SettingsError(f"--capture-index-interval must be 0.2-60 seconds, got {s.capture_index_interval_s}")
+    if s.replace_ejected_after_s != 0 and not 5 <= s.replace_ejected_after_s <= 3600:
+        raise SettingsError(
+            f"--replace-ejected-after must be 5-3600 seconds, or 0 never to replace, got {s.replace_ejected_after_s}"
+        )
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")
