@@ -270,6 +270,26 @@ def _comparisons(
     return out
 
 
+# Seconds after a weight change whose points may still hold traffic routed by the weights before it:
+# a proxy reports every second (its default --stats-interval) and a report takes a moment to land.
+CHANGE_GUARD_S = 3.0
+
+
+def _near_changes(seconds: np.ndarray, change_times: np.ndarray) -> np.ndarray:
+    """Which points (stamped `seconds`) fall from the second before a change to CHANGE_GUARD_S after it.
+
+    Minute points (older than the raw retention) are spaced 60 s apart: the guard covers their minute.
+    """
+    near = np.zeros(seconds.size, dtype=bool)
+    if not seconds.size or not change_times.size:
+        return near
+    step = float(np.min(np.diff(seconds))) if seconds.size > 1 else 1.0
+    resolution = 60.0 if step >= 60 else 1.0
+    for change in change_times:
+        near |= (seconds >= change - resolution) & (seconds < change + max(CHANGE_GUARD_S, resolution))
+    return near
+
+
 def _sample_ratio(
     endpoint: EndpointView, measured: dict[str, VariantMetrics], before: WeightChangeView | None,
     changes: list[WeightChangeView], notes: list[str],
@@ -294,10 +314,20 @@ def _sample_ratio(
     in_force = st.weight_shares_at(seconds, change_times, change_shares, initial)
     known = in_force.sum(axis=1) > 0  # seconds before the variants had weights cannot be expected
     totals = observed_by_second.sum(axis=1)
-    expected = (in_force[known] * totals[known, None]).sum(axis=0)
-    observed = observed_by_second[known].sum(axis=0)
     if (~known).any() and totals[~known].sum() > 0:
         notes.append(f"{int(totals[~known].sum())} invocations in seconds without weights for these variants are left out of the sample-ratio check.")
+    # A point is stamped with the end of the proxy's report interval, so the traffic of the seconds
+    # around a weight change may have been routed by either weights: leave it out rather than guess.
+    # (CreateEndpoint's first weights replace none.)
+    ambiguous = known & _near_changes(seconds, np.array([c.time for c in changes if c.source != "create"], dtype=np.float64))
+    if ambiguous.any() and totals[ambiguous].sum() > 0:
+        notes.append(
+            f"{int(totals[ambiguous].sum())} invocations reported within {CHANGE_GUARD_S:g} s of a weight "
+            "change (routed by the old or the new weights) are left out of the sample-ratio check."
+        )
+    known &= ~ambiguous
+    expected = (in_force[known] * totals[known, None]).sum(axis=0)
+    observed = observed_by_second[known].sum(axis=0)
     return st.sample_ratio_check(names, observed, expected)
 
 
