@@ -346,7 +346,7 @@ CASES = {
         grpc.StatusCode.RESOURCE_EXHAUSTED, "ResourceLimitExceeded", "limit of 10",
     ),
     "unknown instance type": (
-        lambda s: s.CreateEndpointConfig(_config("bad-config", variant("A", "mlp", instance_type="ml.m5.large"))),
+        lambda s: s.CreateEndpointConfig(_config("bad-config", variant("A", "mlp", instance_type="ml.z9.large"))),
         INVALID, "ValidationException", "ml.cpu.<size> or ml.gpu.<size>",
     ),
     "unknown routing strategy": (
