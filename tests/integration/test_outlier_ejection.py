@@ -1,5 +1,6 @@
 """Outlier ejection and replacement with real processes: a control plane, a proxy and a variant of
-two model servers, one of which is frozen (SIGSTOP) under a bounded load with a short deadline.
+two model servers, one of which is frozen (SIGSTOP) under a bounded load with a short deadline, or
+made slow (stopped and continued in a loop) while it keeps answering.
 
 The proxy ejects the frozen instance after its first timeouts and every later request succeeds on
 the sibling; the proxies' reports make the control plane (``--replace-ejected-after 5``) start a
@@ -187,6 +188,77 @@ def test_a_frozen_instance_is_ejected_at_once_then_replaced_and_traffic_spreads_
     assert ejected_at - frozen_at < 3 * DEADLINE_S * FAILURES_TO_EJECT / CLIENTS + 1.0
     assert replaced_at - frozen_at < 20
     assert spread[sibling] >= 20 and spread[new] >= 20
+
+
+class Throttle:
+    """Makes a process slow but alive: SIGSTOP for `stopped_s`, SIGCONT for `running_s`, repeated
+    (bounded in time) until closed; always leaves it running."""
+
+    def __init__(self, pid: int, stopped_s: float = 0.03, running_s: float = 0.003, max_seconds: float = 40.0):
+        self.pid = pid
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(stopped_s, running_s, max_seconds), daemon=True)
+
+    def __enter__(self) -> "Throttle":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        os.kill(self.pid, signal.SIGCONT)
+
+    def _run(self, stopped_s: float, running_s: float, max_seconds: float) -> None:
+        until = time.monotonic() + max_seconds
+        while not self._stop.is_set() and time.monotonic() < until:
+            os.kill(self.pid, signal.SIGSTOP)
+            time.sleep(stopped_s)
+            os.kill(self.pid, signal.SIGCONT)
+            time.sleep(running_s)
+
+
+def test_a_slow_instance_is_ejected_by_its_latency_and_traffic_moves_to_its_sibling(services, tmp_path):
+    """One of two instances runs about a tenth of the time (it answers, slowly): none of its calls
+    fails, so only the latency rule (its EWMA over 5x its sibling's) can take it out of rotation."""
+    build_model(tmp_path / "plus.onnx", "plus")
+    data_dir = tmp_path / "cp"
+    cp = services(["control-plane", "--data-dir", str(data_dir), "--port", "0"])
+    proxy = services([
+        "proxy", "--control-plane", cp.address, "--port", "0", "--outlier-ejection-s", "60", "--log-level", "DEBUG",
+    ])
+    sm = mve.client("sagemaker", address=cp.address)
+    sm.create_model(
+        ModelName="plus", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / "plus.onnx")}
+    )
+    sm.create_endpoint_config(EndpointConfigName="two", ProductionVariants=[{
+        "VariantName": VARIANT, "ModelName": "plus", "InitialInstanceCount": 2, "InstanceType": "ml.cpu.small",
+        "InitialVariantWeight": 1.0}])
+    sm.create_endpoint(EndpointName=EP, EndpointConfigName="two")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    tables = control_stub(cp.address).WatchRoutes(pb.WatchRoutesRequest(proxy_id="test"), timeout=60)
+    try:
+        table = _first(tables, lambda t: len(variant_instances(t, EP, VARIANT)) == 2)
+    finally:
+        tables.cancel()
+    slow, sibling = sorted(i.instance_id for i in variant_instances(table, EP, VARIANT))
+    runtime = mve.client("sagemaker-runtime", address=proxy.address)
+    wait_until(lambda: _answers(runtime), timeout=20, what="the proxy serves the endpoint")
+
+    with Load(proxy.address) as load, Throttle(instance_pid(data_dir, EP, slow)):
+        slowed_at = time.monotonic()
+        wait_until(lambda: proxy_gauge(proxy, "mve_proxy_instances_ejected") == 1, timeout=20, interval=0.05,
+                   what="the proxy to eject the slow instance")
+        ejected_at = time.monotonic()
+        assert any(f"instance={slow} reason=latency" in line for line in proxy.output)
+        mark = len(proxy.output)
+        wait_until(lambda: answered_by(proxy, mark).get(sibling, 0) >= 100, timeout=15,
+                   what="100 answers after the ejection")
+        after = answered_by(proxy, mark)
+    print(f"\nlatency outlier: slowed -> ejected in {ejected_at - slowed_at:.2f} s; then {after}; "
+          f"{len(load.results)} requests, {len(load.failures())} failed")
+    assert load.failures() == []  # slow, not failing: the 0.5 s deadline is never reached
+    # Calls already on their way to the slow instance when it was ejected may still be answered by it.
+    assert after.get(slow, 0) <= CLIENTS
 
 
 def _first(tables, predicate):
