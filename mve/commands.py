@@ -204,7 +204,7 @@ def _show_scaling(args, description: dict) -> None:
     aas = client("application-autoscaling", address=args.control_plane,
                  **({"timeout": args.timeout} if args.timeout else {}))
     with aas:
-        print_endpoint_scaling(out._console, endpoint_scaling(aas, args.name, names, activities=5), limit=5)
+        print_endpoint_scaling(out.fresh_console(), endpoint_scaling(aas, args.name, names, activities=5), limit=5)
 
 
 def _invoke(args) -> int:

@@ -10,9 +10,6 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-_console = Console()
-
-
 def plain(response: dict) -> dict:
     """A boto3-shaped response without its ResponseMetadata (what `--json` prints)."""
     return {k: v for k, v in response.items() if k != "ResponseMetadata"}
@@ -86,11 +83,11 @@ def show(args, response: dict) -> int:
             nested.append((key, value))
         else:
             fields.add_row(key, _cell(value))
-    _console.print(fields)
+    fresh_console().print(fields)
     for key, rows in nested:
         # DeployedImages says little on a terminal (always onnxruntime); --json keeps it.
         flat = [{k: _nested_cell(k, v) for k, v in row.items() if k != "DeployedImages"} for row in rows]
-        _console.print(_table(flat, title=key))
+        fresh_console().print(_table(flat, title=key))
     return 0
 
 
@@ -174,9 +171,9 @@ def show_list(args, response: dict, key: str) -> int:
     # ARNs are long and derived from the names; --json keeps them.
     rows = [{k: v for k, v in row.items() if not k.endswith("Arn")} for row in data.get(key, [])]
     if rows:
-        _console.print(_table(rows))
+        fresh_console().print(_table(rows))
     else:
-        _console.print(f"no {key[0].lower() + key[1:]}")
+        fresh_console().print(f"no {key[0].lower() + key[1:]}")
     return 0
 
 
@@ -185,7 +182,7 @@ def done(args, message: str) -> int:
     if args.json:
         print_json({})
     else:
-        _console.print(message)
+        fresh_console().print(message)
     return 0
 
 

@@ -49,3 +49,10 @@ def example_models(tmp_path_factory):
     from mve.examples import build_example_models
 
     return build_example_models(tmp_path_factory.mktemp("example-models"))
+
+
+@pytest.fixture(autouse=True)
+def wide_terminal(monkeypatch):
+    """CLI output as on a wide terminal: rich cuts table cells at the terminal's width ($COLUMNS),
+    and the tests read whole cells. A test that wants another width sets COLUMNS itself."""
+    monkeypatch.setenv("COLUMNS", "250")

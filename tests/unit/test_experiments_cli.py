@@ -353,7 +353,8 @@ def test_endpoint_config_create_with_shadows_and_capture(control_plane, capsys, 
     assert "--shadow-variant 'name=S' needs model=..." in capsys.readouterr().err
 
 
-def test_endpoint_describe_shows_capture_and_automatic_weight_changes(control_plane, capsys):
+def test_endpoint_describe_shows_capture_and_automatic_weight_changes(control_plane, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # rich cuts table cells at the terminal's width
     address, _, _ = control_plane
     assert main(["endpoint", "describe", "ab", "--control-plane", address]) == 0
     out = capsys.readouterr().out
