@@ -215,6 +215,27 @@ class InternalFailure(MveError):
     reason = "InternalFailure"
 
 
+class Unauthenticated(MveError):
+    """A gRPC door that requires a credential got none (no bearer token, no client certificate)."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "MissingAuthenticationTokenException"
+
+
+class UnrecognizedClient(MveError):
+    """A bearer token the door does not know (AWS: "The security token included in the request is invalid.")."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    reason = "UnrecognizedClientException"
+
+
+class AccessDenied(MveError):
+    """A known caller asked for something its identity may not do (AWS: "User: ... is not authorized to perform: ...")."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    reason = "AccessDeniedException"
+
+
 @dataclass(frozen=True)
 class ErrorName:
     """One row of the table: what `service` calls `raised_as`, and its HTTP status."""
@@ -279,6 +300,12 @@ ERRORS: tuple[ErrorName, ...] = (
     ErrorName(ANY_SERVICE, "InternalFailure", 500, (InternalFailure,), f"{_SMR}: InternalFailure; AWS common errors"),
     ErrorName(ANY_SERVICE, "ServiceUnavailable", 503, (ServiceUnavailable,),
               f"{_SMR}: ServiceUnavailable; AWS common errors"),
+    ErrorName(ANY_SERVICE, "MissingAuthenticationTokenException", 403, (Unauthenticated,),
+              "AWS common errors: MissingAuthenticationToken, as JSON services name it (mve.sigv4)"),
+    ErrorName(ANY_SERVICE, "UnrecognizedClientException", 403, (UnrecognizedClient,),
+              "AWS JSON services' answer to an unknown security token (mve.sigv4)"),
+    ErrorName(ANY_SERVICE, "AccessDeniedException", 400, (AccessDenied,),
+              f"AWS common errors: AccessDeniedException (HTTP 400); {_SMR}"),
     ErrorName(ANY_SERVICE, "InternalDependencyException", 530, (),
               f"{_SMR}: InvokeEndpoint (mve raises none: it has no internal dependency to blame)"),
 )
@@ -389,6 +416,8 @@ _CODE_TYPES: dict[grpc.StatusCode, type[MveError]] = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceLimitExceeded,
     grpc.StatusCode.UNAVAILABLE: ServiceUnavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: ServiceUnavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: AccessDenied,
 }
 
 
@@ -461,6 +490,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ANY_SERVICE",
+    "AccessDenied",
     "AUTOSCALING",
     "CLOUDWATCH",
     "ERRORS",
@@ -480,6 +510,8 @@ __all__ = [
     "ResourceNotFound",
     "SAGEMAKER",
     "ServiceUnavailable",
+    "Unauthenticated",
+    "UnrecognizedClient",
     "ValidationError",
     "abort_with_error",
     "api_of_method",
