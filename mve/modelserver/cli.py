@@ -31,6 +31,18 @@ def register(subparsers) -> None:
         default=10.0,
         help="on SIGTERM/SIGINT, seconds in-flight requests may take to finish, 0..300 (default: 10)",
     )
+    parser.add_argument("--tls-cert", metavar="PATH", help="PEM certificate (chain): serve gRPC over TLS")
+    parser.add_argument("--tls-key", metavar="PATH", help="PEM private key of --tls-cert (mode 0600)")
+    parser.add_argument(
+        "--tls-ca", metavar="PATH", help="PEM CA bundle that signs callers' certificates (with --tls-client-auth require)"
+    )
+    parser.add_argument(
+        "--tls-client-auth",
+        default="none",
+        metavar="none|require",
+        help="require: callers present a certificate signed by --tls-ca (mutual TLS), and only the control "
+        "plane's and proxies' identities may infer; health and reflection stay open (default: none)",
+    )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="mve's log level (default: INFO)"
     )

@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
+from mve.authn import AuthInterceptor, Gatekeeper, ModelServerPolicy
 from mve.errors import ErrorInterceptor
 from mve.modelserver.runtime import ModelLoadError, OnnxModel
 from mve.modelserver.servicer import InferenceServicer
@@ -58,7 +59,7 @@ def serve(settings: ModelServerSettings) -> int:
 
 async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: ThreadPoolExecutor) -> int:
     server = grpc.aio.server(
-        interceptors=[ErrorInterceptor()],
+        interceptors=_interceptors(settings),
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", -1),
@@ -74,7 +75,11 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
         [INFERENCE_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     try:
-        port = server.add_insecure_port(settings.bind_address)
+        if settings.tls is not None:
+            credentials = settings.tls.server_credentials(require_client_auth=settings.require_client_auth)
+            port = server.add_secure_port(settings.bind_address, credentials)
+        else:
+            port = server.add_insecure_port(settings.bind_address)
     except RuntimeError as error:
         port, reason = 0, str(error)
     else:
@@ -94,8 +99,8 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
     host = "127.0.0.1" if settings.host in _WILDCARD_HOSTS else settings.host
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     servicer.address = (host, port)
-    log.info("event=serving model=%s address=%s device=%s threads=%d", settings.model_name, address,
-             ":".join(map(str, settings.device)), settings.threads)
+    log.info("event=serving model=%s address=%s device=%s threads=%d tls=%s", settings.model_name, address,
+             ":".join(map(str, settings.device)), settings.threads, _tls_mode(settings))
     announce_ready("model-server", address)
 
     await stopping.wait()
@@ -111,6 +116,21 @@ async def _serve(settings: ModelServerSettings, model: OnnxModel, executor: Thre
         await asyncio.to_thread(tracing.shutdown)  # flush the spans still queued
     log.info("event=stopped model=%s", settings.model_name)
     return 0
+
+
+def _interceptors(settings: ModelServerSettings) -> list:
+    """The server's interceptors; under mutual TLS the gatekeeper comes first (outermost), so a
+    caller that is not the control plane or a proxy is refused before anything else runs."""
+    interceptors: list = [ErrorInterceptor()]
+    if settings.require_client_auth:
+        interceptors.insert(0, AuthInterceptor(Gatekeeper(ModelServerPolicy())))
+    return interceptors
+
+
+def _tls_mode(settings: ModelServerSettings) -> str:
+    if settings.tls is None:
+        return "off"
+    return "mutual" if settings.require_client_auth else "on"
 
 
 def _grace_period_over(model: OnnxModel, model_name: str) -> None:

@@ -9,11 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mve.modelserver.devices import parse_device
+from mve.tls import TlsConfigError, TlsFiles, load_tls
 
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
 MAX_GRACE_PERIOD_S = 300.0
+CLIENT_AUTH_MODES = ("none", "require")
 
 
 class SettingsError(ValueError):
@@ -36,6 +38,11 @@ class ModelServerSettings:
     device: tuple[str, int]
     threads: int
     grace_period_s: float
+    # TLS on the gRPC port (None: plaintext); with `require_client_auth`, callers must present a
+    # certificate the --tls-ca bundle signed, and only the control plane's and proxies' (and
+    # administrators') identities may call anything but health and reflection.
+    tls: TlsFiles | None = None
+    require_client_auth: bool = False
 
     @property
     def bind_address(self) -> str:
@@ -68,7 +75,34 @@ class ModelServerSettings:
             raise SettingsError(f"--threads must be 1..{max_threads()} (4 per core), not {args.threads}")
         if not 0 <= args.grace_period_s <= MAX_GRACE_PERIOD_S:
             raise SettingsError(f"--grace-period-s must be 0..{MAX_GRACE_PERIOD_S:g}, not {args.grace_period_s}")
-        return cls(model, name, host, args.port, device, args.threads, float(args.grace_period_s))
+        tls, require_client_auth = _tls_settings(args)
+        return cls(
+            model, name, host, args.port, device, args.threads, float(args.grace_period_s), tls, require_client_auth
+        )
+
+
+def _tls_settings(args) -> tuple[TlsFiles | None, bool]:
+    """The --tls-* flags, checked: the files (None: plaintext) and whether client certificates are required."""
+    mode = getattr(args, "tls_client_auth", None) or "none"
+    if mode not in CLIENT_AUTH_MODES:
+        raise SettingsError(f"--tls-client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, not {mode!r}")
+    cert, key, ca = getattr(args, "tls_cert", None), getattr(args, "tls_key", None), getattr(args, "tls_ca", None)
+    require = mode == "require"
+    if require and (cert is None or ca is None):
+        raise SettingsError(
+            "--tls-client-auth require needs --tls-cert and --tls-key (the server's identity) and --tls-ca "
+            "(the CA that signs its callers' certificates)"
+        )
+    if ca is not None and not require:
+        # A model server dials nothing: its CA bundle would only verify callers. Refused, not ignored.
+        raise SettingsError(
+            "--tls-ca is used only to verify callers' certificates: give --tls-client-auth require, or drop --tls-ca"
+        )
+    try:
+        tls = load_tls(cert, key, ca, flag="--tls", need_identity=True)
+    except TlsConfigError as error:
+        raise SettingsError(str(error)) from None
+    return tls, require
 
 
 def _valid_host(host: str) -> bool:
