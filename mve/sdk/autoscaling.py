@@ -74,8 +74,8 @@ class ApplicationAutoScalingClient(BaseClient):
     _paginated = PAGINATORS
     _shapes = convert.OPERATIONS
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 30.0, security=None):
+        super().__init__(address, timeout, security)
         self.exceptions = ApplicationAutoScalingExceptions()
         self._stub = autoscaling_pb2_grpc.ApplicationAutoScalingStub(self._channel)
 

@@ -1,4 +1,5 @@
-"""What both clients share: one blocking gRPC channel, deadlines, validation and error translation."""
+"""What every client shares: one blocking gRPC channel (TLS when a CA is known), the bearer token on
+every call, deadlines, validation and error translation."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import grpc
 
 from mve.sdk import params as shapes
 from mve.sdk.exceptions import ClientError, ClientExceptions, new_request_id, response_metadata, translate_rpc_error
+from mve.sdk.security import ClientSecurity, resolve_client_security, warn_if_token_in_the_clear
 
 # Bodies go up to 6 MB; leave room for the envelope.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -19,25 +21,33 @@ def _check_address(address: str) -> str:
 
 
 class BaseClient:
-    """A synchronous client over one gRPC channel; every call has a deadline of `timeout` seconds."""
+    """A synchronous client over one gRPC channel; every call has a deadline of `timeout` seconds.
+
+    `security` holds the TLS files and token to use (`mve.sdk.security`); None resolves them as
+    ``mve.client`` does with no keywords (environment, then a secure data dir, else plaintext).
+    """
 
     service_name = ""
     # The parameter shapes this client's operations are validated against (None: SageMaker's).
     _shapes: dict | None = None
 
-    def __init__(self, address: str, timeout: float):
+    def __init__(self, address: str, timeout: float, security: ClientSecurity | None = None):
         if not timeout > 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout!r}")
         self.address = _check_address(address)
         self.timeout = float(timeout)
         self.exceptions = ClientExceptions()
-        self._channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        self.security = security if security is not None else resolve_client_security()
+        warn_if_token_in_the_clear(self.security, self.address)
+        self._auth_metadata = self.security.metadata
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if self.security.secure:
+            self._channel = grpc.secure_channel(address, self.security.channel_credentials(), options=options)
+        else:
+            self._channel = grpc.insecure_channel(address, options=options)
 
     def _call(self, operation: str, method, params: dict, build):
         """Validate `params`, send ``build(params)`` through `method`, return (response, request id)."""
@@ -45,7 +55,9 @@ class BaseClient:
         request = build(params)
         request_id = new_request_id()
         try:
-            response = method(request, timeout=self.timeout, metadata=(("x-mve-request-id", request_id),))
+            response = method(
+                request, timeout=self.timeout, metadata=(("x-mve-request-id", request_id), *self._auth_metadata)
+            )
         except grpc.RpcError as error:
             raise self._client_error(
                 translate_rpc_error(
@@ -79,7 +91,8 @@ class BaseClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.service_name} at {self.address}>"
+        tls = " (TLS)" if self.security.secure else ""
+        return f"<{type(self).__name__} {self.service_name} at {self.address}{tls}>"
 
 
 def operation_method(client: str, service: str, method_name: str, operation: str, convert):

@@ -92,8 +92,8 @@ class CloudWatchClient(BaseClient):
     _paginated = tuple(PAGINATORS)
     _shapes = convert.OPERATIONS
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 30.0, security=None):
+        super().__init__(address, timeout, security)
         self.exceptions = CloudWatchExceptions()
         self._stub = metrics_pb2_grpc.CloudWatchStub(self._channel)
 

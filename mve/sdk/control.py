@@ -42,8 +42,8 @@ class SageMakerClient(BaseClient):
     service_name = "sagemaker"
     _paginated = tuple(_LIST_KEYS)
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 30.0, security=None):
+        super().__init__(address, timeout, security)
         self._stub = control_pb2_grpc.EndpointControlStub(self._channel)
 
     def get_waiter(self, waiter_name: str):

@@ -53,8 +53,8 @@ class ExperimentsClient(BaseClient):
     service_name = "experiments"
     _shapes = convert.OPERATIONS
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 30.0, security=None):
+        super().__init__(address, timeout, security)
         self._stub = experiments_pb2_grpc.ExperimentsStub(self._channel)
 
 

@@ -16,6 +16,21 @@ have deadlines: 30 s (control plane) and 60 s (runtime) unless ``timeout=`` says
 mve's HTTP faces (SageMaker's own HTTP APIs, SigV4-signed) are for boto3 itself,
 ``boto3.client(service, endpoint_url="http://HOST:7071")`` (control plane) or ``:8081`` (runtime);
 mve.client speaks gRPC and does not guess a gRPC port from an HTTP one.
+
+TLS and credentials (a mesh started with ``mve up --secure``, or services given ``--tls-*`` and
+``--token-file`` flags) come from one place, the first that names any of them:
+
+1. the keywords ``token=`` (a bearer token), ``tls_ca=`` (the CA bundle that signed the server's
+   certificate), ``tls_cert=`` and ``tls_key=`` (a client certificate for mutual TLS);
+2. the environment: ``MVE_TLS_CA``, ``MVE_TLS_CERT``, ``MVE_TLS_KEY``, ``MVE_TOKEN`` or ``MVE_TOKEN_FILE``;
+3. the data dir ``$MVE_DATA_DIR`` (else ``./.mve``) when it has ``tls/ca.crt``: its CA, its admin
+   client certificate and its token, as ``mve up --secure`` made them.
+
+    sm = mve.client("sagemaker", address="10.0.0.5:7070", tls_ca="ca.crt", token=open("token").read().strip())
+
+The channel is TLS when a CA is known; the token goes with every call (``authorization: Bearer``
+metadata). A file that is missing, malformed, or a key that others can read is a ValueError naming the
+keyword or variable, raised here, not at the first call. See `mve.sdk.security` and docs/security.md.
 """
 
 from __future__ import annotations
@@ -28,6 +43,7 @@ from mve.sdk.control import SageMakerClient
 from mve.sdk.experiments import ExperimentsClient
 from mve.sdk.iam import IAMClient
 from mve.sdk.runtime import SageMakerRuntimeClient
+from mve.sdk.security import resolve_client_security
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_ENDPOINT = "127.0.0.1:8080"
@@ -80,6 +96,10 @@ def client(
     *,
     endpoint_url: str | None = None,
     timeout: float | None = None,
+    token: str | None = None,
+    tls_ca: str | os.PathLike | None = None,
+    tls_cert: str | os.PathLike | None = None,
+    tls_key: str | os.PathLike | None = None,
     **kwargs,
 ):
     """A boto3-shaped client: "sagemaker", "cloudwatch", "application-autoscaling", "experiments" or
@@ -89,6 +109,11 @@ def client(
     gRPC server; not both. Unknown service names raise ValueError. boto3's ``region_name`` and
     credential keywords are accepted and ignored (the gRPC doors are not signed), so that code
     written for boto3 runs unchanged.
+
+    `token`, `tls_ca`, `tls_cert` and `tls_key` are mve's own credentials for its gRPC doors: when
+    none is given, the environment's (MVE_TLS_CA, MVE_TLS_CERT, MVE_TLS_KEY, MVE_TOKEN,
+    MVE_TOKEN_FILE) are used, else a secure data dir's ($MVE_DATA_DIR or ./.mve with tls/ca.crt);
+    see the module docstring. A bad file or token is a ValueError naming the keyword or variable.
     """
     if service_name not in SERVICES:
         raise ValueError(f"Unknown service: {service_name!r}. Valid service names are: {', '.join(SERVICES)}")
@@ -102,7 +127,8 @@ def client(
         raise TypeError(f"client() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
     cls, _, _ = SERVICES[service_name]
     options = {} if timeout is None else {"timeout": timeout}
-    return cls(address or default_address(service_name), **options)
+    security = resolve_client_security(token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    return cls(address or default_address(service_name), security=security, **options)
 
 
 __all__ = ["SERVICES", "address_of_endpoint_url", "client", "default_address"]

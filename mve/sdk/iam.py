@@ -64,8 +64,8 @@ class IAMClient(BaseClient):
     service_name = "iam"
     _shapes = convert.OPERATIONS
 
-    def __init__(self, address: str, timeout: float = 30.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 30.0, security=None):
+        super().__init__(address, timeout, security)
         self.exceptions = IAMExceptions()
         self._stub = keys_pb2_grpc.AccessKeysStub(self._channel)
 

@@ -75,8 +75,8 @@ class SageMakerRuntimeClient(BaseClient):
 
     service_name = "sagemaker-runtime"
 
-    def __init__(self, address: str, timeout: float = 60.0):
-        super().__init__(address, timeout)
+    def __init__(self, address: str, timeout: float = 60.0, security=None):
+        super().__init__(address, timeout, security)
         self._stub = runtime_pb2_grpc.EndpointRuntimeStub(self._channel)
 
     def invoke_endpoint(self, **kwargs) -> dict:
