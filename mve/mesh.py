@@ -16,6 +16,11 @@ is left of them when it stops. The per-process work is in `mve.supervise`.
 ``<data-dir>/credentials`` for boto3 (`mve.first_key`; a Mesh in a test gets one the same way with
 ``ensure_first_key(mesh.data_dir, mesh.control_plane_address)``); ``--auth none`` is passed to the
 control plane and said loudly.
+
+``mve up --secure`` (``Mesh(..., secure=True)``) puts TLS and credentials on every door: a local CA,
+certificates and a token in ``<data-dir>/tls/`` and ``<data-dir>/token``, made on the first run
+(`mve.mesh_security`). A data dir that has ``tls/ca.crt`` is secure on every later run, flag or not.
+``mesh.client(service)`` gives an SDK client with the data dir's admin credentials.
 """
 
 from __future__ import annotations
@@ -30,6 +35,9 @@ from pathlib import Path
 
 from mve.supervise import Child, MeshError
 
+# The file whose presence makes a data dir secure (`mve up --secure` made it; mve.sdk.security reads it).
+SECURE_MARKER = Path("tls") / "ca.crt"
+
 log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = ".mve"
@@ -37,16 +45,24 @@ STABLE_AFTER_S = 60.0
 MAX_BACKOFF_S = 10.0
 
 
+def is_secure_data_dir(data_dir) -> bool:
+    """Whether `data_dir` has ``tls/ca.crt``, left by ``mve up --secure`` (then every run is secure)."""
+    return (Path(data_dir) / SECURE_MARKER).is_file()
+
+
 def default_data_dir() -> Path:
-    """$MVE_DATA_DIR, else ``./.mve`` (gitignored in this repository)."""
-    return Path(os.environ.get("MVE_DATA_DIR") or DEFAULT_DATA_DIR)
+    """$MVE_DATA_DIR, else ``./.mve`` (gitignored in this repository); the SDK looks there too."""
+    from mve.sdk.security import data_dir_path
+
+    return data_dir_path()
 
 
 class Mesh:
     """Control plane + proxy as supervised child processes on `data_dir` (see the module docstring).
 
     Ports 0 pick free ports; the addresses are read from the children's ready lines. `log_path`
-    sends the children's output to a file instead of this process's stderr.
+    sends the children's output to a file instead of this process's stderr. `secure` makes the data
+    dir secure (TLS and credentials, see the module docstring); one that is already stays so.
     """
 
     def __init__(
@@ -67,6 +83,7 @@ class Mesh:
         control_plane_args: tuple[str, ...] = (),
         proxy_args: tuple[str, ...] = (),
         env: dict | None = None,
+        secure: bool = False,
     ):
         for name, port in (("control_plane_port", control_plane_port), ("proxy_port", proxy_port)):
             if not 0 <= port <= 65535:
@@ -81,6 +98,9 @@ class Mesh:
         if not 0 < grace_s <= 600 or not 0 < ready_timeout_s <= 600:
             raise ValueError("grace_s and ready_timeout_s must be in (0, 600] seconds")
         self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir()
+        # Secure when asked, or when an earlier `mve up --secure` left the data dir's CA there.
+        self.secure = bool(secure) or is_secure_data_dir(self.data_dir)
+        self.security = None  # mve.mesh_security.MeshSecurity once started secure
         self.host = host
         self.max_restarts = max_restarts
         self.ready_timeout_s = ready_timeout_s
@@ -143,6 +163,15 @@ class Mesh:
         port = int(bound.rsplit(":", 1)[1]) if bound else self._metrics_ports[child.name]
         return ["--metrics-port", str(port)]
 
+    def client(self, service_name: str, **kwargs):
+        """An SDK client of this mesh (control plane, or the proxy for sagemaker-runtime), with the data
+        dir's admin credentials when the mesh is secure; `kwargs` go to `mve.client`."""
+        from mve.sdk import client
+
+        address = self.proxy_address if service_name == "sagemaker-runtime" else self.control_plane_address
+        settings = self.security.client_settings() if self.security is not None else {}
+        return client(service_name, address=address, **{**settings, **kwargs})
+
     def child_pids(self) -> dict[str, int]:
         """Process id of each running and ready child, by name ("control-plane", "proxy")."""
         return {c.name: c.process.pid for c in self._children if c.alive() and c.ready}
@@ -152,6 +181,8 @@ class Mesh:
         if self._thread is not None:
             raise MeshError("this Mesh was started already")
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        if self.secure:
+            self.security = self._prepare_security()
         if self.log_path is not None:
             self.log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = open(self.log_path, "a", buffering=1)  # noqa: SIM115 - closed in _supervise
@@ -163,23 +194,39 @@ class Mesh:
             raise MeshError(self.failure)
         return self
 
+    def _prepare_security(self):
+        from mve.authn import TokenFileError
+        from mve.mesh_security import host_missing_from_certificates, prepare_secure_data_dir
+
+        try:
+            security = prepare_secure_data_dir(self.data_dir, self.host)
+        except (OSError, TokenFileError) as error:
+            raise MeshError(f"cannot make the data dir secure: {error}") from None
+        if host_missing_from_certificates(security, self.host):
+            log.warning("event=certificates_miss_host host=%s tls_dir=%s: certificates made for another --host; "
+                        "clients dialling %s will fail to verify them. Remove %s and start again to remake them",
+                        self.host, security.pki.directory, self.host, security.pki.directory)
+        return security
+
     def _child(self, name: str, make_args, port: int) -> Child:
         stream = self._log_file if self._log_file is not None else None
         return Child(name, make_args, port, stream, self._env)
 
     def _supervise(self) -> None:
+        secure_control_plane = self.security.control_plane_args() if self.security is not None else []
+        secure_proxy = self.security.proxy_args() if self.security is not None else []
         control_plane = self._child(
             "control-plane",
             lambda port: ["control-plane", "--data-dir", str(self.data_dir), "--host", self.host,
                           "--port", str(port), *self._metrics_args(control_plane), *self._http_args(control_plane),
-                          *self._control_plane_args],
+                          *secure_control_plane, *self._control_plane_args],
             self._control_plane_port,
         )
         proxy = self._child(
             "proxy",
             lambda port: ["proxy", "--control-plane", control_plane.address, "--host", self.host,
                           "--port", str(port), *self._metrics_args(proxy), *self._http_args(proxy),
-                          *self._proxy_args],
+                          *secure_proxy, *self._proxy_args],
             self._proxy_port,
         )
         try:
@@ -253,24 +300,33 @@ def run_up(args) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    mesh = Mesh(args.data_dir, host=args.host, control_plane_port=args.control_plane_port,
+    data_dir = args.data_dir if args.data_dir is not None else default_data_dir()
+    secure_already = is_secure_data_dir(data_dir)
+    mesh = Mesh(data_dir, host=args.host, control_plane_port=args.control_plane_port,
                 proxy_port=args.proxy_port, control_plane_metrics_port=args.control_plane_metrics_port,
                 proxy_metrics_port=args.proxy_metrics_port, proxy_http_port=args.proxy_http_port,
                 control_plane_http_port=args.control_plane_http_port,
-                max_restarts=args.max_restarts, control_plane_args=("--auth", args.auth))
+                max_restarts=args.max_restarts, control_plane_args=("--auth", args.auth), secure=args.secure)
     try:
         mesh.start()
     except MeshError as error:
         print(f"mve up: {error}", file=sys.stderr)
         return 1
     first_key = _first_key(mesh, args.auth)
-    print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE)", file=sys.stderr)
+    scheme = "https" if mesh.secure else "http"
+    tls = "   TLS" if mesh.secure else ""
+    print(f"control plane  {mesh.control_plane_address}   (MVE_CONTROL_PLANE){tls}", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.control_plane_metrics_address)}", file=sys.stderr)
-    print(f"  http         {_control_url(mesh.control_plane_http_address)}", file=sys.stderr)
-    print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT)", file=sys.stderr)
+    print(f"  http         {_control_url(mesh.control_plane_http_address, scheme)}", file=sys.stderr)
+    print(f"proxy          {mesh.proxy_address}   (MVE_ENDPOINT){tls}", file=sys.stderr)
     print(f"  metrics      {_metrics_url(mesh.proxy_metrics_address)}", file=sys.stderr)
-    print(f"  http         {_runtime_url(mesh.proxy_http_address)}", file=sys.stderr)
+    print(f"  http         {_runtime_url(mesh.proxy_http_address, scheme)}", file=sys.stderr)
     print(f"data dir       {mesh.data_dir.resolve()}", file=sys.stderr)
+    if mesh.security is not None:
+        if secure_already and not args.secure:
+            print(f"secure: {mesh.security.pki.ca_cert} exists (made by mve up --secure), so this data dir stays "
+                  f"secure. To go back to plaintext, stop mve and remove {mesh.security.pki.directory}", file=sys.stderr)
+        print(mesh.security.usage(), file=sys.stderr)
     if first_key is not None:
         print(first_key.usage(), file=sys.stderr)
     elif args.auth == "none":
@@ -279,6 +335,7 @@ def run_up(args) -> int:
                    control_plane_metrics=mesh.control_plane_metrics_address, proxy_metrics=mesh.proxy_metrics_address,
                    proxy_http=mesh.proxy_http_address, control_plane_http=mesh.control_plane_http_address,
                    data_dir=str(mesh.data_dir.resolve()), children=mesh.child_pids(), auth=args.auth,
+                   secure=mesh.secure,
                    credentials=str(first_key.path.resolve()) if first_key is not None else "")
     while not stop.wait(0.2):
         if mesh.done.is_set():
@@ -302,8 +359,9 @@ def _first_key(mesh: Mesh, auth: str):
     from mve.sdk.exceptions import ClientError, SDKError
 
     try:
+        # Under --secure the key is made with the data dir's own admin credentials (ensure_first_key reads them).
         first_key = ensure_first_key(mesh.data_dir, mesh.control_plane_address)
-    except (ClientError, SDKError, OSError) as error:
+    except (ClientError, SDKError, OSError, ValueError) as error:
         print(f"mve up: could not make the first access key ({error}); make one with `mve keys create`",
               file=sys.stderr)
         return None
@@ -352,6 +410,11 @@ def register(subparsers) -> None:
                         help="sigv4: the HTTP faces require AWS Signature Version 4; the first run makes an access "
                         "key in DATA_DIR/credentials (profile mve, mode 0600). none: they accept unsigned calls from "
                         "anyone who can reach them, for local play (default $MVE_AUTH or sigv4)")
+    parser.add_argument("--secure", action="store_true",
+                        help="TLS and credentials on every door: the first run makes a local CA, certificates and a "
+                        "token in DATA_DIR/tls and DATA_DIR/token (0600); the SDK and CLI find them with "
+                        "MVE_DATA_DIR=DATA_DIR. A data dir that has tls/ca.crt stays secure on later runs (remove "
+                        "DATA_DIR/tls to go back to plaintext). See docs/security.md")
     parser.add_argument("--max-restarts", type=int, default=5, choices=range(0, 101), metavar="0-100",
                         help="restarts of a crashing child before giving up (default 5)")
     parser.set_defaults(func=run_up)
@@ -382,12 +445,12 @@ def _http_port(text: str) -> int:
         raise argparse.ArgumentTypeError(f"HTTP port must be 0-65535 or -1 (off), got {text!r}") from None
 
 
-def _control_url(address: str) -> str:
-    return f"http://{address}   (boto3 sagemaker, application-autoscaling, cloudwatch endpoint_url)" if address else "off"
+def _control_url(address: str, scheme: str = "http") -> str:
+    return f"{scheme}://{address}   (boto3 sagemaker, application-autoscaling, cloudwatch endpoint_url)" if address else "off"
 
 
-def _runtime_url(address: str) -> str:
-    return f"http://{address}   (boto3 sagemaker-runtime endpoint_url)" if address else "off"
+def _runtime_url(address: str, scheme: str = "http") -> str:
+    return f"{scheme}://{address}   (boto3 sagemaker-runtime endpoint_url)" if address else "off"
 
 
 def _metrics_port(text: str) -> int:
