@@ -6,6 +6,11 @@ writable after a control plane crash (a pipe to a dead parent would break the se
 adopt). The ready line (``{"event": "ready", "address": ...}``) is read from that file, then the
 server must answer ServerReady and ModelReady, all within the variant's startup timeout.
 
+With TLS (``--model-server-tls-*``) each server is started with its certificate and mutual TLS
+required (`tls_flags`), and every call the control plane makes to one, readiness checks included
+(adopted servers too), is dialled with `credentials`: TLS, verified against the control plane's
+CA, presenting its own certificate.
+
 Children stay in the control plane's process group (no new session), so whoever kills that group
 kills them too. Their exit is watched; adopted servers (started by an earlier control plane) are
 polled by pid.
@@ -165,9 +170,19 @@ def pid_is_model_server(pid: int) -> bool:
     return b"model-server" in cmdline
 
 
-async def check_ready(address: str, model_name: str | None, timeout_s: float) -> bool:
-    """True when the server at `address` answers ServerReady (and ModelReady for `model_name`)."""
-    async with grpc.aio.insecure_channel(address) as channel:
+def model_server_channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.aio.Channel:
+    """A channel to a model server: TLS with `credentials`, else plaintext."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address)
+    return grpc.aio.secure_channel(address, credentials)
+
+
+async def check_ready(
+    address: str, model_name: str | None, timeout_s: float, credentials: grpc.ChannelCredentials | None = None
+) -> bool:
+    """True when the server at `address` answers ServerReady (and ModelReady for `model_name`);
+    dialled with TLS when `credentials` are given."""
+    async with model_server_channel(address, credentials) as channel:
         stub = v2_grpc.GRPCInferenceServiceStub(channel)
         try:
             server = await stub.ServerReady(v2.ServerReadyRequest(), timeout=timeout_s)
@@ -193,8 +208,15 @@ class LocalInstanceProvider:
         stop_grace_s: float = 10.0,
         poll_interval_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
+        tls_flags: tuple[str, ...] = (),
+        credentials: grpc.ChannelCredentials | None = None,
     ):
+        if bool(tls_flags) != (credentials is not None):
+            raise ValueError("tls_flags and credentials go together: model servers on TLS are dialled with TLS")
         self.log_dir = Path(log_dir)
+        #: The TLS flags model servers are started with, and the credentials they are dialled with.
+        self.tls_flags = tuple(tls_flags)
+        self.credentials = credentials
         #: Called (on the event loop) when a ready process exits without being asked to.
         self.on_exit = on_exit
         self._prefix = tuple(command_prefix)
@@ -224,6 +246,7 @@ class LocalInstanceProvider:
             spec.device,
             "--threads",
             str(spec.threads),
+            *self.tls_flags,
         ]
 
     def processes(self, endpoint_name: str | None = None) -> list[ModelServerProcess]:
@@ -274,7 +297,7 @@ class LocalInstanceProvider:
             remaining = deadline - self._clock()
             if remaining <= 0:
                 raise self._timeout(handle, timeout_s)
-            if await check_ready(handle.address, handle.spec.model_name, min(remaining, 5.0)):
+            if await check_ready(handle.address, handle.spec.model_name, min(remaining, 5.0), self.credentials):
                 handle.ready = True
                 return handle.address
             await asyncio.sleep(0.1)
@@ -297,7 +320,7 @@ class LocalInstanceProvider:
         """Take over a model server an earlier control plane started, if it is alive and ready."""
         if not address or not pid_is_model_server(pid):
             return None
-        if not await check_ready(address, spec.model_name, 2.0):
+        if not await check_ready(address, spec.model_name, 2.0, self.credentials):
             return None
         handle = ModelServerProcess(
             spec=spec, pid=pid, log_path=Path(log_path), adopted=True, address=address, ready=True

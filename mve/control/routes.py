@@ -207,11 +207,20 @@ class RoutePublisher:
 
     `signing_keys` gives the date keys a table carries (`AccessKeyStore.signing_keys`); with it
     tables say ``auth_required``, without it (``--auth none``) they carry no keys and do not.
+    With `upstream_tls` (``--model-server-tls-cert``) every table says ``upstream_tls``: proxies dial
+    the model servers with TLS.
     """
 
-    def __init__(self, store: Store, signing_keys: Callable[[], list[pb.SigningKey]] | None = None):
+    def __init__(
+        self,
+        store: Store,
+        signing_keys: Callable[[], list[pb.SigningKey]] | None = None,
+        *,
+        upstream_tls: bool = False,
+    ):
         self._store = store
         self._signing_keys = signing_keys
+        self.upstream_tls = upstream_tls
         self._signing: SigningKeys | None = None
         self._table: pb.RoutingTable | None = None
         self._subscribers: set[asyncio.Queue] = set()
@@ -253,6 +262,7 @@ class RoutePublisher:
             and list(previous.endpoints) == routes
             and list(previous.signing_keys) == keys
             and previous.auth_required == self.auth_required
+            and previous.upstream_tls == self.upstream_tls
         ):
             return previous
         table = pb.RoutingTable(
@@ -261,15 +271,18 @@ class RoutePublisher:
             control_plane_id=self._store.control_plane_id(),
             signing_keys=keys,
             auth_required=self.auth_required,
+            upstream_tls=self.upstream_tls,
         )
         self._table = table
         self._signing = None
         log.info(
-            "event=routes_published version=%d endpoints=%d signing_keys=%d auth_required=%s subscribers=%d",
+            "event=routes_published version=%d endpoints=%d signing_keys=%d auth_required=%s upstream_tls=%s "
+            "subscribers=%d",
             table.version,
             len(routes),
             len(keys),
             table.auth_required,
+            table.upstream_tls,
             len(self._subscribers),
         )
         for queue in self._subscribers:
