@@ -89,8 +89,44 @@ def register(subparsers) -> None:
         help="replace an instance the proxies have reported as an ejected outlier for this many seconds "
         "(a new one starts, then the outlier stops), 5-3600, 0 never (default 60; env MVE_REPLACE_EJECTED_AFTER_S)",
     )
+    _add_security_flags(parser)
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.set_defaults(func=run)
+
+
+def _add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """TLS on the gRPC door and the HTTP face, who may call, and TLS for model servers."""
+    group = parser.add_argument_group("TLS and credentials (plaintext and no gRPC credentials by default)")
+    group.add_argument(
+        "--tls-cert", help="PEM certificate of the gRPC door (the HTTP face serves HTTPS with it too), also presented "
+        "when this control plane dials under mutual TLS; needs --tls-key (env MVE_CONTROL_PLANE_TLS_CERT)",
+    )
+    group.add_argument("--tls-key", help="PEM private key of --tls-cert, mode 0600 (env MVE_CONTROL_PLANE_TLS_KEY)")
+    group.add_argument(
+        "--tls-ca", help="PEM CA bundle that verifies callers' certificates (--tls-client-auth require) and model "
+        "servers' (env MVE_CONTROL_PLANE_TLS_CA)",
+    )
+    group.add_argument(
+        "--tls-client-auth", help="none or require: callers must present a certificate signed by --tls-ca, whose "
+        "Common Name is their role (default none; env MVE_CONTROL_PLANE_TLS_CLIENT_AUTH)",
+    )
+    group.add_argument(
+        "--token-file", help="0600 file of bearer tokens, one a line: gRPC calls need one (metadata 'authorization: "
+        "Bearer <token>') or a client certificate (env MVE_CONTROL_PLANE_TOKEN_FILE)",
+    )
+    group.add_argument(
+        "--open-reads", action="store_true", default=None,
+        help="Describe*, List* and Get* calls need no credential (env MVE_OPEN_READS=1|true|0|false)",
+    )
+    group.add_argument(
+        "--model-server-tls-cert", help="PEM certificate model servers are started with; they then require mutual "
+        "TLS (the control plane's and proxies' certificates); needs --tls-cert, --tls-key and --tls-ca "
+        "(env MVE_MODEL_SERVER_TLS_CERT)",
+    )
+    group.add_argument(
+        "--model-server-tls-key", help="PEM private key of --model-server-tls-cert, mode 0600 "
+        "(env MVE_MODEL_SERVER_TLS_KEY)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,12 +135,16 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import sys
 
+    from mve.authn import TokenFileError
+    from mve.control.security import load_security
     from mve.control.settings import SettingsError, load_settings
+    from mve.tls import TlsConfigError
 
     flags = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
     try:
         settings = load_settings(flags)
-    except SettingsError as error:
+        security = load_security(settings)  # the TLS and token files, read once now
+    except (SettingsError, TlsConfigError, TokenFileError) as error:
         print(f"mve control-plane: error: {error}", file=sys.stderr)
         return 2
     if settings.auth_required and settings.http_enabled:
@@ -131,4 +171,4 @@ def run(args: argparse.Namespace) -> int:
     )
     from mve.control.server import serve
 
-    return asyncio.run(serve(settings))
+    return asyncio.run(serve(settings, security))

@@ -12,6 +12,10 @@ Every request: body read up to `MAX_BODY_BYTES` (413 past it), then the caller c
 authenticator (SigV4), then the operation looked up in botocore's model and mve's SDK
 (`mve.control.http_operations`), the body decoded (`mve.control.http_protocols`), and the SDK
 method called on one of `workers` threads with a client of the control plane's own gRPC address.
+With `ssl_context` the face serves HTTPS; its clients dial the gRPC door with `security`
+(`mve.sdk.security.ClientSecurity`: TLS when the door is TLS, and the control plane's internal token
+when the door requires a credential); plaintext and no token when none is given, never whatever the
+environment or a data dir would give an SDK client.
 At most `max_in_flight` calls are admitted at once (the rest of them wait for a thread); past that
 a request is answered ``ThrottlingException``, which botocore retries with back-off.
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Awaitable, Callable
@@ -69,6 +74,8 @@ class HttpFace:
         max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
         workers: int = DEFAULT_WORKERS,
         call_timeout_s: float = CALL_TIMEOUT_S,
+        ssl_context: ssl.SSLContext | None = None,
+        security=None,
     ):
         if not 1 <= workers <= max_in_flight:
             raise ValueError(f"workers must be 1-{max_in_flight} (max_in_flight), got {workers}")
@@ -82,6 +89,8 @@ class HttpFace:
         self._in_flight = 0
         self._workers = workers
         self._call_timeout_s = call_timeout_s
+        self._ssl_context = ssl_context
+        self._security = security
         self._executor: ThreadPoolExecutor | None = None
         self._runner: web.AppRunner | None = None
 
@@ -94,7 +103,7 @@ class HttpFace:
         self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="mve-http")
         self._runner = web.AppRunner(self.app(), access_log=None, handle_signals=False, shutdown_timeout=1.0)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl_context)
         try:
             await site.start()
         except OSError:
@@ -103,7 +112,10 @@ class HttpFace:
         bound_port = self._runner.addresses[0][1]
         bracketed = ":" in host and not host.startswith("[")
         self.address = f"[{host}]:{bound_port}" if bracketed else f"{host}:{bound_port}"
-        log.info("event=http_face_ready address=%s services=%s", self.address, ",".join(self._faces))
+        log.info(
+            "event=http_face_ready address=%s https=%s services=%s",
+            self.address, self._ssl_context is not None, ",".join(self._faces),
+        )
         return self.address
 
     async def stop(self) -> None:
@@ -117,10 +129,34 @@ class HttpFace:
             await asyncio.to_thread(self._executor.shutdown, wait=True, cancel_futures=True)
             self._executor = None
 
-    def _make_clients(self) -> dict:
-        from mve.sdk.factory import client
+    async def check_door(self, timeout_s: float) -> str | None:
+        """None when the face's clients reach the gRPC door (TLS handshake and health check), else why not."""
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-        return {name: client(name, address=self.grpc_address, timeout=self._call_timeout_s) for name in self._faces}
+        security = self._security
+        if security is None or not security.secure:
+            channel = grpc.aio.insecure_channel(self.grpc_address)
+        else:
+            channel = grpc.aio.secure_channel(self.grpc_address, security.channel_credentials())
+        async with channel:
+            try:
+                await health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s, metadata=security.metadata if security else ()
+                )
+            except grpc.aio.AioRpcError as error:
+                return f"{error.code().name}: {error.details()}"
+        return None
+
+    def _make_clients(self) -> dict:
+        from mve.sdk.factory import SERVICES
+        from mve.sdk.security import PLAINTEXT
+
+        security = self._security if self._security is not None else PLAINTEXT
+        return {
+            name: SERVICES[name][0](self.grpc_address, timeout=self._call_timeout_s, security=security)
+            for name in self._faces
+        }
 
     def app(self) -> web.Application:
         """The aiohttp application (its routes need `start` to have loaded the faces, or `faces=`)."""

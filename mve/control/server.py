@@ -1,5 +1,10 @@
 """Runs the control plane: the store, the reconciler and the gRPC server, until SIGTERM.
 
+With TLS (``--tls-cert``) the gRPC door is a TLS port, the HTTP face serves HTTPS with the same
+certificate, and its internal calls dial the door with TLS. With authorization on (``--token-file``
+or ``--tls-client-auth require``) a gatekeeper runs before every method (`mve.control.security`);
+the HTTP face's internal calls carry the in-memory internal token.
+
 On SIGTERM (or SIGINT) the server stops taking calls, every model server is stopped gracefully,
 and the process exits 0. After a crash (SIGKILL) the model servers keep running; the next control
 plane on the same data dir adopts them.
@@ -45,6 +50,7 @@ from mve.control.metric_store import MetricStore
 from mve.control.prometheus import ControlPlaneCollector
 from mve.control.reconciler import Reconciler
 from mve.control.routes import RoutePublisher
+from mve.control.security import ControlPlaneSecurity, internal_address, is_loopback, load_security
 from mve.control.service import ControlService
 from mve.control.servicer import EndpointControlServicer
 from mve.control.settings import ControlPlaneSettings
@@ -67,18 +73,36 @@ AUTH_OFF_WARNING = (
     "AUTH IS OFF (--auth none): THE HTTP FACES (SAGEMAKER, APPLICATION AUTO SCALING, CLOUDWATCH, AND THE "
     "PROXIES' INVOKEENDPOINT) ACCEPT UNSIGNED CALLS FROM ANYONE WHO CAN REACH THEM"
 )
+GRPC_OPEN_WARNING = (
+    "NO CREDENTIAL IS REQUIRED ON THE gRPC DOOR AND IT LISTENS BEYOND LOOPBACK: ANYONE WHO CAN REACH IT MAY "
+    "CREATE, CHANGE AND DELETE MODELS AND ENDPOINTS (give --token-file and/or --tls-client-auth require)"
+)
+CLEAR_TOKEN_WARNING = (
+    "BEARER TOKENS TRAVEL IN CLEAR TEXT: the gRPC door listens beyond loopback without TLS (give --tls-cert and --tls-key)"
+)
+SELF_CHECK_TIMEOUT_S = 5.0
 COMPACT_INTERVAL_S = 60.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-def build_service(settings: ControlPlaneSettings, tracer=None) -> ControlService:
+def build_service(
+    settings: ControlPlaneSettings, tracer=None, security: ControlPlaneSecurity | None = None
+) -> ControlService:
     """The control plane's parts, wired together on the settings' data dir."""
+    security = security if security is not None else ControlPlaneSecurity()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     store = SqliteStore(settings.db_path)
     access_keys = AccessKeyStore(settings.db_path, settings.master_key_path)
-    routes = RoutePublisher(store, access_keys.signing_keys if settings.auth_required else None)
+    model_server_tls = security.model_servers
+    routes = RoutePublisher(
+        store, access_keys.signing_keys if settings.auth_required else None, upstream_tls=model_server_tls is not None
+    )
     provider = LocalInstanceProvider(
-        settings.log_dir, command_prefix=settings.model_server_prefix, stop_grace_s=settings.stop_grace_s
+        settings.log_dir,
+        command_prefix=settings.model_server_prefix,
+        stop_grace_s=settings.stop_grace_s,
+        tls_flags=tuple(model_server_tls.flags()) if model_server_tls is not None else (),
+        credentials=model_server_tls.channel_credentials() if model_server_tls is not None else None,
     )
     reconciler = Reconciler(
         store, provider, routes, drain_s=settings.drain_s, tracer=tracer,
@@ -123,15 +147,24 @@ def _running_instances(provider: LocalInstanceProvider):
     ]
 
 
-def _loopback_address(host: str, port: int) -> str:
-    """HOST:PORT the control plane's own clients dial: the wildcard addresses through loopback."""
-    if host in ("0.0.0.0", ""):
-        host = "127.0.0.1"
-    elif host in ("::", "[::]"):
-        host = "[::1]"
-    elif ":" in host and not host.startswith("["):
-        host = f"[{host}]"
-    return f"{host}:{port}"
+def _warn_about_exposure(settings: ControlPlaneSettings, security: ControlPlaneSecurity) -> None:
+    """WARNINGs for a gRPC door beyond loopback that anyone may call, or that takes tokens in clear text."""
+    if is_loopback(settings.host):
+        return
+    if not security.auth_on:
+        log.warning("event=grpc_auth_off host=%s message=%r", settings.host, GRPC_OPEN_WARNING)
+    elif security.token_file and security.tls is None:
+        log.warning("event=tokens_in_clear host=%s message=%r", settings.host, CLEAR_TOKEN_WARNING)
+
+
+async def _abandon_start(server: grpc.aio.Server, service: ControlService, exporter=None) -> None:
+    """Undo a start that failed before any model server ran: ports closed, stores closed."""
+    if exporter is not None:
+        await asyncio.to_thread(exporter.stop)
+    await server.stop(grace=0)
+    service.store.close()
+    service.metrics.close()
+    service.experiments.close()
 
 
 async def _compact_forever(metrics: MetricStore) -> None:
@@ -157,18 +190,22 @@ def _background_tasks(service: ControlService, settings: ControlPlaneSettings) -
     ]
 
 
-async def serve(settings: ControlPlaneSettings) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit code."""
+async def serve(settings: ControlPlaneSettings, security: ControlPlaneSecurity | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit code. `security`: the TLS files and credentials
+    (`load_security`; read from the settings when not given)."""
+    security = security if security is not None else load_security(settings)
     tracing = setup_tracing("mve-control-plane")
-    interceptors = [ErrorInterceptor()]
+    # The gatekeeper first (outermost): a refused caller reaches no handler and no other interceptor.
+    interceptors = [*security.interceptors(), ErrorInterceptor()]
     if tracing is not None:
         from mve.control.tracing import TracingInterceptor
 
         interceptors.append(TracingInterceptor(tracing.tracer))  # inside: it sees the domain errors
     if not settings.auth_required:
         log.warning("event=auth_off message=%r", AUTH_OFF_WARNING)
+    _warn_about_exposure(settings, security)
     try:
-        service = build_service(settings, tracing.tracer if tracing is not None else None)
+        service = build_service(settings, tracing.tracer if tracing is not None else None, security)
     except MasterKeyError as error:
         log.error("event=master_key_refused error=%r", str(error))
         return 1
@@ -199,7 +236,7 @@ async def serve(settings: ControlPlaneSettings) -> int:
         (SERVICE_NAME, CLOUDWATCH_NAME, AUTOSCALING_NAME, EXPERIMENTS_NAME, KEYS_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), server
     )
     try:
-        port = server.add_insecure_port(f"{settings.host}:{settings.port}")
+        port = security.add_port(server, f"{settings.host}:{settings.port}")
     except RuntimeError as error:
         log.error("event=bind_failed host=%s port=%d error=%r", settings.host, settings.port, str(error))
         return 1
@@ -218,40 +255,50 @@ async def serve(settings: ControlPlaneSettings) -> int:
             exporter.start(settings.effective_metrics_host, settings.metrics_port)
         except OSError as error:
             log.error("event=bind_failed what=metrics error=%r", str(error))
-            await server.stop(grace=0)
-            service.store.close()
-            service.metrics.close()
-            service.experiments.close()
+            await _abandon_start(server, service)
             return 1
     http_face = None
     if settings.http_enabled:
         # Each call checks the published table's keys: with --auth none it requires no signature.
         http_face = HttpFace(
-            _loopback_address(settings.host, port),
+            internal_address(settings.host, port, security.tls),
             authenticate=sigv4_authenticator(lambda: service.routes.signing_keys),
+            ssl_context=security.http_ssl_context(),
+            security=security.internal_client(),
         )
         try:
             await http_face.start(settings.host, settings.http_port)
         except OSError as error:
             log.error("event=bind_failed what=http host=%s port=%d error=%r", settings.host, settings.http_port, str(error))
-            if exporter is not None:
-                await asyncio.to_thread(exporter.stop)
-            await server.stop(grace=0)
-            service.store.close()
-            service.metrics.close()
-            service.experiments.close()
+            await _abandon_start(server, service, exporter)
             return 1
+        problem = await http_face.check_door(SELF_CHECK_TIMEOUT_S) if security.tls is not None else None
+        if problem is not None:
+            # A certificate the face cannot verify would fail every boto3 call: refuse it at start.
+            log.error(
+                "event=http_face_cannot_reach_grpc_door address=%s error=%r hint=%r", http_face.grpc_address, problem,
+                "--tls-ca must hold the CA that signed --tls-cert (without --tls-ca: a CA the system trusts)",
+            )
+            await http_face.stop()
+            await _abandon_start(server, service, exporter)
+            return 2
     service.deployments.recover()  # updates cut short by a restart go back to their old config
     await service.reconciler.recover()
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
-    log.info("event=control_plane_ready address=%s data_dir=%s", address, settings.data_dir)
+    door = security.describe()
+    log.info(
+        "event=control_plane_ready address=%s data_dir=%s tls=%s auth=%s open_reads=%s model_server_tls=%s",
+        address, settings.data_dir, door["tls"], door["auth"], settings.open_reads and security.auth_on,
+        security.model_servers is not None,
+    )
     announce_ready(
         "control-plane",
         address,
         metrics_address=exporter.address if exporter else "",
         http_address=http_face.address if http_face else "",
+        **door,
     )
     tasks = _background_tasks(service, settings)
 

@@ -24,8 +24,22 @@ validated once at start.
 | autoscaling_window_s | --autoscaling-window | MVE_AUTOSCALING_WINDOW_S | 60 | 5-3600: the sliding window target tracking averages its metric over |
 | capture_index_interval_s | --capture-index-interval | MVE_CAPTURE_INDEX_INTERVAL_S | 1.0 | 0.2-60: how often the capture files are read for new records |
 | replace_ejected_after_s | --replace-ejected-after | MVE_REPLACE_EJECTED_AFTER_S | 60 | 5-3600, or 0: never: an instance the proxies report as an ejected outlier this long is replaced |
+| tls_cert | --tls-cert | MVE_CONTROL_PLANE_TLS_CERT | (none: plaintext) | PEM certificate (chain) of the gRPC door, also served by the HTTP face (HTTPS) and presented as this control plane's client certificate; needs --tls-key |
+| tls_key | --tls-key | MVE_CONTROL_PLANE_TLS_KEY | (none) | PEM private key of --tls-cert, mode 0600 |
+| tls_ca | --tls-ca | MVE_CONTROL_PLANE_TLS_CA | (none) | PEM CA bundle: verifies callers' certificates under --tls-client-auth require, and model servers under --model-server-tls-* |
+| tls_client_auth | --tls-client-auth | MVE_CONTROL_PLANE_TLS_CLIENT_AUTH | none | none, require: callers must present a certificate signed by --tls-ca (mutual TLS; its Common Name is the caller's role) |
+| token_file | --token-file | MVE_CONTROL_PLANE_TOKEN_FILE | (none) | a 0600 file of bearer tokens, one a line: a call carrying one (`authorization: Bearer <token>`) is an administrator's |
+| open_reads | --open-reads | MVE_OPEN_READS | false | 1/true, 0/false: Describe*, List* and Get* need no credential when authorization is on |
+| model_server_tls_cert | --model-server-tls-cert | MVE_MODEL_SERVER_TLS_CERT | (none: plaintext) | PEM certificate model servers serve and present; they require mutual TLS; needs --model-server-tls-key and this control plane's --tls-cert, --tls-key, --tls-ca |
+| model_server_tls_key | --model-server-tls-key | MVE_MODEL_SERVER_TLS_KEY | (none) | PEM private key of --model-server-tls-cert, mode 0600 |
 
 Feedback and the capture index are kept as long as metrics (``--metrics-retention-days``).
+
+gRPC authorization is on when ``--token-file`` is given or ``--tls-client-auth`` is require
+(`ControlPlaneSettings.grpc_auth`): every call but health and reflection (and reads, with
+``--open-reads``) then needs a bearer token or a client certificate (`mve.authn.ControlPlanePolicy`).
+``--auth`` is another matter: the HTTP faces' SigV4. The TLS and token files are read and checked
+at start by `mve.control.security`, not here.
 
 ``min_startup_timeout_s`` lowers SageMaker's 60 s floor of ContainerStartupHealthCheckTimeoutInSeconds,
 for tests that need a startup timeout to fire quickly.
@@ -45,6 +59,8 @@ METRICS_OFF = -1
 DEFAULT_HTTP_PORT = 7071
 AUTH_MODES = ("sigv4", "none")
 HTTP_OFF = -1
+CLIENT_AUTH_MODES = ("none", "require")
+_TRUE, _FALSE = ("1", "true"), ("0", "false")
 
 
 class SettingsError(ValueError):
@@ -76,6 +92,34 @@ class ControlPlaneSettings:
     autoscaling_window_s: float = 60.0
     capture_index_interval_s: float = 1.0
     replace_ejected_after_s: float = 60.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_client_auth: str = "none"
+    token_file: Path | None = None
+    open_reads: bool = False
+    model_server_tls_cert: Path | None = None
+    model_server_tls_key: Path | None = None
+
+    @property
+    def tls_enabled(self) -> bool:
+        """Whether the gRPC door (and the HTTP face) serve TLS (``--tls-cert``)."""
+        return self.tls_cert is not None
+
+    @property
+    def require_client_certificates(self) -> bool:
+        """Whether callers must present a certificate signed by --tls-ca (``--tls-client-auth require``)."""
+        return self.tls_client_auth == "require"
+
+    @property
+    def grpc_auth(self) -> bool:
+        """Whether gRPC calls need a credential: a token file, or client certificates required."""
+        return self.token_file is not None or self.require_client_certificates
+
+    @property
+    def model_server_tls(self) -> bool:
+        """Whether model servers are started with TLS and mutual TLS (``--model-server-tls-cert``)."""
+        return self.model_server_tls_cert is not None
 
     @property
     def metrics_enabled(self) -> bool:
@@ -151,7 +195,29 @@ _FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("autoscaling_window_s", "MVE_AUTOSCALING_WINDOW_S", float),
     ("capture_index_interval_s", "MVE_CAPTURE_INDEX_INTERVAL_S", float),
     ("replace_ejected_after_s", "MVE_REPLACE_EJECTED_AFTER_S", float),
+    ("tls_cert", "MVE_CONTROL_PLANE_TLS_CERT", Path),
+    ("tls_key", "MVE_CONTROL_PLANE_TLS_KEY", Path),
+    ("tls_ca", "MVE_CONTROL_PLANE_TLS_CA", Path),
+    ("tls_client_auth", "MVE_CONTROL_PLANE_TLS_CLIENT_AUTH", lambda s: s.strip().lower()),
+    ("token_file", "MVE_CONTROL_PLANE_TOKEN_FILE", Path),
+    ("open_reads", "MVE_OPEN_READS", lambda s: _parse_bool(s, "MVE_OPEN_READS")),
+    ("model_server_tls_cert", "MVE_MODEL_SERVER_TLS_CERT", Path),
+    ("model_server_tls_key", "MVE_MODEL_SERVER_TLS_KEY", Path),
 )
+# Flags whose value argparse hands over as a string that still needs its parser.
+_PARSED_FLAGS = frozenset(
+    {"model_server_prefix", "log_level", "data_dir", "auth", "tls_cert", "tls_key", "tls_ca", "tls_client_auth",
+     "token_file", "model_server_tls_cert", "model_server_tls_key"}
+)
+
+
+def _parse_bool(text: str, var: str) -> bool:
+    value = text.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise SettingsError(f"{var} must be 1, true, 0 or false, got {text!r}")
 
 
 def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None) -> ControlPlaneSettings:
@@ -163,9 +229,11 @@ def load_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None
         if value is None and env.get(var):
             try:
                 value = parse(env[var])
+            except SettingsError:
+                raise
             except ValueError:
                 raise SettingsError(f"{var}={env[var]!r} is not a valid value") from None
-        elif value is not None and name in ("model_server_prefix", "log_level", "data_dir", "auth"):
+        elif value is not None and name in _PARSED_FLAGS:
             value = parse(value) if isinstance(value, str) else value
         if value is not None:
             values[name] = value
@@ -230,3 +298,25 @@ def validate_settings(s: ControlPlaneSettings) -> None:
         )
     if s.data_dir.exists() and not s.data_dir.is_dir():
         raise SettingsError(f"--data-dir {s.data_dir} exists and is not a directory")
+    validate_security(s)
+
+
+def validate_security(s: ControlPlaneSettings) -> None:
+    """The TLS and credential flags go together as they must (the files themselves are read at start)."""
+    if s.tls_client_auth not in CLIENT_AUTH_MODES:
+        raise SettingsError(f"--tls-client-auth must be one of {', '.join(CLIENT_AUTH_MODES)}, got {s.tls_client_auth!r}")
+    if (s.tls_cert is None) != (s.tls_key is None):
+        raise SettingsError("--tls-cert and --tls-key go together: give both or neither")
+    if s.tls_ca is not None and s.tls_cert is None:
+        raise SettingsError("--tls-ca without --tls-cert and --tls-key: the gRPC door needs its certificate and key")
+    if s.require_client_certificates and (s.tls_cert is None or s.tls_ca is None):
+        raise SettingsError(
+            "--tls-client-auth require needs --tls-cert, --tls-key and --tls-ca (the CA that signs callers' certificates)"
+        )
+    if (s.model_server_tls_cert is None) != (s.model_server_tls_key is None):
+        raise SettingsError("--model-server-tls-cert and --model-server-tls-key go together: give both or neither")
+    if s.model_server_tls and (s.tls_cert is None or s.tls_ca is None):
+        raise SettingsError(
+            "--model-server-tls-cert needs this control plane's --tls-cert, --tls-key and --tls-ca: model servers "
+            "trust --tls-ca, and the control plane dials them with its own certificate"
+        )
