@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -63,7 +63,7 @@ class ControlPlaneSecurity:
     tls: TlsFiles | None = None
     require_client_auth: bool = False
     gatekeeper: Gatekeeper | None = None
-    internal_token: str | None = None
+    internal_token: str | None = field(default=None, repr=False)  # never printed, never written
     token_file: bool = False
     model_servers: ModelServerTls | None = None
 

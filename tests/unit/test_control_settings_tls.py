@@ -211,3 +211,9 @@ def test_the_cli_knows_every_flag():
     assert (args.tls_cert, args.tls_key, args.tls_ca, args.tls_client_auth) == ("c", "k", "a", "require")
     assert (args.token_file, args.open_reads, args.model_server_tls_cert, args.model_server_tls_key) == ("t", True, "mc", "mk")
     assert parser.parse_args(["control-plane"]).open_reads is None  # not given: MVE_OPEN_READS decides
+
+
+def test_the_internal_token_is_never_in_a_repr(tmp_path, token_file):
+    security = load_security(_settings(tmp_path, {"token_file": str(token_file[0])}))
+    assert security.internal_token not in repr(security)
+    assert security.internal_token not in repr(security.internal_client())
