@@ -2,6 +2,10 @@
 
 `UpstreamPool` keeps one grpc.aio channel per instance address and reuses it across routing tables;
 an address that leaves the table is closed with a grace period, so calls in flight finish first.
+When the routing table says ``upstream_tls`` (the control plane launches model servers under mutual
+TLS), channels are TLS ones, presenting the proxy's certificate; a change of mode replaces every
+channel. A proxy without the certificate and CA to do so never falls back to plaintext: it logs an
+ERROR per such table and answers ModelNotReadyException naming the missing flags.
 
 `infer_on_variant` is the seam a per-variant batcher slots into: it takes a ready
 ``ModelInferRequest`` for the variant's model and returns the model server's response. Given the
@@ -39,11 +43,28 @@ CHANNEL_OPTIONS = [
 ]
 
 
-class UpstreamPool:
-    """One channel and ``GRPCInferenceService`` stub per model-server address."""
+NO_UPSTREAM_TLS = (
+    "the routing table says model servers take mutual TLS (the control plane's --model-server-tls-cert), "
+    "but this proxy has no certificate and CA to dial them with: start it with --tls-cert, --tls-key and --tls-ca"
+)
 
-    def __init__(self, close_grace_s: float = 60.0, *, max_in_flight: int = 0, max_in_flight_per_instance: int = 0):
+
+class UpstreamPool:
+    """One channel and ``GRPCInferenceService`` stub per model-server address.
+
+    `tls_credentials` (the proxy's certificate and CA, `ProxySecurity.upstream_credentials`) dial
+    model servers when the table says ``upstream_tls``; None when the proxy has none.
+    """
+
+    def __init__(
+        self, close_grace_s: float = 60.0, *, max_in_flight: int = 0, max_in_flight_per_instance: int = 0,
+        tls_credentials: grpc.ChannelCredentials | None = None,
+    ):
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._tls_credentials = tls_credentials
+        # The current table's mode, and why no channel can be opened under it (None: they can).
+        self.upstream_tls = False
+        self._refusal: str | None = None
         # Bounds on requests in flight (0: none): the whole proxy's and each instance's.
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_instance = max_in_flight_per_instance
@@ -55,21 +76,44 @@ class UpstreamPool:
         # True when the proxy traces: each call then carries the current span's W3C traceparent.
         self.tracing = False
 
-    def sync(self, addresses: set[str]) -> None:
-        """Open channels for new addresses; close removed ones once their calls finish."""
+    def sync(self, addresses: set[str], upstream_tls: bool = False) -> None:
+        """Open channels for new addresses; close removed ones once their calls finish.
+
+        `upstream_tls` is the table's: when it differs from the last table's, every channel is
+        replaced by one of the new mode (those closed let their calls finish first).
+        """
+        if upstream_tls != self.upstream_tls:
+            for address in list(self._channels):
+                self._retire(address)
+            self.upstream_tls = upstream_tls
+            log.info("event=upstream_mode tls=%s", "on" if upstream_tls else "off")
+        if upstream_tls and self._tls_credentials is None:
+            self._refusal = NO_UPSTREAM_TLS
+            log.error("event=upstream_tls_unavailable instances=%d reason=%r", len(addresses), NO_UPSTREAM_TLS)
+            return
+        self._refusal = None
         for address in addresses - self._channels.keys():
             self._open(address)
         for address in self._channels.keys() - addresses:
-            channel = self._channels.pop(address)
-            del self._stubs[address]
-            del self._raw[address]
-            task = asyncio.get_running_loop().create_task(channel.close(grace=self._close_grace_s))
-            self._closing.add(task)
-            task.add_done_callback(self._closing.discard)
-            log.info("event=upstream_closing address=%s", address)
+            self._retire(address)
+
+    def _retire(self, address: str) -> None:
+        """Close `address`'s channel once its calls finish (at most the grace period)."""
+        channel = self._channels.pop(address)
+        del self._stubs[address]
+        del self._raw[address]
+        task = asyncio.get_running_loop().create_task(channel.close(grace=self._close_grace_s))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        log.info("event=upstream_closing address=%s", address)
 
     def _open(self, address: str) -> None:
-        channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        if self._refusal is not None:
+            raise ModelNotReady(f"The proxy cannot reach the model servers: {self._refusal}")
+        if self.upstream_tls:
+            channel = grpc.aio.secure_channel(address, self._tls_credentials, options=CHANNEL_OPTIONS)
+        else:
+            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._channels[address] = channel
         self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
         self._raw[address] = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
