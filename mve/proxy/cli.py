@@ -23,7 +23,9 @@ def register(subparsers) -> None:
             "MVE_PROXY_MAX_IN_FLIGHT, MVE_PROXY_CAPTURE_QUEUE_RECORDS, MVE_PROXY_CAPTURE_QUEUE_MB, "
             "MVE_PROXY_CAPTURE_FILE_MAX_MB, MVE_PROXY_CAPTURE_FLUSH_INTERVAL_S, MVE_PROXY_SHADOW_MAX_IN_FLIGHT, "
             "MVE_PROXY_OUTLIER_CONSECUTIVE_FAILURES, MVE_PROXY_OUTLIER_LATENCY_FACTOR, MVE_PROXY_OUTLIER_EJECTION_S, "
-            "MVE_PROXY_OUTLIER_MAX_EJECTION_PERCENT."
+            "MVE_PROXY_OUTLIER_MAX_EJECTION_PERCENT, MVE_PROXY_TLS_CERT, MVE_PROXY_TLS_KEY, MVE_PROXY_TLS_CA, "
+            "MVE_PROXY_TLS_CLIENT_AUTH, MVE_PROXY_INVOKE_TOKEN_FILE, MVE_PROXY_CONTROL_PLANE_TOKEN_FILE, "
+            "MVE_PROXY_CONTROL_PLANE_TLS."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -79,6 +81,26 @@ def register(subparsers) -> None:
     parser.add_argument("--outlier-max-ejection-percent", type=float, default=None, metavar="PERCENT",
                         help="at most this share of a variant's instances ejected at once, never all "
                         "(default 50, 0-100)")
+    parser.add_argument("--tls-cert", default=None, metavar="PATH",
+                        help="PEM certificate (chain): the gRPC door serves TLS and the HTTP door HTTPS with it; also "
+                        "the client certificate presented to the control plane and to model servers")
+    parser.add_argument("--tls-key", default=None, metavar="PATH", help="PEM private key of --tls-cert (mode 0600)")
+    parser.add_argument("--tls-ca", default=None, metavar="PATH",
+                        help="PEM CA bundle: verifies the control plane and model servers this proxy dials, and "
+                        "callers' certificates under --tls-client-auth require")
+    parser.add_argument("--tls-client-auth", default=None, metavar="none|require",
+                        help="require: callers of both doors present a certificate signed by --tls-ca (mutual TLS), "
+                        "which also authorizes invocations (default none)")
+    parser.add_argument("--invoke-token-file", default=None, metavar="PATH",
+                        help="invocations on the gRPC door (InvokeEndpoint and the Open Inference Protocol but "
+                        "health) need 'authorization: Bearer <token>' with a token of this file (0600, one per "
+                        "line), or a client certificate under --tls-client-auth require; the HTTP door keeps SigV4")
+    parser.add_argument("--control-plane-token-file", default=None, metavar="PATH",
+                        help="the bearer token (the file's first) sent to the control plane on WatchRoutes and "
+                        "ReportStats")
+    parser.add_argument("--control-plane-tls", default=None, metavar="auto|on|off",
+                        help="dial the control plane with TLS, verifying it against --tls-ca (the system's CAs "
+                        "without one) and presenting --tls-cert; auto: on when --tls-ca is given (default auto)")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -128,6 +150,15 @@ def settings_from_args(args: argparse.Namespace):
             args.outlier_max_ejection_percent, "PROXY_OUTLIER_MAX_EJECTION_PERCENT",
             defaults.outlier_max_ejection_percent,
         ),
+        tls_cert=pick(args.tls_cert, "PROXY_TLS_CERT", defaults.tls_cert),
+        tls_key=pick(args.tls_key, "PROXY_TLS_KEY", defaults.tls_key),
+        tls_ca=pick(args.tls_ca, "PROXY_TLS_CA", defaults.tls_ca),
+        tls_client_auth=pick(args.tls_client_auth, "PROXY_TLS_CLIENT_AUTH", defaults.tls_client_auth),
+        invoke_token_file=pick(args.invoke_token_file, "PROXY_INVOKE_TOKEN_FILE", defaults.invoke_token_file),
+        control_plane_token_file=pick(
+            args.control_plane_token_file, "PROXY_CONTROL_PLANE_TOKEN_FILE", defaults.control_plane_token_file
+        ),
+        control_plane_tls=pick(args.control_plane_tls, "PROXY_CONTROL_PLANE_TLS", defaults.control_plane_tls),
     ).validate()
 
 

@@ -1,4 +1,5 @@
-"""Error mapping for the proxy's gRPC handlers, done at registration instead of by an interceptor.
+"""Error mapping and invocation auth for the proxy's gRPC handlers, done at registration instead of
+by interceptors.
 
 A grpc.aio server with any interceptor runs the interceptor chain (a coroutine and a fresh method
 handler) on every call. The proxy instead wraps each handler once, when it is registered, with the
@@ -6,20 +7,60 @@ same mapping `mve.errors.ErrorInterceptor` applies (`mve.errors.map_errors`); a 
 ``maps_errors = True`` does the mapping itself and is registered as it is (the ModelInfer hot path).
 Every door of the proxy is SageMaker Runtime's: errors take the runtime's names (`mve.errors.RUNTIME`:
 bad input and a missing endpoint are ``ValidationError``, not the control API's ValidationException).
+
+Invocation auth (``--invoke-token-file``, ``--tls-client-auth require``): given a `Gatekeeper`,
+every handler registered through `ErrorMappingServer` whose method the gatekeeper's policy does not
+leave open (`mve.authn.RuntimePolicy`: everything but health and reflection, the raw ModelInfer
+included) is wrapped so that the caller is checked before the handler runs, and refused with
+UNAUTHENTICATED / PERMISSION_DENIED named as the runtime names them. Without a gatekeeper nothing
+is wrapped: the default path runs no check at all.
 """
 
 from __future__ import annotations
 
 import grpc
 
-from mve.errors import RUNTIME, map_errors
+from mve.authn import OPEN, Gatekeeper
+from mve.errors import RUNTIME, map_errors, to_status
+
+
+def _authorized(handler: grpc.RpcMethodHandler | None, method: str, gatekeeper: Gatekeeper | None):
+    """`handler` with the caller checked first, or `handler` itself for open methods or no gatekeeper."""
+    if handler is None or gatekeeper is None or gatekeeper.policy.rule(method).kind == OPEN:
+        return handler
+    check = gatekeeper.check
+    kwargs = dict(request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer)
+    if handler.unary_unary is not None:
+        inner = handler.unary_unary
+
+        async def unary_unary(request, context):
+            error = check(method, context.invocation_metadata(), context)
+            if error is not None:
+                await context.abort_with_status(to_status(error, RUNTIME))
+            return await inner(request, context)
+
+        return grpc.unary_unary_rpc_method_handler(unary_unary, **kwargs)
+    if handler.unary_stream is not None:
+        inner_stream = handler.unary_stream
+
+        async def unary_stream(request, context):
+            error = check(method, context.invocation_metadata(), context)
+            if error is not None:
+                await context.abort_with_status(to_status(error, RUNTIME))
+            async for response in inner_stream(request, context):
+                yield response
+
+        return grpc.unary_stream_rpc_method_handler(unary_stream, **kwargs)
+    # The proxy serves no client-streaming method; one added later must not slip past the check.
+    raise TypeError(f"{method}: invocation auth covers unary and server-streaming methods only")
 
 
 class _MappedGenericHandler(grpc.GenericRpcHandler):
     """A generic handler whose method handlers are wrapped once per method, then reused."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler):
+    def __init__(self, inner: grpc.GenericRpcHandler, gatekeeper: Gatekeeper | None):
         self._inner = inner
+        self._gatekeeper = gatekeeper
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def service(self, handler_call_details):
@@ -28,26 +69,32 @@ class _MappedGenericHandler(grpc.GenericRpcHandler):
             return self._wrapped[method]
         except KeyError:
             pass
-        handler = map_errors(self._inner.service(handler_call_details), RUNTIME)
+        handler = _authorized(map_errors(self._inner.service(handler_call_details), RUNTIME), method, self._gatekeeper)
         if len(self._wrapped) < 4096:  # bounded: unknown method names must not grow it forever
             self._wrapped[method] = handler
         return handler
 
 
 class ErrorMappingServer:
-    """A grpc.aio server seen through registration: every handler added through it maps errors."""
+    """A grpc.aio server seen through registration: every handler added through it maps errors and,
+    with a `gatekeeper`, checks its caller first (open methods excepted)."""
 
-    def __init__(self, server: grpc.aio.Server):
+    def __init__(self, server: grpc.aio.Server, gatekeeper: Gatekeeper | None = None):
         self.server = server
+        self.gatekeeper = gatekeeper
 
     def add_generic_rpc_handlers(self, handlers) -> None:
         """Register generic handlers, each wrapped (per method, once)."""
-        self.server.add_generic_rpc_handlers(tuple(_MappedGenericHandler(h) for h in handlers))
+        self.server.add_generic_rpc_handlers(tuple(_MappedGenericHandler(h, self.gatekeeper) for h in handlers))
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
         """Register a service's method handlers, each wrapped once."""
         self.server.add_registered_method_handlers(
-            service_name, {name: map_errors(h, RUNTIME) for name, h in method_handlers.items()}
+            service_name,
+            {
+                name: _authorized(map_errors(h, RUNTIME), f"/{service_name}/{name}", self.gatekeeper)
+                for name, h in method_handlers.items()
+            },
         )
 
     def __getattr__(self, name):

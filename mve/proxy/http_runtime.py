@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 
 from aiohttp import web
 
@@ -203,10 +204,11 @@ class RuntimeHttpServer:
         # access_log=None: no per-request log line (the data plane logs requests at DEBUG).
         self._runner = web.AppRunner(runtime.application(), access_log=None, shutdown_timeout=grace_s)
 
-    async def start(self, host: str, port: int) -> str:
-        """Bind ``host:port`` (0: a free port) and serve; returns the dialable ``host:port``."""
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> str:
+        """Bind ``host:port`` (0: a free port) and serve, over HTTPS with `ssl_context` (the gRPC
+        door's certificate) when given; returns the dialable ``host:port``."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
         try:
             await site.start()
         except OSError as error:
@@ -215,7 +217,7 @@ class RuntimeHttpServer:
         bound = self._runner.addresses[0][1]
         self.runtime.address = (dialable_host(host), bound)
         self.address = f"{dialable_host(host)}:{bound}"
-        log.info("event=http_runtime_serving address=%s", self.address)
+        log.info("event=http_runtime_serving address=%s scheme=%s", self.address, "https" if ssl_context else "http")
         return self.address
 
     def drain(self) -> None:

@@ -19,6 +19,8 @@ from mve.proxy.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 
+_REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)
+
 
 class RouteWatcher:
     """Subscribes to ``EndpointControl.WatchRoutes`` and applies every table it receives."""
@@ -44,16 +46,18 @@ class RouteWatcher:
         self.tables_received = 0
 
     def apply(self, table) -> bool:
-        """Apply one table to the router and open/close upstream channels to match it."""
+        """Apply one table to the router and open/close upstream channels to match it (TLS ones
+        when the table says ``upstream_tls``)."""
         self.tables_received += 1
         applied = self._router.apply(table)
         if applied:
-            self._pool.sync(self._router.state.addresses())
+            self._pool.sync(self._router.state.addresses(), upstream_tls=table.upstream_tls)
         return applied
 
     async def run(self) -> None:
         """Subscribe, apply tables, and resubscribe with backoff whenever the stream ends."""
         backoff = self._backoff_min_s
+        was_refused = False
         while True:
             try:
                 call = self._stub.WatchRoutes(control_pb2.WatchRoutesRequest(proxy_id=self._proxy_id))
@@ -65,9 +69,15 @@ class RouteWatcher:
                         log.exception("event=routes_apply_failed version=%d", table.version)
                 log.info("event=watch_routes_ended")
             except grpc.aio.AioRpcError as error:
-                log.info(
-                    "event=watch_routes_failed code=%s message=%r retry_in_s=%.2f",
+                refused = error.code() in _REFUSED
+                # A refusal is an operator's mistake: said loudly once, then quietly while it lasts.
+                log.log(
+                    logging.ERROR if refused and not was_refused else logging.INFO,
+                    "event=watch_routes_failed code=%s message=%r retry_in_s=%.2f%s",
                     error.code().name, error.details(), backoff,
+                    " hint='the control plane refused this proxy: check --control-plane-token-file or --tls-cert'"
+                    if refused else "",
                 )
+                was_refused = refused
             await self._sleep(backoff)
             backoff = min(backoff * 2, self._backoff_max_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import signal
 
@@ -12,7 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from mve._proto import control_pb2_grpc, grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
+from mve._proto import grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.prometheus import MetricsServer, loop_reader
 from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.dataplane import DataPlane
@@ -43,12 +44,14 @@ class ProxyServer:
 
     def __init__(self, settings: ProxySettings, *, seed: int | None = None, tracing: Tracing | None = None):
         self.settings = settings
+        self.security = settings.security
         self.tracing = tracing
         self.router = Router(seed=seed, outliers=settings.outlier_policy)
         self.pool = UpstreamPool(
             close_grace_s=settings.model_timeout_s,
             max_in_flight=settings.max_in_flight,
             max_in_flight_per_instance=settings.max_in_flight_per_instance,
+            tls_credentials=self.security.upstream_credentials(),
         )
         self.stats = StatsBook()
         self.capture = CaptureWriter(
@@ -76,8 +79,9 @@ class ProxyServer:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
         s = self.settings
         self.server = grpc.aio.server(options=SERVER_OPTIONS)
-        # Errors are mapped by wrappers added at registration, not by an interceptor on every call.
-        registry = ErrorMappingServer(self.server)
+        # Errors are mapped, and callers checked when invocations need a credential, by wrappers
+        # added at registration, not by an interceptor on every call.
+        registry = ErrorMappingServer(self.server, self.security.gatekeeper())
         runtime_pb2_grpc.add_EndpointRuntimeServicer_to_server(EndpointRuntimeServicer(self.dataplane), registry)
         add_inference_service(InferenceServicer(self.dataplane), RawModelInfer(self.dataplane), registry)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registry)
@@ -88,8 +92,12 @@ class ProxyServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(services, self.server)  # stream-stream: nothing to map
+        credentials = self.security.server_credentials()
         try:
-            port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+            if credentials is not None:
+                port = self.server.add_secure_port(f"{s.host}:{s.port}", credentials)
+            else:
+                port = self.server.add_insecure_port(f"{s.host}:{s.port}")
         except RuntimeError:
             port = 0
         if port == 0:
@@ -106,14 +114,14 @@ class ProxyServer:
             runtime = HttpRuntime(self.dataplane, RequestAuth(self.router))
             self.http = RuntimeHttpServer(runtime, grace_s=s.grace_s)
             try:
-                await self.http.start(s.host, s.http_port)
+                await self.http.start(s.host, s.http_port, ssl_context=self.security.http_ssl_context())
             except OSError:
                 self.http = None
                 await self.server.stop(0)
                 raise
 
-        self._control_channel = grpc.aio.insecure_channel(s.control_plane, options=CHANNEL_OPTIONS)
-        control = control_pb2_grpc.EndpointControlStub(self._control_channel)
+        self._control_channel = self.security.control_plane_channel(s.control_plane, CHANNEL_OPTIONS)
+        control = self.security.control_plane_stub(self._control_channel)
         proxy_id = s.effective_proxy_id
         watcher = RouteWatcher(
             control, self.router, self.pool, proxy_id,
@@ -138,9 +146,15 @@ class ProxyServer:
                 await self.stop()
                 raise
         log.info(
-            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s",
-            self.address, self.http_address or "off", s.control_plane, proxy_id,
+            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s %s",
+            self.address, self.http_address or "off", s.control_plane, proxy_id, self.security.describe(),
         )
+        if self.security.invoke_tokens is not None and not self.security.door_tls and not _loopback(s.host):
+            log.warning(
+                "event=tokens_in_clear host=%s reason=%r", s.host,
+                "--invoke-token-file on a plaintext door that is not loopback: tokens cross the network "
+                "unencrypted; give --tls-cert and --tls-key",
+            )
         return self.address
 
     @property
@@ -195,6 +209,15 @@ class ProxyServer:
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # flush the spans still queued
         log.info("event=proxy_stopped address=%s", self.address)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 async def serve(settings: ProxySettings) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from dataclasses import dataclass
+from functools import cached_property
 
 from mve.errors import ValidationError
 from mve.proxy.outliers import OutlierPolicy
@@ -74,6 +75,18 @@ class ProxySettings:
     outlier_latency_factor: float = 5.0
     outlier_ejection_s: float = 10.0
     outlier_max_ejection_percent: float = 50.0
+    # TLS (`mve.tls`): one identity (--tls-cert/--tls-key), the proxy's gRPC door's certificate (and
+    # its HTTP door's) and the client certificate it presents to the control plane and model
+    # servers; --tls-ca verifies the servers it dials and, with --tls-client-auth require, its callers.
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_client_auth: str = "none"
+    # Invocation auth (`mve.authn.RuntimePolicy`): a bearer token from this file, or a client certificate.
+    invoke_token_file: str = ""
+    # The token sent on WatchRoutes and ReportStats (the file's first), and how the control plane is dialled.
+    control_plane_token_file: str = ""
+    control_plane_tls: str = "auto"
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -118,7 +131,15 @@ class ProxySettings:
                 raise ValidationError(f"--http-port must differ from --port, both are {self.port}")
             if self.http_port == self.metrics_port and self.effective_metrics_host == self.host:
                 raise ValidationError(f"--http-port must differ from --metrics-port, both are {self.http_port}")
+        self.security  # noqa: B018 - reads and checks the TLS and token files now, once
         return self
+
+    @cached_property
+    def security(self) -> "ProxySecurity":
+        """The TLS files and tokens the flags name, read and checked (ValidationError naming the flag)."""
+        from mve.proxy.security import load_security
+
+        return load_security(self)
 
     @property
     def outlier_policy(self) -> OutlierPolicy:
