@@ -217,3 +217,20 @@ def test_the_internal_token_is_never_in_a_repr(tmp_path, token_file):
     security = load_security(_settings(tmp_path, {"token_file": str(token_file[0])}))
     assert security.internal_token not in repr(security)
     assert security.internal_token not in repr(security.internal_client())
+
+
+def test_a_door_beyond_loopback_that_anyone_may_call_is_warned_about(tmp_path, token_file, caplog):
+    from mve.control.server import _warn_about_exposure
+
+    def warnings(flags):
+        caplog.clear()
+        settings = _settings(tmp_path, flags)
+        _warn_about_exposure(settings, load_security(settings))
+        return [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+
+    assert warnings({}) == []  # loopback
+    [open_door] = warnings({"host": "0.0.0.0"})
+    assert "event=grpc_auth_off" in open_door and "ANYONE WHO CAN REACH IT" in open_door
+    [clear] = warnings({"host": "0.0.0.0", "token_file": str(token_file[0])})
+    assert "event=tokens_in_clear" in clear
+    assert token_file[1] not in clear
