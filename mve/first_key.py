@@ -88,15 +88,17 @@ def write_credentials(path: Path, access_key_id: str, secret: str) -> None:
 def ensure_first_key(data_dir: Path, control_plane_address: str, *, timeout: float = 30.0) -> FirstKey:
     """The data dir's key: the one in its credentials file while the control plane has it, else a new one.
 
-    A secure data dir's own admin credentials (``tls/`` and ``token``, made by ``mve up --secure``)
-    are used to ask, whatever the caller's environment or working directory holds.
-    Raises the SDK's errors (ClientError, EndpointConnectionError) when the control plane cannot be asked.
+    It asks with the data dir's own credentials: its admin certificate and token when ``mve up
+    --secure`` made it secure, else plaintext; whatever the caller's environment or working directory
+    holds. Raises the SDK's errors (ClientError, EndpointConnectionError) when the control plane
+    cannot be asked, and ValueError for unreadable TLS or token files.
     """
-    from mve.sdk import client
-    from mve.sdk.security import data_dir_settings
+    from mve.sdk.factory import client_with_security
+    from mve.sdk.security import data_dir_security
 
     path = credentials_path(data_dir)
-    with client("iam", address=control_plane_address, timeout=timeout, **data_dir_settings(data_dir)) as iam:
+    security = data_dir_security(data_dir)
+    with client_with_security("iam", control_plane_address, security, timeout=timeout) as iam:
         existing = read_credentials(path) if path.exists() else None
         if existing is not None:
             known = {k["AccessKeyId"] for k in iam.list_access_keys()["AccessKeyMetadata"]}

@@ -163,14 +163,16 @@ class Mesh:
         port = int(bound.rsplit(":", 1)[1]) if bound else self._metrics_ports[child.name]
         return ["--metrics-port", str(port)]
 
-    def client(self, service_name: str, **kwargs):
-        """An SDK client of this mesh (control plane, or the proxy for sagemaker-runtime), with the data
-        dir's admin credentials when the mesh is secure; `kwargs` go to `mve.client`."""
-        from mve.sdk import client
+    def client(self, service_name: str, *, timeout: float | None = None):
+        """An SDK client of this mesh (control plane, or the proxy for sagemaker-runtime) as its
+        administrator: the data dir's CA, admin certificate and token when the mesh is secure, else
+        plaintext; never the environment's (`mve.client` with keywords for anything else)."""
+        from mve.sdk.factory import client_with_security
+        from mve.sdk.security import PLAINTEXT, data_dir_security
 
         address = self.proxy_address if service_name == "sagemaker-runtime" else self.control_plane_address
-        settings = self.security.client_settings() if self.security is not None else {}
-        return client(service_name, address=address, **{**settings, **kwargs})
+        security = data_dir_security(self.data_dir) if self.secure else PLAINTEXT
+        return client_with_security(service_name, address, security, timeout=timeout)
 
     def child_pids(self) -> dict[str, int]:
         """Process id of each running and ready child, by name ("control-plane", "proxy")."""

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mve.authn import new_token, read_tokens
 from mve.pki import LocalPki, ensure_local_pki
-from mve.sdk.security import TLS_DIR, TOKEN_FILE, data_dir_settings
+from mve.sdk.security import TLS_DIR, TOKEN_FILE
 from mve.tls import write_private
 
 __all__ = ["MeshSecurity", "host_missing_from_certificates", "prepare_secure_data_dir"]
@@ -55,10 +55,6 @@ class MeshSecurity:
             "--tls-ca", str(pki.ca_cert), "--tls-client-auth", "none",
             "--invoke-token-file", str(self.token_path),
         ]
-
-    def client_settings(self) -> dict:
-        """``mve.client`` keywords for an administrator of this mesh: CA, admin certificate, token."""
-        return data_dir_settings(self.data_dir)
 
     def usage(self) -> str:
         """How clients point at this mesh, in a few lines (no secret in them)."""

@@ -43,7 +43,7 @@ from mve.sdk.control import SageMakerClient
 from mve.sdk.experiments import ExperimentsClient
 from mve.sdk.iam import IAMClient
 from mve.sdk.runtime import SageMakerRuntimeClient
-from mve.sdk.security import resolve_client_security
+from mve.sdk.security import ClientSecurity, resolve_client_security
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_ENDPOINT = "127.0.0.1:8080"
@@ -125,10 +125,19 @@ def client(
     unknown = set(kwargs) - ignored
     if unknown:
         raise TypeError(f"client() got unexpected keyword arguments: {', '.join(sorted(unknown))}")
+    security = resolve_client_security(token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
+    return client_with_security(service_name, address, security, timeout=timeout)
+
+
+def client_with_security(service_name: str, address: str | None, security: ClientSecurity, *,
+                         timeout: float | None = None):
+    """A client of `service_name` that dials with `security` as given (`mve.sdk.security`), not
+    resolved from keywords, environment or data dir: for mve's own processes and its mesh."""
+    if service_name not in SERVICES:
+        raise ValueError(f"Unknown service: {service_name!r}. Valid service names are: {', '.join(SERVICES)}")
     cls, _, _ = SERVICES[service_name]
     options = {} if timeout is None else {"timeout": timeout}
-    security = resolve_client_security(token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key)
     return cls(address or default_address(service_name), security=security, **options)
 
 
-__all__ = ["SERVICES", "address_of_endpoint_url", "client", "default_address"]
+__all__ = ["SERVICES", "address_of_endpoint_url", "client", "client_with_security", "default_address"]

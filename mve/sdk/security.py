@@ -75,7 +75,8 @@ class ClientSecurity:
 
     def __repr__(self) -> str:  # never the token itself
         token = fingerprint(self.token) if self.token else None
-        return f"ClientSecurity(tls={self.secure}, client_cert={bool(self.tls and self.tls.has_identity)}, token={token}, source={self.source!r})"
+        client_cert = bool(self.tls and self.tls.has_identity)
+        return f"ClientSecurity(tls={self.secure}, client_cert={client_cert}, token={token}, source={self.source!r})"
 
 
 PLAINTEXT = ClientSecurity()
@@ -143,9 +144,18 @@ def resolve_client_security(
             _Setting(env.get(ENV_KEY) or None, ENV_KEY), source="environment",
         )
     data_dir = data_dir_path(env)
+    return _data_dir_security(data_dir, f"data dir {data_dir}" + (" ($MVE_DATA_DIR)" if env.get("MVE_DATA_DIR") else ""))
+
+
+def data_dir_security(data_dir: str | Path) -> ClientSecurity:
+    """What an administrator of the mesh on `data_dir` dials with: its CA, admin certificate and token
+    when it is secure, else plaintext; never the environment's or the working directory's."""
+    return _data_dir_security(Path(data_dir), f"data dir {data_dir}")
+
+
+def _data_dir_security(data_dir: Path, where: str) -> ClientSecurity:
     if not is_secure_data_dir(data_dir):
         return PLAINTEXT
-    where = f"data dir {data_dir}" + (" ($MVE_DATA_DIR)" if env.get("MVE_DATA_DIR") else "")
     settings = data_dir_settings(data_dir)
     return _load(
         _Setting(settings.get("token"), f"{where}: {TOKEN_FILE}"),
@@ -218,6 +228,7 @@ __all__ = [
     "TlsConfigError",
     "TokenFileError",
     "data_dir_path",
+    "data_dir_security",
     "data_dir_settings",
     "is_secure_data_dir",
     "resolve_client_security",

@@ -23,7 +23,7 @@ from mve.first_key import ensure_first_key
 from mve.mesh import Mesh
 from mve.mesh_security import host_missing_from_certificates, prepare_secure_data_dir
 from mve.sdk import EndpointConnectionError
-from mve.sdk.security import resolve_client_security
+from mve.sdk.security import PLAINTEXT, data_dir_security, resolve_client_security
 from mve.tls import load_tls, write_private
 
 ENV = ("MVE_TLS_CA", "MVE_TLS_CERT", "MVE_TLS_KEY", "MVE_TOKEN", "MVE_TOKEN_FILE", "MVE_DATA_DIR")
@@ -330,6 +330,23 @@ def test_the_first_key_of_a_secure_data_dir_is_made_with_its_own_credentials(ser
     key.path.unlink()
 
 
+def test_the_first_key_of_a_plaintext_data_dir_is_asked_for_in_plaintext(serve, secure_dir, tmp_path, monkeypatch):
+    # A secure ./.mve in the working directory and MVE_* variables are not the mesh's: they are not used.
+    (tmp_path / ".mve").symlink_to(secure_dir)
+    monkeypatch.setenv("MVE_TOKEN", new_token())
+    server = serve()
+    (tmp_path / "plain").mkdir()
+    key = ensure_first_key(tmp_path / "plain", server.address)
+    assert key.created and all("authorization" not in call["metadata"] for call in server.calls)
+
+
+def test_data_dir_security_is_the_data_dirs_or_plaintext(secure_dir, token, tmp_path, monkeypatch):
+    monkeypatch.setenv("MVE_TLS_CA", str(tmp_path / "unused.crt"))
+    security = data_dir_security(secure_dir)
+    assert security.secure and security.tls.has_identity and security.token == token
+    assert data_dir_security(tmp_path) is PLAINTEXT
+
+
 # ---------------------------------------------------------------- mve up --secure: files and flags
 
 
@@ -366,7 +383,6 @@ def test_the_children_get_the_briefs_flags(tmp_path):
     assert security.proxy_args() == [
         "--tls-cert", f"{tls}/proxy.crt", "--tls-key", f"{tls}/proxy.key", "--tls-ca", f"{tls}/ca.crt",
         "--tls-client-auth", "none", "--invoke-token-file", token]
-    assert security.client_settings()["tls_cert"] == f"{tls}/client.crt"
     assert (tmp_path / "token").read_text().strip() not in security.usage()
 
 
