@@ -23,12 +23,15 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+import mve
+
 from mve._proto import control_pb2, control_pb2_grpc, runtime_pb2, runtime_pb2_grpc
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve.authn import bearer_metadata, new_token
 from mve.errors import reason_of
 from mve.pki import ensure_local_pki, make_certificate
+from mve.sdk import ClientError
 from mve.tls import write_private
 from procs import run_mve, wait_until
 from tiny_models import build_model, npy
@@ -381,6 +384,66 @@ def _answers(channel) -> bool:
         return invoke(channel) == ANSWER
     except grpc.RpcError:
         return False
+
+
+# --- a real control plane: token on WatchRoutes and ReportStats, model servers under mutual TLS --------
+
+
+@pytest.fixture(scope="module")
+def secure_control_plane(module_services, world):
+    """A control plane on TLS taking tokens (--token-file), launching model servers under mutual TLS
+    (--model-server-tls-cert), with a model and an endpoint of one instance in service."""
+    pki, directory = world["pki"], world["dir"]
+    control = module_services([
+        "control-plane", "--data-dir", str(directory / "data"), "--port", "0",
+        "--tls-cert", str(pki.cert("control-plane")), "--tls-key", str(pki.key("control-plane")),
+        "--tls-ca", str(pki.ca_cert), "--token-file", str(directory / "control.token"),
+        "--model-server-tls-cert", str(pki.cert("model-server")), "--model-server-tls-key", str(pki.key("model-server")),
+    ])
+    sm = mve.client("sagemaker", address=control.address, token=world["control_token"], tls_ca=pki.ca_cert)
+    sm.create_model(ModelName="plus", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(directory / "plus.onnx")})
+    sm.create_endpoint_config(EndpointConfigName="plus-config", ProductionVariants=[{
+        "VariantName": "v", "ModelName": "plus", "InitialInstanceCount": 1, "InstanceType": "ml.cpu.small",
+    }])
+    sm.create_endpoint(EndpointName=EP, EndpointConfigName="plus-config")
+    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    return control
+
+
+def test_through_a_real_control_plane_the_proxy_invokes_model_servers_under_mutual_tls(
+    module_services, world, secure_control_plane
+):
+    pki = world["pki"]
+    proxy = module_services([
+        "proxy", "--control-plane", secure_control_plane.address, "--port", "0", *_tls_flags(pki),
+        "--control-plane-token-file", str(world["dir"] / "control.token"),
+        "--invoke-token-file", str(world["dir"] / "invoke.token"),
+    ])
+    runtime = mve.client("sagemaker-runtime", address=proxy.address, token=world["invoke_token"], tls_ca=pki.ca_cert)
+
+    def answer():
+        try:
+            response = runtime.invoke_endpoint(EndpointName=EP, Body=npy(X), ContentType="application/x-npy")
+        except ClientError:
+            return None  # the table reaches the proxy a moment after InService
+        return np.load(io.BytesIO(response["Body"].read())).tolist()
+
+    assert wait_until(answer, what="an answer through the proxy") == ANSWER
+    assert "event=upstream_mode tls=on" in "".join(proxy.output)
+    assert "level=ERROR" not in "".join(proxy.output)
+
+
+def test_without_its_token_the_proxy_is_refused_by_the_control_plane_and_says_so(
+    module_services, world, secure_control_plane
+):
+    proxy = module_services(["proxy", "--control-plane", secure_control_plane.address, "--port", "0", *_tls_flags(world["pki"])])
+    wait_until(lambda: "code=UNAUTHENTICATED" in "".join(proxy.output), what="the refusal")
+    refusal = next(line for line in proxy.output if "event=watch_routes_failed" in line)
+    assert "level=ERROR" in refusal and "--control-plane-token-file" in refusal
+    with grpc.secure_channel(proxy.address, credentials(world["pki"])) as channel:
+        ready = pb_grpc.GRPCInferenceServiceStub(channel).ServerReady(pb.ServerReadyRequest(), timeout=10)
+        assert not ready.ready  # no routing table
+    assert world["control_token"] not in "".join(secure_control_plane.output)
 
 
 # --- settings and logs ------------------------------------------------------------------------------
