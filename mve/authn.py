@@ -270,6 +270,13 @@ class Gatekeeper:
         Raises UnrecognizedClient for a token this door does not accept.
         """
         header = bearer_of(metadata)
+        if header is not None and not self.tokens:
+            # A door that takes no tokens is authenticated by certificates alone: a client that sends
+            # both (the SDK sends a token whenever it knows one) is who its certificate says.
+            name = peer_common_name(context)
+            if name is not None:
+                return Identity(ROLE_OF_COMMON_NAME.get(name, READER), name)
+            raise UnrecognizedClient("This door accepts no bearer tokens; it authenticates client certificates.")
         if header is not None:
             if header[: len(BEARER)].lower() != BEARER:
                 raise UnrecognizedClient("The authorization metadata must be 'Bearer <token>'.")

@@ -193,6 +193,14 @@ def test_an_unknown_or_malformed_token_is_an_unrecognized_client():
                       UnrecognizedClient)
 
 
+def test_a_door_without_tokens_goes_by_the_certificate_when_a_token_comes_too():
+    # The SDK sends a secure data dir's token everywhere; a door that takes no tokens trusts the certificate.
+    assert _check(RuntimePolicy(), "/mve.v1.EndpointRuntime/InvokeEndpoint", token=TOKEN, tokens=(),
+                  common_name="mve-admin") is None
+    error = _check(ControlPlanePolicy(), CONTROL + "CreateModel", token=TOKEN, tokens=(), common_name="mve-proxy")
+    assert isinstance(error, AccessDenied)
+
+
 def test_a_token_holder_is_an_administrator():
     for method in (CONTROL + "CreateModel", CONTROL + "DescribeEndpoint", "/mve.v1.AccessKeys/CreateAccessKey"):
         assert _check(ControlPlanePolicy(), method, token=TOKEN) is None
