@@ -53,6 +53,13 @@ NO_TABLE_MESSAGE = (
 )
 
 
+UNSIGNED_REFUSED_MESSAGE = (
+    "This proxy requires a credential for invocations (--invoke-token-file or --tls-client-auth require), "
+    "but the control plane runs with --auth none, so this HTTP door has no access keys to check signatures "
+    "against: it serves no unsigned calls. Run the control plane with --auth sigv4, or invoke over gRPC."
+)
+
+
 class RequestAuth:
     """Admits a request (returns) or refuses it (`AuthRefused`), from what the last table said.
 
@@ -60,10 +67,20 @@ class RequestAuth:
     exception type it raises; tests pass their own.
     """
 
-    def __init__(self, source: SigningSource, *, verify: Callable | None = None, auth_error: type | None = None):
+    def __init__(
+        self,
+        source: SigningSource,
+        *,
+        verify: Callable | None = None,
+        auth_error: type | None = None,
+        credentials_required: bool = False,
+    ):
         self._source = source
         self._verify = verify
         self._auth_error = auth_error if auth_error is not None else AuthRefused
+        # True when the proxy's gRPC door requires a credential for invocations: this door then
+        # never serves unsigned calls, even when the control plane runs --auth none.
+        self._credentials_required = credentials_required
 
     def admit(self, request, body: bytes) -> None:
         """Return when `request` (with its `body`) may be served; raise `AuthRefused` otherwise."""
@@ -72,6 +89,8 @@ class RequestAuth:
             raise AuthRefused("ServiceUnavailable", NO_TABLE_MESSAGE, 503)
         keys = source.signing_keys
         if not keys.auth_required:
+            if self._credentials_required:
+                raise AuthRefused("MissingAuthenticationTokenException", UNSIGNED_REFUSED_MESSAGE, 403)
             return
         if self._verify is None:
             self._load_verifier()

@@ -111,7 +111,7 @@ class ProxyServer:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.http_enabled:
             # The same DataPlane as the gRPC door; requests admitted by what the routing table says.
-            runtime = HttpRuntime(self.dataplane, RequestAuth(self.router))
+            runtime = HttpRuntime(self.dataplane, RequestAuth(self.router, credentials_required=self.security.invoke_auth))
             self.http = RuntimeHttpServer(runtime, grace_s=s.grace_s)
             try:
                 await self.http.start(s.host, s.http_port, ssl_context=self.security.http_ssl_context())

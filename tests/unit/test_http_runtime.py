@@ -356,6 +356,17 @@ def test_a_table_without_auth_needs_no_verifier(door_for):
     assert len(door.dataplane.requests) == 1
 
 
+def test_a_proxy_that_requires_credentials_serves_no_unsigned_call_when_the_table_checks_none(door_for):
+    # --invoke-token-file on the gRPC door, --auth none on the control plane: the HTTP door must not be the way round.
+    door = door_for(source=table(auth_required=False), credentials_required=True)
+    with pytest.raises(ClientError) as raised:
+        door.client().invoke_endpoint(EndpointName="ep", Body=b"1,2", ContentType="text/csv")
+    assert raised.value.response["Error"]["Code"] == "MissingAuthenticationTokenException"
+    assert raised.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert "--auth none" in raised.value.response["Error"]["Message"]
+    assert door.dataplane.requests == []
+
+
 # ------------------------------------------------------------ drain and stop
 
 
