@@ -135,16 +135,18 @@ def load_tls(
     ca: str | Path | None = None,
     *,
     flag: str = "--tls",
+    names: tuple[str, str, str] | None = None,
     need_identity: bool = False,
 ) -> TlsFiles | None:
     """Read and check a process's TLS files; None when none is given.
 
     `flag` is the flags' common prefix, for messages (``--tls`` names ``--tls-cert``, ``--tls-key``,
-    ``--tls-ca``). With `need_identity` (a server), a CA bundle alone is an error.
+    ``--tls-ca``); `names` names the three otherwise (e.g. the SDK's keywords or variables). With
+    `need_identity` (a server), a CA bundle alone is an error.
     """
     if cert is None and key is None and ca is None:
         return None
-    cert_flag, key_flag, ca_flag = f"{flag}-cert", f"{flag}-key", f"{flag}-ca"
+    cert_flag, key_flag, ca_flag = names or (f"{flag}-cert", f"{flag}-key", f"{flag}-ca")
     if (cert is None) != (key is None):
         raise TlsConfigError(f"{cert_flag} and {key_flag} go together: give both or neither")
     if need_identity and cert is None:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mve.authn import TOKEN_PATTERN, TokenFileError, bearer_metadata, fingerprint, read_tokens
-from mve.tls import TlsConfigError, TlsFiles, _certificates, _check_pair, _read_pem
+from mve.tls import TlsConfigError, TlsFiles, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +186,7 @@ def _load(token: _Setting, ca: _Setting, cert: _Setting, key: _Setting, *, sourc
             f"{cert.name} without {ca.name}: a client certificate is for a TLS server, "
             f"and TLS needs the CA that signed the server's certificate ({ca.name})"
         )
-    tls = None
-    if ca.value is not None:
-        ca_path = Path(ca.value)
-        ca_pem = _read_pem(ca_path, ca.name)
-        _certificates(ca_pem, ca_path, ca.name)
-        cert_pem = key_pem = cert_path = key_path = None
-        if cert.value is not None:
-            cert_path, key_path = Path(cert.value), Path(key.value)
-            cert_pem = _read_pem(cert_path, cert.name)
-            key_pem = _read_pem(key_path, key.name, private=True)
-            _check_pair(cert_pem, key_pem, cert_path, key_path, cert.name, key.name)
-        tls = TlsFiles(cert_pem, key_pem, ca_pem, cert_path, key_path, ca_path)
+    tls = load_tls(cert.value, key.value, ca.value, names=(cert.name, key.name, ca.name))
     return ClientSecurity(tls, token.value, source)
 
 
