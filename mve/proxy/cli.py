@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mve.proxy.settings import DEFAULT_CONTROL_PLANE, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, env_default
+from mve.proxy.settings import DEFAULT_CONTROL_PLANE, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, MAX_WORKERS, env_default
+
+# What the parent of --workers sets on each worker itself; every other flag given is passed on as it is.
+_PER_WORKER = frozenset({"workers", "worker_index", "proxy_id", "port", "http_port", "metrics_port"})
 
 
 def register(subparsers) -> None:
@@ -25,7 +28,7 @@ def register(subparsers) -> None:
             "MVE_PROXY_OUTLIER_CONSECUTIVE_FAILURES, MVE_PROXY_OUTLIER_LATENCY_FACTOR, MVE_PROXY_OUTLIER_EJECTION_S, "
             "MVE_PROXY_OUTLIER_MAX_EJECTION_PERCENT, MVE_PROXY_TLS_CERT, MVE_PROXY_TLS_KEY, MVE_PROXY_TLS_CA, "
             "MVE_PROXY_TLS_CLIENT_AUTH, MVE_PROXY_INVOKE_TOKEN_FILE, MVE_PROXY_CONTROL_PLANE_TOKEN_FILE, "
-            "MVE_PROXY_CONTROL_PLANE_TLS."
+            "MVE_PROXY_CONTROL_PLANE_TLS, MVE_PROXY_WORKERS."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -101,6 +104,14 @@ def register(subparsers) -> None:
     parser.add_argument("--control-plane-tls", default=None, metavar="auto|on|off",
                         help="dial the control plane with TLS, verifying it against --tls-ca (the system's CAs "
                         "without one) and presenting --tls-cert; auto: on when --tls-ca is given (default auto)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help=f"run N proxy processes (1-{MAX_WORKERS}, e.g. one per core) on the same --port and "
+                        "--http-port with SO_REUSEPORT under a small parent that restarts one that dies; each has "
+                        "its own routing table subscription, proxy id (PROXY_ID-wI) and metrics port (--metrics-port "
+                        "+ I). The kernel balances connections, not requests: give clients several connections "
+                        "(default 1: one process, no parent)")
+    # Set by the parent of --workers on each worker: its index (for the logs) and SO_REUSEPORT on both doors.
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     parser.set_defaults(func=run)
 
@@ -159,7 +170,24 @@ def settings_from_args(args: argparse.Namespace):
             args.control_plane_token_file, "PROXY_CONTROL_PLANE_TOKEN_FILE", defaults.control_plane_token_file
         ),
         control_plane_tls=pick(args.control_plane_tls, "PROXY_CONTROL_PLANE_TLS", defaults.control_plane_tls),
+        workers=pick(args.workers, "PROXY_WORKERS", defaults.workers),
+        reuse_port=args.worker_index is not None,
     ).validate()
+
+
+def worker_flags(args: argparse.Namespace) -> list[str]:
+    """The flags given to this ``mve proxy`` (not the environment: workers inherit it), as a command
+    line for each worker, less those the parent sets per worker (`_PER_WORKER`).
+
+    Every proxy flag is ``--`` + its dest with dashes; tests/unit/test_proxy_workers_settings.py
+    checks that a command line survives the round trip.
+    """
+    flags: list[str] = []
+    for dest, value in vars(args).items():
+        if dest in _PER_WORKER or dest in ("command", "func") or value is None:
+            continue
+        flags.append(f"--{dest.replace('_', '-')}={value}")  # one word: a value may start with '-'
+    return flags
 
 
 def run(args: argparse.Namespace) -> int:
@@ -169,9 +197,10 @@ def run(args: argparse.Namespace) -> int:
 
     from mve.errors import ValidationError
 
+    worker = f"worker={args.worker_index} " if args.worker_index is not None else ""
     logging.basicConfig(
         level="INFO" if args.log_level == "DEBUG" else args.log_level, stream=sys.stderr,
-        format="ts=%(asctime)s level=%(levelname)s service=proxy logger=%(name)s %(message)s",
+        format=f"ts=%(asctime)s level=%(levelname)s service=proxy {worker}logger=%(name)s %(message)s",
     )
     # DEBUG is for mve's own loggers (the per-request lines); grpc's and asyncio's DEBUG is noise.
     logging.getLogger("mve").setLevel(args.log_level)
@@ -187,6 +216,10 @@ def run(args: argparse.Namespace) -> int:
     except TracingConfigError as error:
         print(f"mve proxy: error: {error}", file=sys.stderr)
         return 2
+    if settings.workers > 1:
+        from mve.proxy.workers import run_workers
+
+        return run_workers(settings, worker_flags(args))
     from mve.proxy.server import serve
 
     try:

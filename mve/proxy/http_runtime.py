@@ -204,11 +204,14 @@ class RuntimeHttpServer:
         # access_log=None: no per-request log line (the data plane logs requests at DEBUG).
         self._runner = web.AppRunner(runtime.application(), access_log=None, shutdown_timeout=grace_s)
 
-    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None = None) -> str:
+    async def start(
+        self, host: str, port: int, ssl_context: ssl.SSLContext | None = None, *, reuse_port: bool = False
+    ) -> str:
         """Bind ``host:port`` (0: a free port) and serve, over HTTPS with `ssl_context` (the gRPC
-        door's certificate) when given; returns the dialable ``host:port``."""
+        door's certificate) when given, sharing the port with SO_REUSEPORT when `reuse_port` (the
+        workers of ``--workers``); returns the dialable ``host:port``."""
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context)
+        site = web.TCPSite(self._runner, host, port, ssl_context=ssl_context, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as error:

@@ -78,7 +78,9 @@ class ProxyServer:
     async def start(self) -> str:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
         s = self.settings
-        self.server = grpc.aio.server(options=SERVER_OPTIONS)
+        # SO_REUSEPORT only for the workers of --workers, which share the port; gRPC's own default is
+        # on, which would let a second proxy on a taken port take some of its connections without a word.
+        self.server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(s.reuse_port))])
         # Errors are mapped, and callers checked when invocations need a credential, by wrappers
         # added at registration, not by an interceptor on every call.
         registry = ErrorMappingServer(self.server, self.security.gatekeeper())
@@ -114,7 +116,9 @@ class ProxyServer:
             runtime = HttpRuntime(self.dataplane, RequestAuth(self.router, credentials_required=self.security.invoke_auth))
             self.http = RuntimeHttpServer(runtime, grace_s=s.grace_s)
             try:
-                await self.http.start(s.host, s.http_port, ssl_context=self.security.http_ssl_context())
+                await self.http.start(
+                    s.host, s.http_port, ssl_context=self.security.http_ssl_context(), reuse_port=s.reuse_port
+                )
             except OSError:
                 self.http = None
                 await self.server.stop(0)

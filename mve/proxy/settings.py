@@ -15,6 +15,8 @@ DEFAULT_METRICS_PORT = 9464
 METRICS_OFF = -1  # --metrics-port -1: no Prometheus exporter
 DEFAULT_HTTP_PORT = 8081
 HTTP_OFF = -1  # --http-port -1: no SageMaker Runtime HTTP door
+MAX_WORKERS = 64
+WORKER_SUFFIX = "-w{index}"  # a worker's proxy id: the parent's, then this
 
 
 def parse_address(value: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -87,6 +89,12 @@ class ProxySettings:
     # The token sent on WatchRoutes and ReportStats (the file's first), and how the control plane is dialled.
     control_plane_token_file: str = ""
     control_plane_tls: str = "auto"
+    # --workers N (`mve.proxy.workers`): N proxy processes share --port and --http-port through
+    # SO_REUSEPORT; 1 is one process and no parent. The kernel balances connections, not requests.
+    workers: int = 1
+    # Bind both doors with SO_REUSEPORT: set by the workers' parent on each worker, never by hand;
+    # off, a port some other process holds is refused (gRPC's own default would share it silently).
+    reuse_port: bool = False
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -131,8 +139,43 @@ class ProxySettings:
                 raise ValidationError(f"--http-port must differ from --port, both are {self.port}")
             if self.http_port == self.metrics_port and self.effective_metrics_host == self.host:
                 raise ValidationError(f"--http-port must differ from --metrics-port, both are {self.http_port}")
+        _check_range("--workers", self.workers, 1, MAX_WORKERS)
+        if self.workers > 1:
+            self._validate_workers()
         self.security  # noqa: B018 - reads and checks the TLS and token files now, once
         return self
+
+    def _validate_workers(self) -> None:
+        """What --workers N adds: room for the workers' suffix in --proxy-id, and N metrics ports."""
+        longest = len(WORKER_SUFFIX.format(index=self.workers - 1))
+        if len(self.proxy_id) > 128 - longest:
+            raise ValidationError(
+                f"--proxy-id must be at most {128 - longest} characters with --workers {self.workers} "
+                f"(each worker adds '{WORKER_SUFFIX.format(index=self.workers - 1)}')"
+            )
+        if self.metrics_port > 0:
+            last = self.metrics_port + self.workers - 1
+            if last > 65535:
+                raise ValidationError(
+                    f"--metrics-port {self.metrics_port} with --workers {self.workers} needs ports up to {last}, "
+                    "past 65535; give a lower one, 0 for free ports or -1 to turn the exporters off"
+                )
+            if self.effective_metrics_host == self.host:
+                for flag, port in (("--port", self.port), ("--http-port", self.http_port)):
+                    if self.metrics_port <= port <= last:
+                        raise ValidationError(
+                            f"{flag} {port} is among the workers' metrics ports {self.metrics_port}-{last} "
+                            f"(--metrics-port {self.metrics_port} + one per worker)"
+                        )
+
+    def worker_proxy_id(self, index: int, parent_pid: int) -> str:
+        """Worker `index`'s stats identity: ``--proxy-id`` (else ``proxy-<host>-<parent pid>``) + ``-w<index>``."""
+        base = self.proxy_id or f"proxy-{socket.gethostname()}-{parent_pid}"
+        return base + WORKER_SUFFIX.format(index=index)
+
+    def worker_metrics_port(self, index: int) -> int:
+        """Worker `index`'s ``--metrics-port``: base + index, a free one each for 0, off for all for -1."""
+        return self.metrics_port + index if self.metrics_port > 0 else self.metrics_port
 
     @cached_property
     def security(self) -> "ProxySecurity":
