@@ -214,6 +214,9 @@ async def serve(settings: ControlPlaneSettings, security: ControlPlaneSecurity |
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            # gRPC defaults to SO_REUSEPORT: a second control plane on a taken port would bind
+            # silently and take half the connections. It must fail to bind instead.
+            ("grpc.so_reuseport", 0),
         ],
     )
     control_pb2_grpc.add_EndpointControlServicer_to_server(EndpointControlServicer(service), server)
