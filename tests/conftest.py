@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# The tests are hermetic: a developer's MVE_* settings (a token, TLS files, addresses, ports) would
+# reach every client and every process the tests start. Tests that want one set it themselves.
+# Kept: the knobs of the tests themselves (MVE_FUZZ_EXAMPLES for a longer fuzz run).
+_TEST_KNOBS = {"MVE_FUZZ_EXAMPLES"}
+for _name in [name for name in os.environ if name.startswith("MVE_") and name not in _TEST_KNOBS]:
+    del os.environ[_name]
 
 from procs import Service, start_service  # noqa: E402
 
