@@ -124,9 +124,18 @@ def bench_k(k: int, args: argparse.Namespace) -> dict:
     }
 
 
-def machine() -> dict:
-    import Cython
+def _cython_version() -> str | None:
+    # The version the extension was built with, from package metadata: Cython itself is a build
+    # dependency, absent after a plain `pip install .`.
+    from importlib import metadata
 
+    try:
+        return metadata.version("cython")
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> dict:
     return {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -135,7 +144,7 @@ def machine() -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "python": sys.version.split()[0],
         "numpy": np.__version__,
-        "cython": Cython.__version__,
+        "cython": _cython_version(),
         "fastroute_alias_simd": _alias_simd(),
     }
 
