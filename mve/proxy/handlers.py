@@ -56,12 +56,25 @@ def _authorized(handler: grpc.RpcMethodHandler | None, method: str, gatekeeper: 
 
 
 class _MappedGenericHandler(grpc.GenericRpcHandler):
-    """A generic handler whose method handlers are wrapped once per method, then reused."""
+    """Every service of the server as ONE generic handler: a method's handler is found, wrapped
+    once, then answered from one dict on every later call."""
 
-    def __init__(self, inner: grpc.GenericRpcHandler, gatekeeper: Gatekeeper | None):
-        self._inner = inner
+    def __init__(self, gatekeeper: Gatekeeper | None):
         self._gatekeeper = gatekeeper
+        self._inner: list[grpc.GenericRpcHandler] = []
         self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def add(self, inner: grpc.GenericRpcHandler) -> None:
+        """Serve `inner`'s methods too (after those added before it, as grpc tries them)."""
+        self._inner.append(inner)
+        self._wrapped = {method: h for method, h in self._wrapped.items() if h is not None}
+
+    def add_method(self, method: str, handler: grpc.RpcMethodHandler) -> None:
+        """Serve `method` (``/service/Method``) with `handler`, ahead of the generic handlers."""
+        self._wrapped[method] = self._wrap(handler, method)
+
+    def _wrap(self, handler, method: str):
+        return _authorized(map_errors(handler, RUNTIME), method, self._gatekeeper)
 
     def service(self, handler_call_details):
         method = handler_call_details.method
@@ -69,7 +82,12 @@ class _MappedGenericHandler(grpc.GenericRpcHandler):
             return self._wrapped[method]
         except KeyError:
             pass
-        handler = _authorized(map_errors(self._inner.service(handler_call_details), RUNTIME), method, self._gatekeeper)
+        handler = None
+        for inner in self._inner:
+            handler = inner.service(handler_call_details)
+            if handler is not None:
+                break
+        handler = self._wrap(handler, method)
         if len(self._wrapped) < 4096:  # bounded: unknown method names must not grow it forever
             self._wrapped[method] = handler
         return handler
@@ -77,25 +95,32 @@ class _MappedGenericHandler(grpc.GenericRpcHandler):
 
 class ErrorMappingServer:
     """A grpc.aio server seen through registration: every handler added through it maps errors and,
-    with a `gatekeeper`, checks its caller first (open methods excepted)."""
+    with a `gatekeeper`, checks its caller first (open methods excepted).
+
+    Every service goes to the server as part of one generic handler, never as registered methods:
+    grpc's generated ``add_XServicer_to_server`` (grpcio >= 1.62) also calls
+    ``add_registered_method_handlers``, and a grpc.aio server then keeps one pending
+    request-call task per registered method beside the generic one and waits on all of them
+    (``asyncio.wait(FIRST_COMPLETED)``) for every incoming call: each call pays for a done
+    callback added to and removed from every one of them, and a new task for the method served.
+    Registered handlers given here are served ahead of the generic ones, as grpc serves them.
+    """
 
     def __init__(self, server: grpc.aio.Server, gatekeeper: Gatekeeper | None = None):
         self.server = server
         self.gatekeeper = gatekeeper
+        self._handler = _MappedGenericHandler(gatekeeper)
+        server.add_generic_rpc_handlers((self._handler,))
 
     def add_generic_rpc_handlers(self, handlers) -> None:
-        """Register generic handlers, each wrapped (per method, once)."""
-        self.server.add_generic_rpc_handlers(tuple(_MappedGenericHandler(h, self.gatekeeper) for h in handlers))
+        """Serve generic handlers, each method wrapped once, on its first call."""
+        for handler in handlers:
+            self._handler.add(handler)
 
     def add_registered_method_handlers(self, service_name: str, method_handlers: dict) -> None:
-        """Register a service's method handlers, each wrapped once."""
-        self.server.add_registered_method_handlers(
-            service_name,
-            {
-                name: _authorized(map_errors(h, RUNTIME), f"/{service_name}/{name}", self.gatekeeper)
-                for name, h in method_handlers.items()
-            },
-        )
+        """Serve a service's method handlers, each wrapped once, through the one generic handler."""
+        for name, handler in method_handlers.items():
+            self._handler.add_method(f"/{service_name}/{name}", handler)
 
     def __getattr__(self, name):
         return getattr(self.server, name)

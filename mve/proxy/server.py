@@ -11,7 +11,7 @@ import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from mve._proto import grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.prometheus import MetricsServer, loop_reader
@@ -93,7 +93,9 @@ class ProxyServer:
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
-        reflection.enable_server_reflection(services, self.server)  # stream-stream: nothing to map
+        # What enable_server_reflection does on a grpc.aio server, through the registry (generic
+        # handlers only); a stream-stream method open to all callers: nothing to map or check.
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), registry)
         credentials = self.security.server_credentials()
         try:
             if credentials is not None:

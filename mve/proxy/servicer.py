@@ -155,5 +155,5 @@ def add_inference_service(servicer: InferenceServicer, model_infer: RawModelInfe
         # The bound method: grpc.aio awaits a handler only when it is a coroutine function.
         "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer.__call__),
     }
+    # A generic handler only: registered methods cost a grpc.aio server on every call (`mve.proxy.handlers`).
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(INFERENCE_SERVICE, handlers),))
-    server.add_registered_method_handlers(INFERENCE_SERVICE, handlers)
