@@ -42,6 +42,12 @@ CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
+# Channels to model servers: no gRPC retries. `infer_on_variant` retries an UNAVAILABLE once itself,
+# on another instance; gRPC's retry layer (on by default, transparent retries included) would keep
+# a copy of every request sent for a retry that mostly goes to the same instance, and cost CPU on
+# every call besides.
+UPSTREAM_CHANNEL_OPTIONS = [*CHANNEL_OPTIONS, ("grpc.enable_retries", 0)]
+
 
 NO_UPSTREAM_TLS = (
     "the routing table says model servers take mutual TLS (the control plane's --model-server-tls-cert), "
@@ -111,9 +117,9 @@ class UpstreamPool:
         if self._refusal is not None:
             raise ModelNotReady(f"The proxy cannot reach the model servers: {self._refusal}")
         if self.upstream_tls:
-            channel = grpc.aio.secure_channel(address, self._tls_credentials, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.secure_channel(address, self._tls_credentials, options=UPSTREAM_CHANNEL_OPTIONS)
         else:
-            channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            channel = grpc.aio.insecure_channel(address, options=UPSTREAM_CHANNEL_OPTIONS)
         self._channels[address] = channel
         self._stubs[address] = pb_grpc.GRPCInferenceServiceStub(channel)
         self._raw[address] = channel.unary_unary(MODEL_INFER, request_serializer=None, response_deserializer=None)
