@@ -129,8 +129,9 @@ class VariantBatcher:
         Returns what `send` returns, with a response holding only this request's rows: a
         ``ModelInferResponse``, or with `tail` (`wire.response_tail`) that response serialised with
         `tail` appended (`batches.split_bytes`). `wire`, the request already serialised for the
-        variant's model, is what goes upstream if the request ends up alone in its batch (then the
-        answer's bytes are not decoded either).
+        variant's model (bytes, or a tuple of byte pieces joined only when needed), is what goes
+        upstream if the request ends up alone in its batch (then the answer's bytes are not
+        decoded either).
         """
         parts = batch_parts(request)
         if parts is None:
@@ -189,7 +190,7 @@ class VariantBatcher:
                 self._stats.record_batch(self.variant.endpoint_name, self.variant.name, rows, 1, _NO_QUEUE_TIME)
             if self._spans is not None:
                 self._spans.batched_alone(rows)
-            forward = wire if tail is not None and wire is not None else request
+            forward = _joined(wire) if tail is not None and wire is not None else request
             result = await self._send(self.variant, forward, timeout)
         finally:
             self._in_flight -= 1
@@ -306,7 +307,7 @@ class VariantBatcher:
         try:
             self._record(members, dispatched_at)
             if len(members) == 1:
-                request, offsets = members[0].wire or members[0].request, None
+                request, offsets = _joined(members[0].wire) or members[0].request, None
             else:
                 request, offsets = assemble([m.request for m in members], [m.parts for m in members])
             timeout = max(m.deadline for m in members) - self._loop.time()
@@ -366,6 +367,11 @@ class VariantBatcher:
 
     def _model(self) -> str:
         return self.variant.model_name if self.variant is not None else ""
+
+
+def _joined(wire: bytes | tuple | None) -> bytes | None:
+    """A request's serialised bytes, from its pieces when it came as pieces."""
+    return b"".join(wire) if type(wire) is tuple else wire
 
 
 def _with_tail(result, tail: bytes | None):

@@ -248,9 +248,10 @@ class DataPlane:
     ) -> bytes:
         """A batched variant's ModelInfer on bytes: the caller's rows come back already serialised."""
         id_tail = b"" if request.id else wire.id_field(inference_id)
-        # Alone in its batch, a request already in raw contents goes upstream as its own bytes.
+        # Alone in its batch, a request already in raw contents goes upstream as its own bytes: the
+        # pieces, joined only if it does go alone (one batched with others is never copied whole).
         if wire.forwardable(request):
-            forward = b"".join((data, wire.request_tail(variant.model_name), id_tail))
+            forward = (data, wire.request_tail(variant.model_name), id_tail)
         else:
             forward = None
         try:
