@@ -17,15 +17,20 @@ the queue; one that leaves after dispatch only has its result dropped. A batch's
 is the latest deadline among its members; members already past their deadline at dispatch are
 failed and not sent. A failing batch fails exactly its own members.
 
-Time is the event loop's (``loop.time``, ``loop.call_later``): one timer per batcher, no busy
-loops, so a test drives a batcher exactly with a virtual-time loop. Copying rows into a batch and
-slicing outputs back is `mve.proxy.batches` (`_fastroute.assemble_batch` / `split_batch`).
+Time is the event loop's (``loop.time``, ``loop.call_at``): two timers per batcher, none per caller
+and no busy loops, so a test drives a batcher exactly with a virtual-time loop. One flushes the
+oldest queue when its delay is over; the other is the deadline sweep, due at the earliest deadline
+of the callers still waiting (queued or in a batch), which expires every caller past its own and
+re-arms itself for the next. Copying rows into a batch and slicing outputs back is
+`mve.proxy.batches` (`_fastroute.assemble_batch` / `split_batch`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import time
 from collections.abc import Awaitable, Callable
 
 import grpc
@@ -42,10 +47,13 @@ Send = Callable[[object, object, float], Awaitable[object]]
 
 
 class _Expired(Exception):
-    """A caller's own deadline passed (set on its future by its timer)."""
+    """A caller's own deadline passed (set on its future by the batcher's deadline sweep)."""
 
 
 _NO_QUEUE_TIME = np.zeros(1)
+# The event loop may run a timer up to its clock's resolution early: a caller whose deadline is
+# that close has reached it.
+_EXPIRY_SLACK_S = time.get_clock_info("monotonic").resolution + 1e-6
 
 
 def _expire(future: asyncio.Future) -> None:
@@ -78,6 +86,10 @@ class VariantBatcher:
         self._tasks: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        # The callers waiting on a future (queued or in a batch), and the deadline sweep's timer.
+        self._waiting: set[Member] = set()
+        self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_at = math.inf
         self._loop: asyncio.AbstractEventLoop | None = None
         self._draining = False
         self._tracer = tracer
@@ -157,9 +169,10 @@ class VariantBatcher:
         queue.members[id(member)] = member
         queue.rows += rows
         self._queued_rows += rows
+        self._waiting.add(member)
+        if member.deadline < self._sweep_at:
+            self._arm_sweep(member.deadline)
         self._pump()
-        # One timer handle per caller (not asyncio.timeout_at: no Timeout object, no task lookup).
-        timer = loop.call_at(member.deadline, _expire, future)
         try:
             return await future
         except _Expired:
@@ -173,7 +186,7 @@ class VariantBatcher:
                 note=f"its batch did not finish within the request's deadline ({timeout:.3f} s)",
             ) from None
         finally:
-            timer.cancel()
+            self._waiting.discard(member)
             if member.queue is not None:
                 self._leave(member)
 
@@ -270,6 +283,33 @@ class VariantBatcher:
     def _on_timer(self) -> None:
         self._timer = None
         self._pump()
+
+    def _arm_sweep(self, at: float) -> None:
+        """Run the deadline sweep at `at` (instead of later)."""
+        if self._sweep is not None:
+            self._sweep.cancel()
+        self._sweep_at = at
+        self._sweep = self._loop.call_at(at, self._on_sweep)
+
+    def _on_sweep(self) -> None:
+        """Expire every waiting caller past its deadline; wait for the earliest of the others.
+
+        A caller's own coroutine then leaves its queue or drops its batch's result, as when it is
+        cancelled. The sweep runs at most once per earliest deadline, not once per caller: callers
+        answered in time leave `_waiting` without touching it.
+        """
+        self._sweep = None
+        due = self._loop.time() + _EXPIRY_SLACK_S
+        earliest = math.inf
+        for member in self._waiting:
+            deadline = member.deadline
+            if deadline <= due:
+                _expire(member.future)
+            elif deadline < earliest:
+                earliest = deadline
+        self._sweep_at = earliest
+        if earliest != math.inf:
+            self._sweep = self._loop.call_at(earliest, self._on_sweep)
 
     def _dispatch(self, members: list[Member], now: float) -> None:
         live = []
