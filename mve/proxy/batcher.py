@@ -34,7 +34,6 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
-import numpy as np
 
 from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable, http_status_of_grpc_code
 from mve.proxy.batch_queue import KeyQueue, Member
@@ -50,7 +49,7 @@ class _Expired(Exception):
     """A caller's own deadline passed (set on its future by the batcher's deadline sweep)."""
 
 
-_NO_QUEUE_TIME = np.zeros(1)
+_NO_QUEUE_TIME = (0.0,)
 # The event loop may run a timer up to its clock's resolution early: a caller whose deadline is
 # that close has reached it.
 _EXPIRY_SLACK_S = time.get_clock_info("monotonic").resolution + 1e-6
@@ -392,7 +391,7 @@ class VariantBatcher:
     def _record(self, members: list[Member], dispatched_at: float) -> None:
         if self._stats is None or self.variant is None:
             return
-        queue_us = np.fromiter(((dispatched_at - m.enqueued_at) * 1e6 for m in members), float, len(members))
+        queue_us = [(dispatched_at - m.enqueued_at) * 1e6 for m in members]
         rows = sum(m.rows for m in members)
         self._stats.record_batch(self.variant.endpoint_name, self.variant.name, rows, len(members), queue_us)
 

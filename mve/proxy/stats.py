@@ -134,10 +134,13 @@ class StatsBook:
         counters.invocation_model_errors += model
 
     def record_batch(self, endpoint: str, variant: str, rows: int, requests: int, queue_times_us) -> None:
-        """One batch sent to the variant: its rows, its requests and how long each request waited."""
+        """One batch sent to the variant: its rows, its requests and how long each request waited
+        (`queue_times_us`: floats, one per request; no array is made for them)."""
         counters = self._entry(endpoint, variant)
         counters.batch_size.record(rows)
-        counters.queue_time.record_many(queue_times_us)
+        record = counters.queue_time.record
+        for queue_us in queue_times_us:
+            record(queue_us)
 
     def drain(self) -> dict[tuple[str, str], VariantCounters]:
         """The counts since the previous drain (added to the totals); the interval starts again."""
