@@ -89,16 +89,29 @@ class Load:
                 self.by_time.append((time.monotonic(), kind))
 
 
+@pytest.fixture(scope="module")
+def processes(module_services, tmp_path_factory):
+    """One control plane and one proxy for the module's tests (each test gets its endpoint `EP` afresh)."""
+    root = tmp_path_factory.mktemp("updates")
+    for kind in ("plus", "minus", "broken"):
+        build_model(root / f"{kind}.onnx", kind)
+    cp = module_services(["control-plane", "--data-dir", str(root / "cp"), "--port", "0", "--alarm-interval", "0.2",
+                          "--drain-seconds", "0.5"])
+    proxy = module_services(["proxy", "--control-plane", cp.address, "--port", "0", "--stats-interval", "0.2"])
+    with mve.client("sagemaker", address=cp.address) as sm:
+        for kind in ("plus", "minus", "broken"):
+            sm.create_model(ModelName=kind, PrimaryContainer={"Image": "onnxruntime",
+                                                              "ModelDataUrl": str(root / f"{kind}.onnx")})
+    return cp, proxy
+
+
 @pytest.fixture
-def mesh(services, tmp_path):
-    for kind in ("plus", "minus", "broken"):
-        build_model(tmp_path / f"{kind}.onnx", kind)
-    cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0", "--alarm-interval", "0.2",
-                   "--drain-seconds", "0.5"])
-    proxy = services(["proxy", "--control-plane", cp.address, "--port", "0", "--stats-interval", "0.2"])
+def mesh(processes):
+    """The shared control plane and proxy with the three models and nothing else: the endpoint, its
+    configs and alarms a test made are deleted after it (the endpoint waited out until it is gone)."""
+    cp, proxy = processes
     sm = mve.client("sagemaker", address=cp.address)
-    for kind in ("plus", "minus", "broken"):
-        sm.create_model(ModelName=kind, PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / f"{kind}.onnx")})
+    cw = mve.client("cloudwatch", address=cp.address)
 
     def config(name: str, model: str, count: int = 1, variant: str = "AllTraffic", instance_type: str = "ml.cpu.small"):
         sm.create_endpoint_config(
@@ -122,7 +135,16 @@ def mesh(services, tmp_path):
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
 
-    yield sm, mve.client("cloudwatch", address=cp.address), proxy, config, serve
+    yield sm, cw, proxy, config, serve
+    with contextlib.suppress(ClientError):  # a test may have deleted it already
+        sm.delete_endpoint(EndpointName=EP)
+    sm.get_waiter("endpoint_deleted").wait(EndpointName=EP, WaiterConfig=FAST)
+    for made in sm.list_endpoint_configs(MaxResults=100)["EndpointConfigs"]:
+        sm.delete_endpoint_config(EndpointConfigName=made["EndpointConfigName"])
+    alarms = [alarm["AlarmName"] for alarm in cw.describe_alarms()["MetricAlarms"]]
+    if alarms:
+        cw.delete_alarms(AlarmNames=alarms)
+    cw.close()
     sm.close()
 
 
