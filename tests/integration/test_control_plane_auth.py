@@ -417,3 +417,51 @@ def test_model_servers_never_run_on_plaintext_behind_a_tls_flag(tmp_path, pki):
     assert result.returncode == 2
     assert "--model-server-tls-cert needs this control plane's --tls-cert, --tls-key and --tls-ca" in result.stderr
 
+
+
+# --- hostile credentials ------------------------------------------------------------------------
+
+FUZZ_EXAMPLES = int(os.environ.get("MVE_FUZZ_EXAMPLES", "20"))
+
+
+def test_hostile_authorization_values_are_refused_cleanly_and_change_nothing(token_plane, token, model_path):
+    """Random, long, near-miss and wrongly-schemed authorization values: every write is refused with
+    UNAUTHENTICATED and a SageMaker name, the door keeps answering, and no model appears."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    stub = _plain(token_plane)
+    right = token[0]
+    printable = st.characters(min_codepoint=0x20, max_codepoint=0x7E)
+    values = st.one_of(
+        st.text(printable, max_size=64),
+        st.text(printable, min_size=1000, max_size=8000),
+        st.builds(lambda scheme, body: f"{scheme} {body}", st.sampled_from(["Bearer", "bearer", "BEARER", "Basic", ""]),
+                  st.text(printable, max_size=600)),
+        # one character off the right token, or a prefix / an extension of it
+        st.integers(0, len(right) - 1).map(lambda i: f"Bearer {right[:i]}{'A' if right[i] != 'A' else 'B'}{right[i + 1:]}"),
+        st.integers(1, len(right) - 1).map(lambda i: f"Bearer {right[:i]}"),
+        st.text(printable, min_size=1, max_size=8).map(lambda tail: f"Bearer {right}{tail}"),
+    )
+    seen = {}
+
+    @settings(max_examples=FUZZ_EXAMPLES * 5, deadline=None, database=None, derandomize=True,
+              suppress_health_check=list(HealthCheck))
+    @given(values)
+    def refused(value):
+        if value.strip() in (f"Bearer {right}", f"bearer {right}", f"BEARER {right}"):
+            return  # (the right token, had the strategy made it)
+        try:
+            _create_model(stub, "fuzzed", model_path, (("authorization", value),))
+        except grpc.RpcError as error:
+            code = error.code()
+            seen[code] = seen.get(code, 0) + 1
+            assert code == grpc.StatusCode.UNAUTHENTICATED, (value[:80], code, error.details())
+            assert reason_of(error) in ("MissingAuthenticationTokenException", "UnrecognizedClientException")
+        else:
+            raise AssertionError(f"a write with authorization {value[:80]!r} was accepted")
+
+    refused()
+    assert sum(seen.values()) >= FUZZ_EXAMPLES  # the strategy ran
+    assert token_plane.alive()
+    assert "fuzzed" not in _list_models(stub, bearer_metadata(right))
