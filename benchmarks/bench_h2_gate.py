@@ -118,7 +118,7 @@ def run_cell(kind: str, concurrency: int, seconds: float, warmup: float, body_fi
     """One server, one h2load run: the window's requests, req/s and the server's CPU per request."""
     process, address = start_server(kind)
     try:
-        frame_size = check_answer(address, body)
+        frame_size, _ = check_answer(address, body)
         connections = max(1, min(4, concurrency // 16))
         streams = -(-concurrency // connections)
         command = ["taskset", "-c", LOAD_CORE, H2LOAD, "-D", f"{int(seconds * 1000)}ms",

@@ -9,7 +9,9 @@ with a gRPC client first (`check_answer`) and `run_h2load` counts as errors the 
 from h2load's data bytes (every good answer carries one message of known size).
 
 Returns the dict loadgen.py prints (requests, errors, seconds, throughput_rps, p50/p99/mean ms from
-h2load's per-request log).
+h2load's per-request log), with ``answers_total`` (every answer, warm-up included, from the data
+bytes: what a CPU-per-request figure divides by) and ``_latencies_ms`` (the measured latencies, a
+numpy array, for merging cells; not JSON).
 """
 
 from __future__ import annotations
@@ -36,27 +38,35 @@ def available() -> bool:
     return shutil.which(H2LOAD) is not None
 
 
-def check_answer(target: str, body: bytes, timeout: float = 30.0) -> int:
-    """Send `body` once with a gRPC client; the size of a good answer's frame (message + 5 bytes).
+def check_answer(target: str, body: bytes, timeout: float = 30.0, samples: int = 16) -> tuple[int, int]:
+    """Send `body` `samples` times at once with a gRPC client; the smallest and largest good answer frame
+    (message + 5 bytes). Answers can differ in size (a proxy's batched answer may carry an ``id``).
 
-    Raises RuntimeError if the answer is an error or carries no output.
+    Raises RuntimeError if an answer is an error or carries no output.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     with grpc.insecure_channel(target) as channel:
         call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         try:
-            answer = call(body, timeout=timeout)
+            answers = [call(body, timeout=timeout)]  # one first: the connection, and a clear error
+            with ThreadPoolExecutor(samples) as pool:
+                answers += list(pool.map(lambda _: call(body, timeout=timeout), range(samples - 1)))
         except grpc.RpcError as error:
             raise RuntimeError(f"{target} answered {error.code().name}: {error.details()}") from None
-    response = pb.ModelInferResponse.FromString(answer)
-    if not response.outputs or len(response.raw_output_contents) != len(response.outputs):
-        raise RuntimeError(f"{target} answered without raw outputs: {response}")
-    return len(answer) + 5
+    for answer in answers:
+        response = pb.ModelInferResponse.FromString(answer)
+        if not response.outputs or len(response.raw_output_contents) != len(response.outputs):
+            raise RuntimeError(f"{target} answered without raw outputs: {response}")
+    sizes = [len(answer) + 5 for answer in answers]
+    return min(sizes), max(sizes)
 
 
-def run_h2load(target: str, model: str, *, concurrency: int, rows: int, seconds: float, warmup: float) -> dict:
+def run_h2load(target: str, model: str, *, concurrency: int, rows: int, seconds: float, warmup: float,
+               features: int = 16) -> dict:
     """One closed-loop cell with h2load; the summary dict of loadgen.py."""
-    body = infer_request(model, rows)
-    frame_size = check_answer(target, body)
+    body = infer_request(model, rows, features)
+    frame_min, frame_max = check_answer(target, body)
     connections = max(1, min(4, concurrency // 16))
     streams = -(-concurrency // connections)
     with tempfile.TemporaryDirectory(prefix="mve-h2load-") as tmp:
@@ -81,7 +91,13 @@ def run_h2load(target: str, model: str, *, concurrency: int, rows: int, seconds:
     data = re.search(r"\((\d+)\) data", out)
     data_bytes = int(data.group(1)) if data else 0
     # Data bytes also count the warm-up's answers: only a shortfall below the measured ones is an error.
-    missing = max(0, succeeded - data_bytes // frame_size)
+    # With answers of several sizes the smallest gives the most answers the bytes can hold (a lower
+    # bound on the errors), and every answer (warm-up included) is estimated from the time instead.
+    missing = max(0, succeeded - data_bytes // frame_min)
+    if frame_min == frame_max:
+        answers_total = data_bytes // frame_min
+    else:
+        answers_total = round(succeeded * (seconds + warmup) / seconds)
     ok = log[log[:, 1] == 200] if len(log) else log
     latencies_ms = ok[:, 2] / 1e3 if len(ok) else np.zeros(0)
     measured = float(seconds)
@@ -95,6 +111,9 @@ def run_h2load(target: str, model: str, *, concurrency: int, rows: int, seconds:
         "p50_ms": float(np.percentile(latencies_ms, 50)) if len(latencies_ms) else None,
         "p99_ms": float(np.percentile(latencies_ms, 99)) if len(latencies_ms) else None,
         "mean_ms": float(latencies_ms.mean()) if len(latencies_ms) else None,
+        "answers_total": answers_total,
+        "answer_frame_bytes": [frame_min, frame_max],
+        "_latencies_ms": latencies_ms,
         "variants": {},
         "loadgen": "h2load",
         "connections": connections,

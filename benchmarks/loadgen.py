@@ -94,8 +94,8 @@ async def run_load(
     calls = [c.unary_unary(METHOD, request_serializer=None, response_deserializer=None) for c in opened]
     try:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in opened)), timeout=10)
+        warm = Load(requests=10**9, deadline=time.perf_counter() + warmup_s)
         if warmup_s > 0:
-            warm = Load(requests=10**9, deadline=time.perf_counter() + warmup_s)
             await asyncio.gather(*(_worker(calls[i % channels], body, warm, timeout) for i in range(concurrency)))
         load = Load(requests=requests, deadline=time.perf_counter() + seconds)
         started = time.perf_counter()
@@ -115,6 +115,9 @@ async def run_load(
         "p99_ms": float(np.percentile(latencies_ms, 99)) if done else None,
         "mean_ms": float(latencies_ms.mean()) if done else None,
         "variants": load.variants,
+        # Every answer the servers gave, warm-up included: what a CPU-per-request figure divides by.
+        "answers_total": done + len(warm.latencies),
+        "_latencies_ms": latencies_ms,
     }
 
 
@@ -132,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True, metavar="HOST:PORT")
     parser.add_argument("--model", required=True, help="model_name of the request (the endpoint name for mve)")
-    parser.add_argument("--rows", type=_positive(int), default=1, help="rows of 16 FP32 values per request")
+    parser.add_argument("--rows", type=_positive(int), default=1, help="rows of FP32 values per request")
+    parser.add_argument("--features", type=_positive(int), default=16, help="FP32 values per row (default 16)")
+    parser.add_argument("--latencies-out", type=str, default=None, metavar="FILE.npy",
+                        help="also write every measured latency (ms, float64) to this .npy file")
     parser.add_argument("--concurrency", type=_positive(int), default=1)
     parser.add_argument("--requests", type=_positive(int), default=10_000, help="stop after this many answers")
     parser.add_argument("--seconds", type=_positive(float), default=4.0, help="stop after this long")
@@ -143,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.concurrency > 1024 or args.seconds > 600 or args.requests > 10_000_000:
         parser.error("concurrency <= 1024, seconds <= 600, requests <= 10,000,000")
     channels = args.channels or max(1, min(4, args.concurrency // 16))
-    body = infer_request(args.model, args.rows)
+    body = infer_request(args.model, args.rows, args.features)
     result = asyncio.run(run_load(
         args.target, body, concurrency=args.concurrency, requests=args.requests, seconds=args.seconds,
         warmup_s=args.warmup, channels=channels,
     ))
+    latencies = result.pop("_latencies_ms")
+    if args.latencies_out:
+        np.save(args.latencies_out, latencies)
     result.update(concurrency=args.concurrency, rows=args.rows, channels=channels)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
