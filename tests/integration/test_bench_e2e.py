@@ -34,7 +34,12 @@ def test_smoke_run_writes_every_scenario_sweep_and_target(tmp_path):
         for cell in cells.values():
             assert CELL_KEYS <= cell.keys()
             assert cell["requests"] > 0 and cell["errors"] == 0
-    assert "skipped" in results["scenarios"]["nginx"]
+            assert cell["cpu_us_per_request"]["model_servers"] > 0
+    # The direct baseline goes to the proxy's own two instances, round-robin; the proxy's CPU is measured.
+    assert len(results["scenarios"]["direct"]["instances"]) == 2
+    assert results["scenarios"]["mve"]["cells"]["8"]["cpu_us_per_request"]["proxy"] > 0
+    assert results["scenarios"]["mve"]["ratios"]["8"]["throughput_vs_direct"] > 0
+    assert "skipped" in results["scenarios"]["nginx"] and "skipped" in results["scenarios"]["envoy"]
     # The no-op grpc.aio ceiling and the interleaved c=1 hop measurement ran.
     assert results["scenarios"]["noop"]["cells"]["8"]["requests"] > 0
     hop = results["c1_hop"]
@@ -47,10 +52,12 @@ def test_smoke_run_writes_every_scenario_sweep_and_target(tmp_path):
     assert results["rows_sweep"]["cells"]["16"]["rows"] == 16
     assert 0 < results["proxy_rss_mb"] < 10_000
     names = [target["name"] for target in results["targets"]]
-    assert len(names) == 4 and any("nginx" in name for name in names)
+    assert len(names) == 7 and any("nginx" in name for name in names) and any("envoy" in name for name in names)
     by_met = {target["name"]: target["met"] for target in results["targets"]}
-    assert all(met is None for name, met in by_met.items() if "nginx" in name)
-    assert all(isinstance(met, bool) for name, met in by_met.items() if "nginx" not in name)
+    # nginx, Envoy and the compute-bound MLP do not run in --smoke.
+    peers = ("nginx", "envoy", "onnxruntime")
+    assert all(met is None for name, met in by_met.items() if any(peer in name for peer in peers))
+    assert all(isinstance(met, bool) for name, met in by_met.items() if not any(peer in name for peer in peers))
     # The door rows: InvokeEndpoint over the proxy's HTTP door and its gRPC door, and their ratios.
     doors = results["doors"]
     for door in ("grpc", "http"):
