@@ -84,12 +84,16 @@ def merge_cells(parts: list[dict], seconds: float) -> dict:
         if parts else np.zeros(0)
     requests = sum(p["requests"] for p in parts)
     variants: dict = {}
+    codes: dict = {}
     for part in parts:
         for key, value in part.get("variants", {}).items():
             variants[key] = variants.get(key, 0) + value
+        for key, value in part.get("error_codes", {}).items():
+            codes[key] = codes.get(key, 0) + value
     return {
         "requests": requests,
         "errors": sum(p["errors"] for p in parts),
+        "error_codes": codes,
         "seconds": seconds,
         "throughput_rps": requests / seconds if seconds else 0.0,
         "p50_ms": float(np.percentile(latencies, 50)) if len(latencies) else None,
