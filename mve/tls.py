@@ -15,6 +15,7 @@ not belong to its certificate; the messages name the flag at fault.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import stat
 import tempfile
@@ -165,6 +166,18 @@ def load_tls(
     return TlsFiles(cert_pem, key_pem, ca_pem, cert_path, key_path, ca_path)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether `host` (a name or address, IPv6 in brackets or not) is loopback: only this machine
+    reaches it, so plaintext to it stays on the machine."""
+    host = host.strip().strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def write_private(path: Path, data: bytes) -> None:
     """Write `data` to `path` atomically with mode 0600 from the first byte (keys, tokens)."""
     import os
@@ -184,4 +197,4 @@ def write_private(path: Path, data: bytes) -> None:
         raise
 
 
-__all__ = ["TlsConfigError", "TlsFiles", "load_tls", "write_private"]
+__all__ = ["TlsConfigError", "TlsFiles", "is_loopback", "load_tls", "write_private"]

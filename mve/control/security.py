@@ -26,7 +26,7 @@ import grpc
 
 from mve.authn import AuthInterceptor, ControlPlanePolicy, Gatekeeper, TokenSet, new_token, read_tokens
 from mve.control.settings import ControlPlaneSettings
-from mve.tls import TlsConfigError, TlsFiles, load_tls
+from mve.tls import TlsConfigError, TlsFiles, is_loopback, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -173,17 +173,6 @@ def names_host(cert_pem: bytes, host: str) -> bool:
         if name == host or (name.startswith("*.") and host.partition(".")[2] == name[2:]):
             return True
     return False
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is a loopback name or address (only this machine can reach it)."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _dial_host(bind_host: str) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import signal
 
@@ -28,6 +27,7 @@ from mve.proxy.settings import ProxySettings
 from mve.proxy.stats import StatsBook, StatsReporter
 from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
+from mve.tls import is_loopback
 from mve.tracing import Tracing, setup_tracing
 
 log = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ class ProxyServer:
             "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s %s",
             self.address, self.http_address or "off", s.control_plane, proxy_id, self.security.describe(),
         )
-        if self.security.invoke_tokens is not None and not self.security.door_tls and not _loopback(s.host):
+        if self.security.invoke_tokens is not None and not self.security.door_tls and not is_loopback(s.host):
             log.warning(
                 "event=tokens_in_clear host=%s reason=%r", s.host,
                 "--invoke-token-file on a plaintext door that is not loopback: tokens cross the network "
@@ -215,15 +215,6 @@ class ProxyServer:
         if self.tracing is not None:
             await asyncio.to_thread(self.tracing.shutdown)  # flush the spans still queued
         log.info("event=proxy_stopped address=%s", self.address)
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve(settings: ProxySettings) -> None:

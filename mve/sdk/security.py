@@ -22,14 +22,13 @@ by ``mve.client`` itself rather than by the first call.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from mve.authn import TOKEN_PATTERN, TokenFileError, bearer_metadata, fingerprint, read_tokens
-from mve.tls import TlsConfigError, TlsFiles, load_tls
+from mve.tls import TlsConfigError, TlsFiles, is_loopback, load_tls
 
 log = logging.getLogger(__name__)
 
@@ -192,23 +191,13 @@ def _load(token: _Setting, ca: _Setting, cert: _Setting, key: _Setting, *, sourc
 
 def warn_if_token_in_the_clear(security: ClientSecurity, address: str) -> None:
     """Log a WARNING when a token would travel in plaintext to an address off this machine."""
-    if security.token is None or security.secure or _is_loopback(address):
+    if security.token is None or security.secure or is_loopback(address.rpartition(":")[0]):
         return
     log.warning(
         "event=token_in_plaintext address=%s token=%s: the bearer token travels unencrypted; "
         "give the server's CA (tls_ca / MVE_TLS_CA) to use TLS",
         address, fingerprint(security.token),
     )
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 __all__ = [
