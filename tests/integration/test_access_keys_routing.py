@@ -48,13 +48,20 @@ def table_where(watch: RouteWatch, predicate, what: str):
     return table
 
 
+@pytest.fixture(scope="module")
+def sigv4_control(module_services, tmp_path_factory):
+    """A control plane with the default --auth sigv4 and no access key yet, for the tests that only
+    need that (one creates keys, the other sends unsigned calls, which no key changes)."""
+    return start(module_services, tmp_path_factory.mktemp("sigv4"))
+
+
 def boto3_sagemaker(control, key_id: str, secret: str):
     return boto3.client("sagemaker", endpoint_url=f"http://{control.ready['http_address']}", region_name="eu-west-1",
                         aws_access_key_id=key_id, aws_secret_access_key=secret, config=ONE_ATTEMPT)
 
 
-def test_keys_through_the_sdk_and_the_routing_table(services, tmp_path):
-    control = start(services, tmp_path)
+def test_keys_through_the_sdk_and_the_routing_table(sigv4_control):
+    control = sigv4_control
     watch = RouteWatch(control_stub(control.address))
     empty = watch.next()
     assert empty.auth_required and not empty.signing_keys
@@ -100,6 +107,7 @@ def test_keys_through_the_sdk_and_the_routing_table(services, tmp_path):
     with pytest.raises(ClientError) as refused:
         boto3_sagemaker(control, first["AccessKeyId"], first["SecretAccessKey"]).list_endpoints()
     assert refused.value.response["Error"]["Code"] == "UnrecognizedClientException"
+    watch.close()
 
 
 def test_keys_survive_a_restart_encrypted_at_rest(services, tmp_path):
@@ -137,8 +145,8 @@ def test_auth_none_tables_carry_no_keys_and_the_log_says_so(services, tmp_path):
     assert unsigned.list_endpoints()["Endpoints"] == []
 
 
-def test_auth_sigv4_refuses_unsigned_calls(services, tmp_path):
-    control = start(services, tmp_path)
+def test_auth_sigv4_refuses_unsigned_calls(sigv4_control):
+    control = sigv4_control
     unsigned = boto3.client("sagemaker", endpoint_url=f"http://{control.ready['http_address']}",
                             region_name="eu-west-1", config=Config(signature_version=UNSIGNED_SIGNATURE,
                                                                    retries={"total_max_attempts": 1}))
