@@ -55,7 +55,8 @@ def mesh(module_services, tmp_path_factory):
         except ClientError:
             assert time.monotonic() < deadline, "the proxy never routed pm"
             time.sleep(0.05)
-    return {"runtime": runtime, "proxy": proxy, "grpc_runtime": mve.client("sagemaker-runtime", address=proxy.address)}
+    return {"runtime": runtime, "proxy": proxy, "grpc_runtime": mve.client("sagemaker-runtime", address=proxy.address),
+            "control": control}
 
 
 def invoke(runtime, **fields):
@@ -152,12 +153,12 @@ def test_the_proxy_counts_http_invocations_as_it_counts_grpc_ones(mesh):
     assert delta("mve_invocation_5xx_errors_total", "broken", "Broken") == 2
 
 
-def test_sigterm_drains_the_http_door_with_the_grpc_door(services, tmp_path):
+def test_sigterm_drains_the_http_door_with_the_grpc_door(mesh, services):
     import http.client
     import json
     import signal
 
-    control = services(["control-plane", "--data-dir", str(tmp_path / "data"), "--port", "0", "--auth", "none"])
+    control = mesh["control"]  # the module's control plane (--auth none): only its proxies are stopped here
     off = services(["proxy", "--control-plane", control.address, "--port", "0", "--http-port", "-1"])
     assert off.ready["http_address"] == ""
     proxy = services(["proxy", "--control-plane", control.address, "--port", "0"],
