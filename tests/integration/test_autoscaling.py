@@ -45,7 +45,8 @@ def test_target_tracking_scales_out_under_load_and_back_in_when_idle(services, t
             # 10 requests per second per instance: any real load asks for more than 3 instances.
             "TargetValue": 600.0,
             "PredefinedMetricSpecification": {"PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
-            "ScaleOutCooldown": 5, "ScaleInCooldown": 3,
+            # Scale-in goes one instance at a time whatever the cooldown; 1 s keeps the 3 -> 2 -> 1 steps apart.
+            "ScaleOutCooldown": 5, "ScaleInCooldown": 1,
         },
     )
     timeline = []
