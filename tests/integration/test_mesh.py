@@ -16,6 +16,7 @@ from mve.sdk import ClientError
 from mve.examples import load_eval_data
 from mve.mesh import Mesh
 from procs import run_mve, start_service, wait_until
+from test_prometheus_scrape import sample, scrape
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +50,20 @@ def _group_members(pgid: int) -> list[int]:
     return members
 
 
-def test_mve_up_runs_until_sigterm_and_leaves_nothing(tmp_path):
-    service = start_service(["up", "--data-dir", str(tmp_path), "--control-plane-port", "0", "--proxy-port", "0"])
+def test_mve_up_announces_its_metrics_addresses_runs_until_sigterm_and_leaves_nothing(tmp_path):
+    # One `mve up` for both checks (it was two tests, each starting its own mesh): the Prometheus
+    # addresses it prints and announces (the proxy's on a free port, the control plane's off with -1),
+    # then SIGTERM ends it with 0 and no child left.
+    service = start_service(["up", "--data-dir", str(tmp_path), "--control-plane-port", "0", "--proxy-port", "0",
+                             "--proxy-metrics-port", "0", "--control-plane-metrics-port", "-1"])
     try:
         assert service.ready["service"] == "mesh"
         children = service.ready["children"]
         assert set(children) == {"control-plane", "proxy"}
+        assert service.ready["control_plane_metrics"] == ""
+        assert sample(scrape(service.ready["proxy_metrics"]), "mve_proxy_routing_table_version") is not None
+        wait_until(lambda: any(f"http://{service.ready['proxy_metrics']}/metrics" in line for line in service.output),
+                   what="mve up to print the proxy's metrics URL")
         with mve.client("sagemaker", address=service.ready["control_plane"]) as sm:
             assert sm.list_endpoints()["Endpoints"] == []
         service.process.send_signal(signal.SIGTERM)
@@ -75,13 +84,20 @@ def test_mve_up_on_a_busy_port_exits_1_and_says_why(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_mesh_restarts_a_crashed_proxy_on_the_same_port(tmp_path):
+def test_mesh_restarts_a_crashed_proxy_on_the_same_ports_and_surfaces_both_metrics_addresses(tmp_path):
+    # One Mesh for both checks (it was two tests, each starting the same mesh and killing its proxy):
+    # the restarted proxy keeps its gRPC port and its metrics port, and answers on both.
     with Mesh(tmp_path, log_path=tmp_path / "mesh.log") as mesh:
+        assert sample(scrape(mesh.control_plane_metrics_address), "mve_routing_table_version") >= 1
+        metrics_address = mesh.proxy_metrics_address
+        assert sample(scrape(metrics_address), "mve_proxy_routing_table_version") is not None
         proxy_address = mesh.proxy_address
         old_pid = mesh.child_pids()["proxy"]
         os.kill(old_pid, signal.SIGKILL)
         wait_until(lambda: mesh.child_pids().get("proxy") not in (None, old_pid), 30, what="a new proxy")
         assert mesh.proxy_address == proxy_address
+        assert mesh.proxy_metrics_address == metrics_address
+        assert sample(scrape(metrics_address), "mve_proxy_routing_table_version") is not None
         with mve.client("sagemaker-runtime", address=proxy_address) as smr:
             # The restarted proxy answers: an unknown endpoint is the service's error, not a connection error.
             with pytest.raises(ClientError):

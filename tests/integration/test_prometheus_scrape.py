@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import signal
 import socket
 import urllib.request
 
@@ -14,8 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import mve
 from mve.examples import load_eval_data
-from mve.mesh import Mesh
-from procs import run_mve, start_service, wait_until
+from procs import run_mve, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -133,25 +130,6 @@ def test_metrics_port_minus_1_turns_the_exporter_off(services):
     assert proxy.ready["metrics_address"] == ""
 
 
-def test_mesh_surfaces_both_metrics_addresses_and_a_restarted_proxy_keeps_its_port(tmp_path):
-    with Mesh(tmp_path, log_path=tmp_path / "mesh.log") as mesh:
-        assert sample(scrape(mesh.control_plane_metrics_address), "mve_routing_table_version") >= 1
-        address = mesh.proxy_metrics_address
-        assert sample(scrape(address), "mve_proxy_routing_table_version") is not None
-        old_pid = mesh.child_pids()["proxy"]
-        os.kill(old_pid, signal.SIGKILL)
-        wait_until(lambda: mesh.child_pids().get("proxy") not in (None, old_pid), 30, what="a new proxy")
-        assert mesh.proxy_metrics_address == address
-        assert sample(scrape(address), "mve_proxy_routing_table_version") is not None
-
-
-def test_mve_up_prints_and_announces_the_metrics_addresses(tmp_path):
-    up = start_service(["up", "--data-dir", str(tmp_path), "--control-plane-port", "0", "--proxy-port", "0",
-                        "--proxy-metrics-port", "0", "--control-plane-metrics-port", "-1"])
-    try:
-        assert up.ready["control_plane_metrics"] == ""
-        assert sample(scrape(up.ready["proxy_metrics"]), "mve_proxy_routing_table_version") is not None
-        wait_until(lambda: any(f"http://{up.ready['proxy_metrics']}/metrics" in line for line in up.output),
-                   what="mve up to print the proxy's metrics URL")
-    finally:
-        up.stop()
+# The metrics addresses of `mve up` and of a Mesh whose proxy is restarted are checked in test_mesh.py, on
+# the meshes its own tests start (test_mve_up_announces_its_metrics_addresses_runs_until_sigterm_and_leaves_nothing,
+# test_mesh_restarts_a_crashed_proxy_on_the_same_ports_and_surfaces_both_metrics_addresses).
