@@ -19,7 +19,6 @@ from mve.sdk import ClientError
 
 pytestmark = pytest.mark.integration
 
-EP = "slow"
 BODY = npy(np.ones((1, 2), np.float32))
 
 
@@ -30,21 +29,37 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def test_requests_past_an_instances_bound_are_refused_fast_and_the_rest_stay_bounded(services, tmp_path):
-    build_model(tmp_path / "slow.onnx", "slow")
-    cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0"])
+@pytest.fixture(scope="module")
+def control_plane(module_services, tmp_path_factory):
+    """One control plane for both tests, with the "slow" model; each test deploys its own endpoint
+    and starts its own proxy."""
+    root = tmp_path_factory.mktemp("backpressure")
+    build_model(root / "slow.onnx", "slow")
+    cp = module_services(["control-plane", "--data-dir", str(root / "cp"), "--port", "0"])
+    with mve.client("sagemaker", address=cp.address) as sm:
+        sm.create_model(ModelName="slow", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(root / "slow.onnx")})
+    return cp
+
+
+def deploy(cp, name: str, instances: int) -> None:
+    """Endpoint `name`: the slow model on `instances` instances, InService."""
+    with mve.client("sagemaker", address=cp.address) as sm:
+        sm.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[{
+            "VariantName": "AllTraffic", "ModelName": "slow", "InitialInstanceCount": instances,
+            "InstanceType": "ml.cpu.small", "InitialVariantWeight": 1.0}])
+        sm.create_endpoint(EndpointName=name, EndpointConfigName=name)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+
+
+def test_requests_past_an_instances_bound_are_refused_fast_and_the_rest_stay_bounded(control_plane, services):
+    endpoint = "slow"
+    cp = control_plane
     proxy = services(["proxy", "--control-plane", cp.address, "--port", "0", "--max-in-flight-per-instance", "2"])
-    sm = mve.client("sagemaker", address=cp.address)
-    sm.create_model(ModelName="slow", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / "slow.onnx")})
-    sm.create_endpoint_config(EndpointConfigName="slow", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": "slow", "InitialInstanceCount": 1, "InstanceType": "ml.cpu.small",
-        "InitialVariantWeight": 1.0}])
-    sm.create_endpoint(EndpointName=EP, EndpointConfigName="slow")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    deploy(cp, endpoint, 1)
     runtime = mve.client("sagemaker-runtime", address=proxy.address)
 
     def invoke() -> None:
-        runtime.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+        runtime.invoke_endpoint(EndpointName=endpoint, Body=BODY, ContentType="application/x-npy")
 
     wait_until(lambda: _answers(invoke), timeout=20, what="the proxy serves the endpoint")
     alone = []
@@ -64,7 +79,7 @@ def test_requests_past_an_instances_bound_are_refused_fast_and_the_rest_stay_bou
         while time.monotonic() < stop_at:
             started = time.perf_counter()
             try:
-                mine.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+                mine.invoke_endpoint(EndpointName=endpoint, Body=BODY, ContentType="application/x-npy")
                 kind = accepted
             except ClientError as error:
                 kind = refused if error.response["Error"]["Code"] == "ModelNotReadyException" else other
@@ -103,24 +118,19 @@ def _answers(invoke) -> bool:
         return False
 
 
-def test_calls_in_flight_on_a_killed_instance_are_retried_on_its_sibling(services, tmp_path):
+def test_calls_in_flight_on_a_killed_instance_are_retried_on_its_sibling(control_plane, services):
     import os
     import signal
 
-    build_model(tmp_path / "slow.onnx", "slow")
-    cp = services(["control-plane", "--data-dir", str(tmp_path / "cp"), "--port", "0"])
+    endpoint = "slow-pair"
+    cp = control_plane
     proxy = services(["proxy", "--control-plane", cp.address, "--port", "0"])
-    sm = mve.client("sagemaker", address=cp.address)
-    sm.create_model(ModelName="slow", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(tmp_path / "slow.onnx")})
-    sm.create_endpoint_config(EndpointConfigName="slow", ProductionVariants=[{
-        "VariantName": "AllTraffic", "ModelName": "slow", "InitialInstanceCount": 2, "InstanceType": "ml.cpu.small",
-        "InitialVariantWeight": 1.0}])
-    sm.create_endpoint(EndpointName=EP, EndpointConfigName="slow")
-    sm.get_waiter("endpoint_in_service").wait(EndpointName=EP, WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    deploy(cp, endpoint, 2)
     runtime = mve.client("sagemaker-runtime", address=proxy.address)
-    wait_until(lambda: _answers(lambda: runtime.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")),
+    wait_until(lambda: _answers(lambda: runtime.invoke_endpoint(EndpointName=endpoint, Body=BODY, ContentType="application/x-npy")),
                timeout=20, what="the proxy serves the endpoint")
-    pids = [int(line.split("pid=")[1].split()[0]) for line in cp.output if "event=instance_ready" in line]
+    pids = [int(line.split("pid=")[1].split()[0]) for line in cp.output
+            if "event=instance_ready" in line and f"endpoint={endpoint} " in line]
     assert len(pids) == 2
 
     ok, failed = [0], []
@@ -131,7 +141,7 @@ def test_calls_in_flight_on_a_killed_instance_are_retried_on_its_sibling(service
         mine = mve.client("sagemaker-runtime", address=proxy.address)
         while not stop.is_set():
             try:
-                mine.invoke_endpoint(EndpointName=EP, Body=BODY, ContentType="application/x-npy")
+                mine.invoke_endpoint(EndpointName=endpoint, Body=BODY, ContentType="application/x-npy")
                 with lock:
                     ok[0] += 1
             except ClientError as error:
