@@ -314,7 +314,7 @@ def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching:
 
 def proxy_batching_available() -> bool:
     """Whether this checkout's proxy has the batcher (before it lands, Batching has no effect)."""
-    return (Path(mve.__file__).parent / "proxy" / "batcher.py").is_file()
+    return (Path(mve.__file__).parent / "proxy" / "batching" / "batcher.py").is_file()
 
 
 def main(argv=None) -> int:
@@ -428,7 +428,7 @@ def main(argv=None) -> int:
     if "doors" in results:
         print_doors(results["doors"])
     if not results["settings"]["proxy_batching_available"]:
-        print("note: this proxy has no batcher yet (mve/proxy/batcher.py); 'batching on' ran unbatched")
+        print("note: this proxy has no batcher yet (mve/proxy/batching/batcher.py); 'batching on' ran unbatched")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")

@@ -144,8 +144,8 @@ def inprocess_cost(endpoint: str, rounds: int = 7, requests: int = 3000) -> dict
     from mve._proto import control_pb2
     from mve._proto import grpc_predict_v2_pb2 as pb
     from mve.proxy.dataplane import DataPlane
-    from mve.proxy.router import Router
-    from mve.proxy.servicer import RawModelInfer
+    from mve.proxy.routing.router import Router
+    from mve.proxy.transport.grpc_servicers import RawModelInfer
     from mve.proxy.stats import StatsBook
     from mve.tracing import setup_tracing
 

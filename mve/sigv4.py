@@ -7,7 +7,7 @@ that a proxy can verify signatures with the date keys the routing table carries 
 secret. Signatures are compared with `hmac.compare_digest`.
 
 Interface used by the HTTP faces (control plane ``mve/control/http_*.py``, proxy
-``mve/proxy/http_runtime.py``)::
+``mve/proxy/transport/http_runtime.py``)::
 
     from mve.sigv4 import AuthError, SigningKeys, aiohttp_verify
 

@@ -1,7 +1,7 @@
 """Which instances the proxies report as ejected outliers, and since when.
 
 Each proxy's ``ReportStats`` names, per variant, the instances it holds out of rotation
-(``VariantStats.ejected_instance_ids``; see `mve.proxy.outliers`). `EjectionWatch` keeps one
+(``VariantStats.ejected_instance_ids``; see `mve.proxy.routing.outliers`). `EjectionWatch` keeps one
 sighting per named instance: when a report first named it, when one last did. A report on the
 variant that does not name it clears it (so with several proxies every one that reports the
 variant must agree), as does silence: no report naming it for `STALE_INTERVALS` reporting

@@ -7,7 +7,7 @@ Inference Protocol, model name = endpoint name) both pick a variant with the `Ro
 its `VariantBatcher` instead, which sends it through the same `send` in a batch and gives back
 only its rows; a variant without batching goes straight to `send`. The gRPC servicers only
 convert protobuf to these calls. `DataPlane.model_infer_bytes` serves ModelInfer on serialised
-bytes and forwards them untouched where it can (`mve.proxy.wire`).
+bytes and forwards them untouched where it can (`mve.proxy.transport.wire`).
 
 Every invocation has an inference id: the caller's (InferenceId, or the request's ``id``), else one
 the proxy makes (`mve.proxy.inference_ids`); it goes upstream, comes back in the answer, and is
@@ -30,17 +30,17 @@ from google.protobuf.message import DecodeError
 from mve import codecs, tensors
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import MveError, ValidationError
-from mve.proxy import wire
-from mve.proxy.batcher import VariantBatcher
-from mve.proxy.batches import BatchingPolicy
+from mve.proxy.batching.batcher import VariantBatcher
+from mve.proxy.batching.policy import BatchingPolicy
 from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.inference_ids import InferenceIds
 from mve.proxy.payloads import CUSTOM_ATTRIBUTES_PARAM, body_request, cast_body, response_outputs
-from mve.proxy.router import EndpointState, Router, TensorSpec, VariantState
+from mve.proxy.routing.router import EndpointState, Router, TensorSpec, VariantState
 from mve.proxy.shadow import ShadowSender
-from mve.proxy.traffic_copies import TrafficCopies
 from mve.proxy.stats import StatsBook
-from mve.proxy.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
+from mve.proxy.traffic_copies import TrafficCopies
+from mve.proxy.transport import wire
+from mve.proxy.transport.upstream import UpstreamPool, fetch_model_metadata, infer_on_variant
 
 NAME_PATTERN = re.compile(r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$")
 MAX_INFERENCE_ID = 64
@@ -205,7 +205,7 @@ class DataPlane:
 
         When the request can go as it is (raw tensor contents, the variant not batched), its bytes
         are forwarded with the variant's model name appended and the answer's bytes come back with
-        the endpoint and the variant appended (`mve.proxy.wire`): no tensor byte is decoded or
+        the endpoint and the variant appended (`mve.proxy.transport.wire`): no tensor byte is decoded or
         re-encoded on the way.
         """
         started = time.perf_counter()

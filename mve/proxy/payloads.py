@@ -7,7 +7,7 @@ import numpy as np
 from mve import tensors
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, ValidationError
-from mve.proxy.router import TensorSpec, VariantState
+from mve.proxy.routing.router import TensorSpec, VariantState
 
 CUSTOM_ATTRIBUTES_PARAM = "custom_attributes"
 

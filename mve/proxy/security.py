@@ -5,7 +5,7 @@
   (`server_credentials`); its HTTP door: HTTPS with the same certificate (`http_ssl_context`);
 - invocation auth: `gatekeeper` is a ``Gatekeeper(RuntimePolicy(), tokens)`` when a token file is
   given or client certificates are required, else None, and the handlers then check nothing
-  (`mve.proxy.handlers`);
+  (`mve.proxy.transport.grpc_registry`);
 - the control plane: dialled with TLS per --control-plane-tls, verified against --tls-ca and
   presented --tls-cert (`control_plane_channel`), the token on WatchRoutes and ReportStats
   (`ControlPlaneStub`);

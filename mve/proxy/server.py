@@ -16,16 +16,16 @@ from mve._proto import grpc_predict_v2_pb2, runtime_pb2, runtime_pb2_grpc
 from mve.prometheus import MetricsServer, loop_reader
 from mve.proxy.capture_writer import CaptureWriter
 from mve.proxy.dataplane import DataPlane
-from mve.proxy.handlers import ErrorMappingServer
-from mve.proxy.http_auth import RequestAuth
-from mve.proxy.http_runtime import HttpRuntime, RuntimeHttpServer
 from mve.proxy.prometheus import ProxyCollector
-from mve.proxy.router import Router
-from mve.proxy.routes import RouteWatcher
-from mve.proxy.servicer import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
+from mve.proxy.routing.router import Router
+from mve.proxy.routing.watcher import RouteWatcher
 from mve.proxy.settings import ProxySettings
 from mve.proxy.stats import StatsBook, StatsReporter
-from mve.proxy.upstream import CHANNEL_OPTIONS, UpstreamPool
+from mve.proxy.transport.grpc_registry import ErrorMappingServer
+from mve.proxy.transport.grpc_servicers import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
+from mve.proxy.transport.http_auth import RequestAuth
+from mve.proxy.transport.http_runtime import HttpRuntime, RuntimeHttpServer
+from mve.proxy.transport.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
 from mve.tls import is_loopback
 from mve.tracing import Tracing, setup_tracing

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from mve.errors import ValidationError
-from mve.proxy.outliers import OutlierPolicy
+from mve.proxy.routing.outliers import OutlierPolicy
 
 DEFAULT_CONTROL_PLANE = "127.0.0.1:7070"
 DEFAULT_METRICS_PORT = 9464
@@ -68,7 +68,7 @@ class ProxySettings:
     # SageMaker Runtime's HTTP face (boto3's sagemaker-runtime) on http://HOST:HTTP_PORT, the same
     # host as the gRPC port; 0 picks a free port, -1 turns it off.
     http_port: int = DEFAULT_HTTP_PORT
-    # Outlier ejection (`mve.proxy.outliers`): an instance with this many failures in a row (timeouts,
+    # Outlier ejection (`mve.proxy.routing.outliers`): an instance with this many failures in a row (timeouts,
     # UNAVAILABLE, 5xx-class), or whose latency EWMA is this factor above its siblings' median, leaves
     # the variant's rotation for --outlier-ejection-s x its ejections in a row (at most 10x), then is
     # probed; at most --outlier-max-ejection-percent of a variant's instances are out at once.

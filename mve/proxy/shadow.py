@@ -21,10 +21,10 @@ from collections.abc import Awaitable, Callable
 
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import MveError
-from mve.proxy import wire
 from mve.proxy.ratelimit import RateLimitedLog
-from mve.proxy.router import VariantState
+from mve.proxy.routing.router import VariantState
 from mve.proxy.stats import StatsBook
+from mve.proxy.transport import wire
 
 log = logging.getLogger(__name__)
 

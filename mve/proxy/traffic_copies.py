@@ -17,12 +17,12 @@ from collections.abc import Awaitable, Callable
 from mve import codecs
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import MveError
-from mve.proxy import wire
 from mve.proxy.capture import MODEL_INFER_REQUEST_TYPE, MODEL_INFER_RESPONSE_TYPE, CapturePolicy, CaptureRecord
 from mve.proxy.payloads import body_request, cast_body, response_outputs
-from mve.proxy.router import EndpointState, TensorSpec, VariantState
+from mve.proxy.routing.router import EndpointState, TensorSpec, VariantState
 from mve.proxy.shadow import ShadowSender
 from mve.proxy.stats import StatsBook
+from mve.proxy.transport import wire
 
 
 class TrafficCopies:

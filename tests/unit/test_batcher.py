@@ -10,11 +10,11 @@ import pytest
 
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, ModelNotReady, ServiceUnavailable, ValidationError
-from mve.proxy.batcher import VariantBatcher
-from mve.proxy import wire
-from mve.proxy.batches import BatchingPolicy
+from mve.proxy.batching.batcher import VariantBatcher
+from mve.proxy.batching.policy import BatchingPolicy
 from mve.proxy.stats import StatsBook
-from mve.proxy.upstream import InferResult
+from mve.proxy.transport import wire
+from mve.proxy.transport.upstream import InferResult
 from virtual_loop import run
 
 

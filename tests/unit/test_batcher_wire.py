@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mve._proto import grpc_predict_v2_pb2 as pb
-from mve.proxy import wire
+from mve.proxy.transport import wire
 from test_batcher import FakeModel, batcher_for, request
 from virtual_loop import run
 

@@ -23,11 +23,11 @@ from mve.errors import (
     InternalFailure, ModelError, ModelNotReady, MveError, NotFound, ResourceNotFound, ServiceUnavailable,
     ValidationError,
 )
-from mve.proxy import http_runtime
 from mve.proxy.dataplane import InvokeResult
-from mve.proxy.http_auth import AuthRefused, RequestAuth
-from mve.proxy.http_errors import original_status_code
-from mve.proxy.http_runtime import REFUSED_HEADERS, SERVED_HEADERS, HttpRuntime, RuntimeHttpServer
+from mve.proxy.transport import http_runtime
+from mve.proxy.transport.http_auth import AuthRefused, RequestAuth
+from mve.proxy.transport.http_errors import original_status_code
+from mve.proxy.transport.http_runtime import REFUSED_HEADERS, SERVED_HEADERS, HttpRuntime, RuntimeHttpServer
 
 
 class FakeDataPlane:

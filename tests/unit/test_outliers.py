@@ -1,4 +1,4 @@
-"""The outlier detector (mve.proxy.outliers) on a real InstanceBalancer, with an injected clock."""
+"""The outlier detector (mve.proxy.routing.outliers) on a real InstanceBalancer, with an injected clock."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 
 from mve._fastroute import InstanceBalancer
-from mve.proxy.outliers import (
+from mve.proxy.routing.outliers import (
     CONSECUTIVE_FAILURES,
     LATENCY,
     LATENCY_CHECK_EVERY,
@@ -56,7 +56,7 @@ def test_consecutive_failures_eject_at_the_threshold_and_an_answer_resets_the_co
     d.succeeded(0, 1000.0)  # the row is broken
     fail(d, 0, 4)
     assert d.state_name(0) == "in_rotation" and d.ejected_ids() == []
-    with caplog.at_level(logging.WARNING, logger="mve.proxy.outliers"):
+    with caplog.at_level(logging.WARNING, logger="mve.proxy.routing.outliers"):
         d.failed(0)
     assert d.state_name(0) == "ejected" and d.ejected_ids() == ["i0"] and d.ejected_count == 1
     assert balancer_of(d).skipped(0) and not balancer_of(d).skipped(1)
@@ -209,7 +209,7 @@ def test_a_probe_takes_one_request_at_a_time_and_its_answer_restores_the_instanc
     assert balancer.skipped(0)
     assert {balancer.acquire() for _ in range(5)} == {1}  # one probe at a time
     assert d.ejected_ids() == ["i0"]  # still out until the probe answers
-    with caplog.at_level(logging.INFO, logger="mve.proxy.outliers"):
+    with caplog.at_level(logging.INFO, logger="mve.proxy.routing.outliers"):
         d.succeeded(0, 800.0)
     assert d.state_name(0) == "in_rotation" and not balancer.skipped(0) and d.ejected_ids() == []
     health = d.health(0)

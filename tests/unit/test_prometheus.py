@@ -28,7 +28,7 @@ from mve.control.settings import SettingsError, load_settings
 from mve.errors import ModelError, ValidationError
 from mve.prometheus import MetricsServer, loop_reader
 from mve.proxy.prometheus import BATCH_BOUNDS, LATENCY_BOUNDS, ProxyCollector
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 from mve.proxy.settings import ProxySettings
 from mve.proxy.stats import StatsBook
 

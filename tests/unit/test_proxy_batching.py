@@ -12,9 +12,9 @@ import pytest
 from mve._proto import control_pb2
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.proxy.dataplane import DataPlane, InvokeRequest
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 from mve.proxy.stats import StatsBook, stats_request
-from mve.proxy.upstream import InferResult
+from mve.proxy.transport.upstream import InferResult
 from virtual_loop import run
 
 

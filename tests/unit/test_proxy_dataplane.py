@@ -16,7 +16,7 @@ from mve._proto import control_pb2
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, ModelNotReady, ValidationError
 from mve.proxy.dataplane import DataPlane, InvokeRequest
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 from mve.proxy.stats import StatsBook, stats_request
 
 
@@ -240,7 +240,7 @@ def test_stats_requests_carry_every_counter():
 
 
 def test_requests_past_the_in_flight_bounds_are_refused_at_once():
-    from mve.proxy.upstream import infer_on_variant
+    from mve.proxy.transport.upstream import infer_on_variant
 
     release = None
 

@@ -14,9 +14,9 @@ from test_prometheus import scrape, value
 from mve._proto import control_pb2
 from mve.errors import ModelError, ValidationError
 from mve.proxy.dataplane import DataPlane
-from mve.proxy.outliers import OutlierPolicy
-from mve.proxy.router import LEAST_OUTSTANDING_REQUESTS, RANDOM, Router
 from mve.proxy.prometheus import ProxyCollector
+from mve.proxy.routing.outliers import OutlierPolicy
+from mve.proxy.routing.router import LEAST_OUTSTANDING_REQUESTS, RANDOM, Router
 from mve.proxy.stats import StatsBook, StatsReporter
 
 
@@ -260,7 +260,7 @@ def test_outlier_flags_environment_and_defaults_reach_the_router(monkeypatch):
 
 
 def test_a_call_cancelled_at_its_deadline_counts_as_a_timeout_and_one_cancelled_early_does_not():
-    from mve.proxy.upstream import infer_on_variant
+    from mve.proxy.transport.upstream import infer_on_variant
 
     class HangingPool(FakePool):
         def stub(self, address):

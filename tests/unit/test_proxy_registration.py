@@ -14,8 +14,8 @@ import grpc
 import pytest
 
 from mve.proxy import server as proxy_server
-from mve.proxy.handlers import ErrorMappingServer
 from mve.proxy.settings import ProxySettings
+from mve.proxy.transport.grpc_registry import ErrorMappingServer
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 INVOKE = "/mve.v1.EndpointRuntime/InvokeEndpoint"

@@ -8,9 +8,9 @@ import grpc
 import pytest
 
 from mve._proto import control_pb2
-from mve.proxy.router import Router
-from mve.proxy.routes import RouteWatcher
-from mve.proxy.upstream import UpstreamPool
+from mve.proxy.routing.router import Router
+from mve.proxy.routing.watcher import RouteWatcher
+from mve.proxy.transport.upstream import UpstreamPool
 
 
 def table(version: int, addresses: list[str]):

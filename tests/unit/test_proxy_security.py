@@ -16,10 +16,10 @@ from mve.authn import new_token
 from mve.errors import ModelNotReady, ValidationError
 from mve.pki import ensure_local_pki
 from mve.proxy import cli
-from mve.proxy.handlers import _authorized
 from mve.proxy.security import ControlPlaneStub
 from mve.proxy.settings import ProxySettings
-from mve.proxy.upstream import UpstreamPool
+from mve.proxy.transport.grpc_registry import _authorized
+from mve.proxy.transport.upstream import UpstreamPool
 from mve.tls import write_private
 
 
@@ -186,7 +186,7 @@ def test_a_pool_without_credentials_refuses_tls_tables_by_name_and_never_in_plai
     async def main():
         pool = UpstreamPool(close_grace_s=0)
         pool.sync({"127.0.0.1:1"})
-        with caplog.at_level(logging.ERROR, logger="mve.proxy.upstream"):
+        with caplog.at_level(logging.ERROR, logger="mve.proxy.transport.upstream"):
             pool.sync({"127.0.0.1:1", "127.0.0.1:2"}, upstream_tls=True)
             pool.sync({"127.0.0.1:1", "127.0.0.1:2"}, upstream_tls=True)
         assert pool.addresses == set()

@@ -14,10 +14,10 @@ from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import ModelError, ValidationError
 from mve.proxy.capture import MODEL_INFER_REQUEST_TYPE, MODEL_INFER_RESPONSE_TYPE, record_line
 from mve.proxy.dataplane import DataPlane, InvokeRequest
-from mve.proxy.router import Instance, Router
+from mve.proxy.routing.router import Instance, Router
 from mve.proxy.shadow import ShadowSender
 from mve.proxy.stats import StatsBook
-from mve.proxy.upstream import InferResult
+from mve.proxy.transport.upstream import InferResult
 
 FACTORS = {"m-prod": 2.0, "m-shadow": 3.0}
 

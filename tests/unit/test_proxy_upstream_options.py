@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import types
 
-from mve.proxy import upstream
+from mve.proxy.transport import upstream
 
 
 def test_upstream_channels_are_made_with_grpc_retries_off(monkeypatch):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mve._proto import grpc_predict_v2_pb2 as pb
-from mve.proxy import wire
+from mve.proxy.transport import wire
 
 
 def _request(**fields) -> pb.ModelInferRequest:

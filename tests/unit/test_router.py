@@ -9,7 +9,7 @@ from scipy.stats import chisquare
 
 from mve._proto import control_pb2
 from mve.errors import RUNTIME, ModelNotReady, NotFound, ServiceUnavailable, ValidationError, error_name
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 
 
 def table(weights: dict[str, float], *, version: int = 1, cp: str = "cp-1", instances: int = 2, endpoint: str = "ep"):

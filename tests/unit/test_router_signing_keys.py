@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mve._proto import control_pb2 as pb
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 from mve.sigv4 import date_key
 
 

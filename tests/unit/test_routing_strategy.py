@@ -8,7 +8,7 @@ from scipy.stats import binom
 from mve._fastroute import InstanceBalancer
 from mve._proto import control_pb2
 from mve.errors import ModelNotReady
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 
 
 def variant_with(strategy: str, instances: int = 4, seed: int = 11):

@@ -17,9 +17,9 @@ from opentelemetry.trace import SpanKind
 from mve._proto import control_pb2
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.proxy.dataplane import DataPlane
-from mve.proxy.router import Router
+from mve.proxy.routing.router import Router
 from mve.proxy.stats import StatsBook
-from mve.proxy.upstream import infer_on_variant
+from mve.proxy.transport.upstream import infer_on_variant
 from mve.tracing import TracingConfigError, extract, outgoing_metadata, tracing_config
 
 # ------------------------------------------------------------ configuration

@@ -7,7 +7,7 @@ version 2017-05-13, signing name ``sagemaker``): InvokeEndpoint is
 headers. The handler reads the body once, hands one `InvokeRequest` to `DataPlane.invoke_endpoint`
 (the gRPC door's own call: the same routing, batching, capture, shadows, counters and spans) and
 writes the answer's body and headers. Errors are rest-json errors as botocore parses them
-(`mve.proxy.http_errors`).
+(`mve.proxy.transport.http_errors`).
 
 Request headers: Content-Type, Accept, X-Amzn-SageMaker-Custom-Attributes, -Target-Variant and
 -Inference-Id are served. The headers of features mve does not have (TargetModel,
@@ -22,7 +22,7 @@ Answer headers: Content-Type, x-Amzn-Invoked-Production-Variant, X-Amzn-SageMake
 X-Amzn-SageMaker-Inference-Id (the invocation's id, the caller's or one the proxy made, as in
 captured records) and x-amzn-RequestId (this HTTP request's id, also on errors).
 
-Who may call: `RequestAuth` (`mve.proxy.http_auth`) admits each request before it reaches the data
+Who may call: `RequestAuth` (`mve.proxy.transport.http_auth`) admits each request before it reaches the data
 plane: refused with ServiceUnavailable until a routing table has arrived, checked for a SigV4
 signature when the table says ``auth_required``.
 """
@@ -39,8 +39,8 @@ from mve.codecs import MAX_BODY_BYTES
 from mve.errors import MveError, ValidationError
 from mve.prometheus import dialable_host
 from mve.proxy.dataplane import DataPlane, InvokeRequest
-from mve.proxy.http_auth import AuthRefused, RequestAuth
-from mve.proxy.http_errors import (
+from mve.proxy.transport.http_auth import AuthRefused, RequestAuth
+from mve.proxy.transport.http_errors import (
     REQUEST_ID_HEADER, error_response, mve_error_response, too_large_response,
 )
 from mve.proxy.inference_ids import InferenceIds

@@ -22,7 +22,7 @@ and no busy loops, so a test drives a batcher exactly with a virtual-time loop. 
 oldest queue when its delay is over; the other is the deadline sweep, due at the earliest deadline
 of the callers still waiting (queued or in a batch), which expires every caller past its own and
 re-arms itself for the next. Copying rows into a batch and slicing outputs back is
-`mve.proxy.batches` (`_fastroute.assemble_batch` / `split_batch`).
+`mve.proxy.batching.assembly` (`_fastroute.assemble_batch` / `split_batch`).
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from mve.errors import InternalFailure, ModelError, ModelNotReady, MveError, ServiceUnavailable, http_status_of_grpc_code
-from mve.proxy.batch_queue import KeyQueue, Member
-from mve.proxy.batches import BatchingPolicy, assemble, batch_parts, split, split_bytes
-from mve.proxy.upstream import InferResult
+from mve.proxy.batching.assembly import assemble, batch_parts, split, split_bytes
+from mve.proxy.batching.policy import BatchingPolicy
+from mve.proxy.batching.queue import KeyQueue, Member
+from mve.proxy.transport.upstream import InferResult
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class VariantBatcher:
 
         Returns what `send` returns, with a response holding only this request's rows: a
         ``ModelInferResponse``, or with `tail` (`wire.response_tail`) that response serialised with
-        `tail` appended (`batches.split_bytes`). `wire`, the request already serialised for the
+        `tail` appended (`assembly.split_bytes`). `wire`, the request already serialised for the
         variant's model (bytes, or a tuple of byte pieces joined only when needed), is what goes
         upstream if the request ends up alone in its batch (then the answer's bytes are not
         decoded either).

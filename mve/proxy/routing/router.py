@@ -17,7 +17,7 @@ same variant, and a weight change moves only the keys it must.
 Within a variant, its RoutingStrategy picks the instance: LEAST_OUTSTANDING_REQUESTS the one
 with the fewest requests in flight, RANDOM (SageMaker's default) one uniformly at random; both
 count the requests in flight, which --max-in-flight-per-instance bounds. Instances the variant's
-`OutlierDetector` has taken out of rotation (`mve.proxy.outliers`: consecutive failures, a latency
+`OutlierDetector` has taken out of rotation (`mve.proxy.routing.outliers`: consecutive failures, a latency
 far above their siblings', a refused connection) are passed over; their state survives a
 weight-only table with the balancer, and a table that changes the instance list carries it over
 by instance id.
@@ -41,9 +41,9 @@ from dataclasses import dataclass, field
 
 from mve import _fastroute
 from mve.errors import ModelNotReady, NotFound, ServiceUnavailable, ValidationError
-from mve.proxy.batches import BATCHING_OFF, BatchingPolicy
+from mve.proxy.batching.policy import BATCHING_OFF, BatchingPolicy
 from mve.proxy.capture import CapturePolicy
-from mve.proxy.outliers import OutlierDetector, OutlierPolicy
+from mve.proxy.routing.outliers import OutlierDetector, OutlierPolicy
 from mve.sigv4 import NO_KEYS, SigningKeys
 
 log = logging.getLogger(__name__)

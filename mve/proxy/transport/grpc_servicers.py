@@ -2,7 +2,7 @@
 
 ``mve.v1.EndpointRuntime`` (InvokeEndpoint) and ``inference.GRPCInferenceService`` (the Open
 Inference Protocol, where model_name is the endpoint name). Errors are domain exceptions mapped to
-gRPC status by the wrapper `mve.proxy.handlers` puts around each handler at registration.
+gRPC status by the wrapper `mve.proxy.transport.grpc_registry` puts around each handler at registration.
 
 ModelInfer is registered on serialised bytes (`RawModelInfer`), so that the data plane can forward
 a request's tensor bytes without decoding and re-encoding them (`DataPlane.model_infer_bytes`).
@@ -117,7 +117,7 @@ class RawModelInfer:
     """ModelInfer as a unary-unary behaviour on serialised bytes (`DataPlane.model_infer_bytes`).
 
     It maps errors to a gRPC status itself (as `mve.errors.ErrorInterceptor` would), so that the
-    hot path runs without an interceptor or a wrapper coroutine (`mve.proxy.handlers`).
+    hot path runs without an interceptor or a wrapper coroutine (`mve.proxy.transport.grpc_registry`).
     """
 
     maps_errors = True
@@ -155,5 +155,5 @@ def add_inference_service(servicer: InferenceServicer, model_infer: RawModelInfe
         # The bound method: grpc.aio awaits a handler only when it is a coroutine function.
         "ModelInfer": grpc.unary_unary_rpc_method_handler(model_infer.__call__),
     }
-    # A generic handler only: registered methods cost a grpc.aio server on every call (`mve.proxy.handlers`).
+    # A generic handler only: registered methods cost a grpc.aio server on every call (`mve.proxy.transport.grpc_registry`).
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(INFERENCE_SERVICE, handlers),))

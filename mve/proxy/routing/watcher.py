@@ -14,8 +14,8 @@ from collections.abc import Awaitable, Callable
 import grpc
 
 from mve._proto import control_pb2
-from mve.proxy.router import Router
-from mve.proxy.upstream import UpstreamPool
+from mve.proxy.routing.router import Router
+from mve.proxy.transport.upstream import UpstreamPool
 
 log = logging.getLogger(__name__)
 

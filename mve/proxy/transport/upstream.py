@@ -25,7 +25,7 @@ import grpc
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve.errors import ModelError, ModelNotReady, ValidationError, http_status_of_grpc_code
-from mve.proxy.router import Instance, TensorSpec, VariantState
+from mve.proxy.routing.router import Instance, TensorSpec, VariantState
 from mve.tracing import outgoing_metadata
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ async def infer_on_variant(pool: UpstreamPool, variant: VariantState, request, t
     An instance that answered UNAVAILABLE is passed over for a moment (`VariantState.eject`), so
     the requests after it do not each pay for a failed first try.
 
-    Each call's outcome goes to the variant's outlier detector (`mve.proxy.outliers`): an answer
+    Each call's outcome goes to the variant's outlier detector (`mve.proxy.routing.outliers`): an answer
     with its latency; a timeout, UNAVAILABLE or 5xx-class status as a failure; the caller's bad
     input, a 4xx-class status or a cancelled call as no verdict.
 
