@@ -194,3 +194,90 @@ cdef extern from "<netinet/in.h>" nogil:
 cdef extern from "<netinet/tcp.h>" nogil:
     enum:
         TCP_NODELAY
+
+
+cdef extern from "nghttp2/nghttp2.h" nogil:
+    enum:
+        NGHTTP2_ERR_DEFERRED
+        NGHTTP2_REFUSED_STREAM
+    int nghttp2_session_resume_data(nghttp2_session* session, int32_t stream_id)
+    int32_t nghttp2_session_get_last_proc_stream_id(nghttp2_session* session)
+    int nghttp2_submit_goaway(nghttp2_session* session, uint8_t flags, int32_t last_stream_id, uint32_t error_code,
+                              const uint8_t* opaque_data, size_t opaque_data_len)
+
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t* mutex, const void* attr)
+    int pthread_mutex_destroy(pthread_mutex_t* mutex)
+    int pthread_mutex_lock(pthread_mutex_t* mutex)
+    int pthread_mutex_unlock(pthread_mutex_t* mutex)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    enum:
+        SOL_SOCKET
+        SO_REUSEPORT
+
+
+# ---- added for mve/_h2client.pyx (the native gRPC client) ----
+
+cdef extern from "nghttp2/nghttp2.h" nogil:
+    ctypedef struct nghttp2_priority_spec:
+        pass
+
+    ctypedef struct nghttp2_goaway:
+        nghttp2_frame_hd hd
+        int32_t last_stream_id
+        uint32_t error_code
+
+    ctypedef int (*nghttp2_on_frame_not_send_callback)(
+        nghttp2_session* session, const nghttp2_frame* frame, int lib_error_code, void* user_data) noexcept nogil
+
+    enum:
+        NGHTTP2_GOAWAY
+        NGHTTP2_SETTINGS_ENABLE_PUSH
+        NGHTTP2_PROTOCOL_ERROR
+        NGHTTP2_ENHANCE_YOUR_CALM
+        NGHTTP2_INADEQUATE_SECURITY
+        NGHTTP2_ERR_STREAM_ID_NOT_AVAILABLE
+
+    int nghttp2_session_client_new2(nghttp2_session** session_ptr, const nghttp2_session_callbacks* callbacks,
+                                    void* user_data, const nghttp2_option* option)
+    int32_t nghttp2_submit_request(nghttp2_session* session, const nghttp2_priority_spec* pri_spec,
+                                   const nghttp2_nv* nva, size_t nvlen, const nghttp2_data_provider* data_prd,
+                                   void* stream_user_data)
+    int nghttp2_session_check_request_allowed(nghttp2_session* session)
+    const char* nghttp2_strerror(int lib_error_code)
+    const char* nghttp2_http2_strerror(uint32_t error_code)
+    void nghttp2_session_callbacks_set_on_frame_not_send_callback(
+        nghttp2_session_callbacks* cbs, nghttp2_on_frame_not_send_callback cb)
+
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned short sa_family_t
+    enum:
+        AF_INET
+        AF_INET6
+        SOCK_STREAM
+        SO_ERROR
+    int socket(int domain, int type, int protocol)
+    int connect(int sockfd, const sockaddr* addr, socklen_t addrlen)
+    int getsockopt(int sockfd, int level, int optname, void* optval, socklen_t* optlen)
+
+
+cdef extern from "<netdb.h>" nogil:
+    cdef struct addrinfo:
+        int ai_flags
+        int ai_family
+        int ai_socktype
+        int ai_protocol
+        socklen_t ai_addrlen
+        sockaddr* ai_addr
+        char* ai_canonname
+        addrinfo* ai_next
+    int getaddrinfo(const char* node, const char* service, const addrinfo* hints, addrinfo** res)
+    void freeaddrinfo(addrinfo* res)
+    const char* gai_strerror(int errcode)
+

@@ -1,7 +1,7 @@
 # The C-level contract of mve/_h2transport.pyx: the server's own state structs. The libnghttp2
 # and epoll/socket declarations are in mve/_h2lib.pxd.
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from mve._h2lib cimport *
 
@@ -24,6 +24,12 @@ cdef struct Canned:
     size_t details_len
 
 
+# A path whose unary requests are handed to Python whole (add_unary).
+cdef struct UnaryPath:
+    uint8_t* path
+    size_t path_len
+
+
 cdef struct Conn:
     int fd
     nghttp2_session* session
@@ -35,18 +41,22 @@ cdef struct Conn:
     size_t wlen
     size_t woff
     size_t wcap
+    uint32_t slot           # index in Server.slots: with the slot's generation, it names the connection in tokens
     bint dirty              # has something to send: flushed once at the end of the loop turn
     bint want_out           # EPOLLOUT registered (the socket's buffer was full)
     bint dead
 
 
-# One request stream; freed when nghttp2 closes the stream.
+# One request stream; freed when nghttp2 closes the stream (or with its connection).
 cdef struct Stream:
     int32_t id
     Conn* conn
     Stream* prev
     Stream* next
-    const Canned* route     # NULL: no such method
+    int kind                # ROUTE_*: how the request is answered
+    const Canned* route     # ROUTE_CANNED: the answer
+    int method              # ROUTE_UNARY: the index of its path in add_unary's order
+    uint64_t token          # names the stream to Python: connection slot, slot generation, stream id
     uint8_t path[128]       # the first bytes of :path, for UNIMPLEMENTED's message
     size_t path_len
     uint8_t prefix[5]       # the current message's gRPC prefix as it arrives
@@ -54,10 +64,70 @@ cdef struct Stream:
     uint64_t message_left   # bytes of the current message still to come
     uint32_t messages
     int64_t deadline_ns     # from grpc-timeout; 0: none
-    bint answered
-    const uint8_t* out      # reply bytes the data provider still has to send
+    uint8_t* ibuf           # the current request message, collected for Python
+    size_t ilen
+    uint8_t* meta           # the caller's metadata for Python: (u32 name length, name, u32 value length, value)*
+    size_t meta_len
+    size_t meta_cap
+    bint meta_overflow      # metadata over MAX_METADATA_BYTES: refused with RESOURCE_EXHAUSTED
+    bint handed             # given to Python: an answer is owed, or a cancel event if none comes
+    bint answered           # the final status is submitted (or the stream is being answered from C)
+    bint headers_sent
+    bint finishing          # the final status is known: send it after the buffered output
+    bint deferred           # the data provider is waiting for output (NGHTTP2_ERR_DEFERRED)
+    const uint8_t* out      # ROUTE_CANNED: reply bytes the data provider still has to send
     size_t out_len
     size_t out_off
+    uint8_t* obuf           # ROUTE_UNARY/ROUTE_FORWARD: framed output not yet taken by nghttp2
+    size_t olen
+    size_t ooff
+    size_t ocap
+    char fstatus[12]        # the final grpc-status, as text
+    uint8_t* fmessage       # its grpc-message (percent-encoded) and grpc-status-details-bin (base64)
+    size_t fmessage_len
+    uint8_t* fdetails
+    size_t fdetails_len
+
+
+# What the loop hands to Python (take()); the buffers are then Python's to copy and free.
+cdef struct Event:
+    int kind                # EV_*
+    uint64_t token
+    int method              # EV_REQUEST: the unary path's index
+    uint8_t* body           # EV_REQUEST, EV_MESSAGE: the message; EV_OPEN: the path
+    size_t body_len
+    uint8_t* meta           # EV_REQUEST, EV_OPEN: the metadata
+    size_t meta_len
+    int64_t deadline_ns
+
+
+# What Python hands to the loop (reply, fail, send, finish, shutdown).
+cdef struct Command:
+    int kind                # CMD_*
+    uint64_t token
+    uint8_t* data           # framed messages to send (NULL: none)
+    size_t data_len
+    bint finish             # then the final status
+    char status[12]
+    uint8_t* message
+    size_t message_len
+    uint8_t* details
+    size_t details_len
+
+
+cdef struct Deadline:
+    int64_t at_ns
+    uint64_t token
+
+
+# A mutex-guarded list of Events or Commands shared by the loop and Python's thread.
+cdef struct Mailbox:
+    pthread_mutex_t lock
+    void* items
+    size_t n
+    size_t cap
+    size_t item_size
+    int fd                  # an eventfd, written when the list goes from empty to not empty
 
 
 cdef struct Server:
@@ -66,6 +136,9 @@ cdef struct Server:
     int stop_fd
     Canned* canned
     int n_canned
+    UnaryPath* unary
+    int n_unary
+    bint forward_others     # paths neither canned nor unary are handed to Python as streams
     uint64_t max_message
     nghttp2_session_callbacks* callbacks
     nghttp2_option* option
@@ -73,11 +146,27 @@ cdef struct Server:
     Conn** dirty
     int n_dirty
     int dirty_cap
+    Conn** slots            # connections by slot
+    uint16_t* generations   # per slot, bumped when its connection goes
+    uint32_t* free_slots
+    uint32_t n_free
+    uint32_t n_slots
+    Event* local            # events of this loop turn, published to `events` at its end
+    size_t n_local
+    size_t local_cap
+    Mailbox events          # loop -> Python
+    Mailbox commands        # Python -> loop
+    Deadline* deadlines     # a min-heap of the deadlines of streams handed to Python
+    size_t n_deadlines
+    size_t deadlines_cap
     uint8_t* rbuf
     size_t rbuf_size
     bint stopping
+    bint draining
     uint64_t accepted
     int64_t open_conns
     uint64_t requests
     uint64_t errors
     uint64_t resets
+    uint64_t handed_off
+    uint64_t deadline_exceeded

@@ -2,16 +2,26 @@
 
 MAX_MESSAGE_BYTES: int
 NGHTTP2_VERSION: str
+EVENT_REQUEST: int
+EVENT_OPEN: int
+EVENT_MESSAGE: int
+EVENT_HALF_CLOSE: int
+EVENT_CANCEL: int
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+Event = tuple[int, int, int | str | None, bytes | None, float | None, Metadata]
 
 class H2Server:
-    """A unary gRPC server on libnghttp2 and one epoll loop that runs with the GIL released.
+    """A gRPC server on libnghttp2 and one epoll loop that runs with the GIL released.
 
-    Binds ``host:port`` at once (port 0: a free one, see ``port``). Add canned answers, then call
-    ``serve_forever()`` in one thread; ``stop()`` from any thread or a signal handler ends it.
+    Binds ``host:port`` at once (port 0: a free one, see ``port``). Add canned answers and unary
+    paths, then call ``serve_forever()`` in one thread; ``stop()`` from any thread or a signal
+    handler ends it. Requests for Python come out of ``take()`` when ``events_fd`` is readable.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int = 0, *, max_message_bytes: int = ..., backlog: int = 1024
+        self, host: str = "127.0.0.1", port: int = 0, *, max_message_bytes: int = ..., backlog: int = 1024,
+        forward_others: bool = False, reuse_port: bool = False,
     ) -> None: ...
     @property
     def port(self) -> int:
@@ -26,10 +36,27 @@ class H2Server:
         details: bytes = b"",
     ) -> None:
         """Answer ``path`` from C with ``reply`` (status 0) or with a gRPC error; before serve_forever."""
+    def add_unary(self, path: str | bytes) -> int:
+        """Hand complete unary requests on ``path`` to Python; returns its method index."""
+    @property
+    def events_fd(self) -> int:
+        """An eventfd readable while events wait in ``take()``."""
+    def take(self) -> list[Event]:
+        """Every waiting event: (kind, token, method index or path, message, timeout_s, metadata)."""
+    def reply(self, token: int, message: bytes | bytearray | memoryview) -> None:
+        """Answer a unary request with ``message`` and status 0."""
+    def fail(self, token: int, status: int, message: str = "", details: bytes = b"") -> None:
+        """End a stream with a gRPC error."""
+    def send(self, token: int, message: bytes | bytearray | memoryview) -> None:
+        """Send one message on a stream."""
+    def finish(self, token: int, status: int = 0, message: str = "", details: bytes = b"") -> None:
+        """End a stream with ``status`` after its messages."""
+    def shutdown(self) -> None:
+        """Begin the drain: stop accepting, GOAWAY; open streams finish."""
     def serve_forever(self) -> None:
         """Serve on this thread, GIL released, until ``stop()``; then GOAWAY and close. Serves once."""
     def stop(self) -> None:
         """End ``serve_forever`` (any thread, or a signal handler)."""
     @property
     def stats(self) -> dict[str, int]:
-        """connections, open_connections, requests, errors, resets."""
+        """connections, open_connections, requests, errors, resets, handed_off, deadline_exceeded."""

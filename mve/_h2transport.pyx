@@ -1,26 +1,39 @@
-"""mve's native HTTP/2 transport, phase 1: unary gRPC served over libnghttp2 on one epoll loop.
+"""mve's native HTTP/2 transport: unary gRPC served over libnghttp2 on one epoll loop.
 
 ``H2Server`` listens on a TCP port and serves gRPC (HTTP/2 with prior knowledge, no TLS) from one
 thread, with the GIL released for the whole loop: non-blocking sockets in one level-triggered epoll
 set, each read handed to ``nghttp2_session_mem_recv``, and what ``nghttp2_session_mem_send`` gives
-gathered per connection and written once per loop turn. In phase 1 every answer comes from C: a
-path added with ``add_canned`` is answered with its canned reply (HEADERS, one DATA with the 5-byte
-gRPC prefix, trailers ``grpc-status: 0``) or its canned gRPC error; any other path gets
-UNIMPLEMENTED. Requests are checked on the wire: gRPC framing, a message over ``max_message_bytes``
-gets RESOURCE_EXHAUSTED as soon as its prefix arrives, ``grpc-timeout`` is honoured, a client's
-RST_STREAM drops its stream, and ``stop()`` (any thread, or a signal handler) ends the loop with
-GOAWAY on every connection. See docs/transport.md.
+gathered per connection and written once per loop turn. A path is answered in one of three ways:
+
+- from C (``add_canned``): a canned reply (HEADERS, one DATA with the 5-byte gRPC prefix, trailers
+  ``grpc-status: 0``) or a canned gRPC error; the phase-1 benchmark's no-op server;
+- by Python, whole (``add_unary``): a complete unary request (its message, metadata and deadline)
+  is handed over; Python answers with ``reply`` or ``fail``;
+- by Python, as a stream (``forward_others=True``, every other path): the headers, each message and
+  the end of the client's side are handed over as they come; Python answers with ``send`` and
+  ``finish`` (how the proxy passes its cold methods on to a grpc.aio server).
+
+Hand-overs go in bulk both ways: the loop gathers what a turn produced and publishes it at the turn's
+end, waking Python (an eventfd, ``events_fd``) only when its mailbox was empty; Python's answers go
+into the loop's mailbox, which wakes the loop the same way. Any other path gets UNIMPLEMENTED.
+Requests are checked on the wire: gRPC framing, a message over ``max_message_bytes`` gets
+RESOURCE_EXHAUSTED as soon as its prefix arrives, a compressed message INTERNAL, ``grpc-timeout``
+is honoured (a stream still waiting on Python at its deadline is answered DEADLINE_EXCEEDED by the
+loop and Python hears it as a cancel), a client's RST_STREAM drops its stream (Python hears a
+cancel), ``shutdown()`` drains (GOAWAY naming the last stream taken, no new connections) and
+``stop()`` (any thread, or a signal handler) ends the loop with GOAWAY on every connection. See
+docs/transport.md.
 """
 
 from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, strlen
+from libc.string cimport memcmp, memcpy, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
-from posix.unistd cimport close, write
+from posix.unistd cimport close, read, write
 
-import base64
-import socket
+import binascii
+import socket as pysocket
 
 MAX_MESSAGE_BYTES = 6 * 1024 * 1024
 NGHTTP2_VERSION = nghttp2_version(0).version_str.decode()
@@ -33,9 +46,31 @@ cdef enum:
     CONNECTION_WINDOW = 64 * 1024 * 1024
     MAX_FRAME = 1024 * 1024
     MAX_STREAMS = 1024
+    MAX_CONNECTIONS = 65535             # a connection's slot is 16 bits of a stream's token
+    MAX_METADATA_BYTES = 16 * 1024      # a request's metadata for Python, as grpc-core's hard limit
     LOOP_STOPPED = 0
     LOOP_SIGNAL = 1
     LOOP_ERROR = -1
+
+# how a stream is answered
+cdef enum:
+    ROUTE_NONE = 0          # no such method: UNIMPLEMENTED
+    ROUTE_CANNED = 1        # from C
+    ROUTE_UNARY = 2         # by Python, handed over whole
+    ROUTE_FORWARD = 3       # by Python, handed over as a stream
+
+# events for Python (the first item of each tuple take() gives)
+cdef enum:
+    EV_REQUEST = 1          # (EV_REQUEST, token, method index, message, timeout or None, metadata)
+    EV_OPEN = 2             # (EV_OPEN, token, path, None, timeout or None, metadata)
+    EV_MESSAGE = 3          # (EV_MESSAGE, token, None, message, None, ())
+    EV_HALF_CLOSE = 4       # (EV_HALF_CLOSE, token, None, None, None, ())
+    EV_CANCEL = 5           # (EV_CANCEL, token, None, None, None, ()): the client went or the deadline passed
+
+# commands from Python
+cdef enum:
+    CMD_ANSWER = 1          # output and/or the final status of a stream
+    CMD_SHUTDOWN = 2        # begin the drain
 
 # gRPC status codes used here
 cdef enum:
@@ -127,6 +162,247 @@ cdef int64_t parse_timeout_ns(const uint8_t* v, size_t n) noexcept nogil:
 
 
 # ---------------------------------------------------------------------------------------------
+# mailboxes: the loop and Python's thread hand each other events and commands in bulk
+
+cdef int mailbox_init(Mailbox* box, size_t item_size) noexcept nogil:
+    box.items = NULL
+    box.n = box.cap = 0
+    box.item_size = item_size
+    box.fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+    if box.fd < 0:
+        return -1
+    return pthread_mutex_init(&box.lock, NULL)
+
+
+cdef bint mailbox_put(Mailbox* box, const void* items, size_t n) noexcept nogil:
+    """Append `n` items; wake the reader only when the box was empty (one wake-up per burst)."""
+    cdef size_t cap
+    cdef void* grown
+    cdef bint was_empty
+    cdef uint64_t one = 1
+    if n == 0:
+        return True
+    pthread_mutex_lock(&box.lock)
+    if box.n + n > box.cap:
+        cap = box.cap * 2 + 64
+        while cap < box.n + n:
+            cap *= 2
+        grown = realloc(box.items, cap * box.item_size)
+        if grown == NULL:
+            pthread_mutex_unlock(&box.lock)
+            return False
+        box.items = grown
+        box.cap = cap
+    memcpy(<uint8_t*>box.items + box.n * box.item_size, items, n * box.item_size)
+    was_empty = box.n == 0
+    box.n += n
+    pthread_mutex_unlock(&box.lock)
+    if was_empty:
+        write(box.fd, &one, sizeof(one))
+    return True
+
+
+cdef void* mailbox_take(Mailbox* box, size_t* n) noexcept nogil:
+    """Everything in the box (the caller frees the array), emptying it; NULL when empty.
+
+    The eventfd is read before the box is emptied, so an item put after that read wakes the reader again.
+    """
+    cdef uint64_t count
+    cdef void* items
+    read(box.fd, &count, sizeof(count))
+    pthread_mutex_lock(&box.lock)
+    items = box.items
+    n[0] = box.n
+    box.items = NULL
+    box.n = box.cap = 0
+    pthread_mutex_unlock(&box.lock)
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# tokens: a stream named to Python by its connection's slot, the slot's generation and its id
+
+cdef inline uint64_t make_token(Conn* c, int32_t stream_id) noexcept nogil:
+    return (<uint64_t>c.slot << 47) | (<uint64_t>c.server.generations[c.slot] << 31) | <uint64_t>stream_id
+
+
+cdef Stream* stream_of_token(Server* s, uint64_t token) noexcept nogil:
+    """The stream `token` names, or NULL when it (or its connection) is gone."""
+    cdef uint32_t slot = <uint32_t>(token >> 47)
+    cdef uint16_t generation = <uint16_t>((token >> 31) & 0xFFFF)
+    cdef int32_t stream_id = <int32_t>(token & 0x7FFFFFFF)
+    cdef Conn* c
+    cdef Stream* st
+    if slot >= s.n_slots or s.generations[slot] != generation:
+        return NULL
+    c = s.slots[slot]
+    if c == NULL or c.dead:
+        return NULL
+    st = <Stream*>nghttp2_session_get_stream_user_data(c.session, stream_id)
+    if st == NULL or st.token != token:
+        return NULL
+    return st
+
+
+cdef bint slot_take(Server* s, Conn* c) noexcept nogil:
+    """Give `c` a free slot (growing the table up to MAX_CONNECTIONS); False when none is left."""
+    cdef uint32_t n, i
+    cdef Conn** slots
+    cdef uint16_t* generations
+    cdef uint32_t* free_slots
+    if s.n_free == 0:
+        if s.n_slots >= MAX_CONNECTIONS:
+            return False
+        n = s.n_slots * 2 + 64
+        if n > MAX_CONNECTIONS:
+            n = MAX_CONNECTIONS
+        slots = <Conn**>realloc(s.slots, n * sizeof(Conn*))
+        if slots == NULL:
+            return False
+        s.slots = slots
+        generations = <uint16_t*>realloc(s.generations, n * sizeof(uint16_t))
+        if generations == NULL:
+            return False
+        s.generations = generations
+        free_slots = <uint32_t*>realloc(s.free_slots, n * sizeof(uint32_t))
+        if free_slots == NULL:
+            return False
+        s.free_slots = free_slots
+        i = n
+        while i > s.n_slots:       # pushed highest first: the lowest new slot is taken first
+            i -= 1
+            s.slots[i] = NULL
+            s.generations[i] = 0
+            s.free_slots[s.n_free] = i
+            s.n_free += 1
+        s.n_slots = n
+    s.n_free -= 1
+    c.slot = s.free_slots[s.n_free]
+    s.slots[c.slot] = c
+    return True
+
+
+cdef void slot_give_back(Server* s, Conn* c) noexcept nogil:
+    s.slots[c.slot] = NULL
+    s.generations[c.slot] += 1     # a token of this connection never names a later one
+    s.free_slots[s.n_free] = c.slot
+    s.n_free += 1
+
+
+# ---------------------------------------------------------------------------------------------
+# events for Python, and the deadlines of the streams handed to it
+
+cdef Event* new_event(Server* s, int kind, Stream* st) noexcept nogil:
+    """A zeroed event of this loop turn, or NULL without memory."""
+    cdef Event* grown
+    cdef Event* ev
+    if s.n_local == s.local_cap:
+        grown = <Event*>realloc(s.local, (s.local_cap * 2 + 64) * sizeof(Event))
+        if grown == NULL:
+            return NULL
+        s.local = grown
+        s.local_cap = s.local_cap * 2 + 64
+    ev = &s.local[s.n_local]
+    s.n_local += 1
+    memset(ev, 0, sizeof(Event))
+    ev.kind = kind
+    ev.token = st.token
+    ev.deadline_ns = st.deadline_ns
+    return ev
+
+
+cdef void publish_events(Server* s) noexcept nogil:
+    cdef size_t i
+    if s.n_local == 0:
+        return
+    if not mailbox_put(&s.events, s.local, s.n_local):
+        for i in range(s.n_local):
+            free(s.local[i].body)
+            free(s.local[i].meta)
+    s.n_local = 0
+
+
+cdef void deadline_push(Server* s, int64_t at_ns, uint64_t token) noexcept nogil:
+    cdef Deadline* grown
+    cdef size_t i, parent
+    cdef Deadline item
+    if s.n_deadlines == s.deadlines_cap:
+        grown = <Deadline*>realloc(s.deadlines, (s.deadlines_cap * 2 + 64) * sizeof(Deadline))
+        if grown == NULL:
+            return      # without memory the stream has no server-side deadline; the caller's own still holds
+        s.deadlines = grown
+        s.deadlines_cap = s.deadlines_cap * 2 + 64
+    item.at_ns = at_ns
+    item.token = token
+    i = s.n_deadlines
+    s.n_deadlines += 1
+    while i > 0:
+        parent = (i - 1) // 2
+        if s.deadlines[parent].at_ns <= at_ns:
+            break
+        s.deadlines[i] = s.deadlines[parent]
+        i = parent
+    s.deadlines[i] = item
+
+
+cdef Deadline deadline_pop(Server* s) noexcept nogil:
+    cdef Deadline top = s.deadlines[0]
+    cdef Deadline last
+    cdef size_t i = 0, child
+    s.n_deadlines -= 1
+    if s.n_deadlines:
+        last = s.deadlines[s.n_deadlines]
+        while True:
+            child = 2 * i + 1
+            if child >= s.n_deadlines:
+                break
+            if child + 1 < s.n_deadlines and s.deadlines[child + 1].at_ns < s.deadlines[child].at_ns:
+                child += 1
+            if s.deadlines[child].at_ns >= last.at_ns:
+                break
+            s.deadlines[i] = s.deadlines[child]
+            i = child
+        s.deadlines[i] = last
+    return top
+
+
+cdef void hand_over(Server* s, Stream* st) noexcept nogil:
+    """The stream now waits on Python: it owes an answer, and its deadline is watched."""
+    st.handed = True
+    s.handed_off += 1
+    if st.deadline_ns:
+        deadline_push(s, st.deadline_ns, st.token)
+
+
+cdef void expire_deadlines(Server* s) noexcept nogil:
+    """Answer DEADLINE_EXCEEDED on every stream still waiting on Python past its deadline."""
+    cdef int64_t now
+    cdef Deadline due
+    cdef Stream* st
+    if s.n_deadlines == 0:
+        return
+    now = now_ns()
+    while s.n_deadlines and s.deadlines[0].at_ns <= now:
+        due = deadline_pop(s)
+        st = stream_of_token(s, due.token)
+        if st != NULL and st.handed and not st.answered:
+            s.deadline_exceeded += 1
+            fail_stream(s, st, "4", <const uint8_t*>"Deadline Exceeded", 17)
+
+
+cdef int loop_timeout_ms(Server* s) noexcept nogil:
+    cdef int64_t wait
+    if s.n_deadlines == 0:
+        return -1
+    wait = (s.deadlines[0].at_ns - now_ns() + 999999) // 1000000
+    if wait < 0:
+        return 0
+    if wait > 60000:
+        return 60000
+    return <int>wait
+
+
+# ---------------------------------------------------------------------------------------------
 # answers
 
 cdef int answer_error(nghttp2_session* session, Stream* st, const char* status, const uint8_t* message,
@@ -145,7 +421,55 @@ cdef int answer_error(nghttp2_session* session, Stream* st, const char* status, 
         set_nv(&nva[n], H_GRPC_DETAILS, details, details_len, copy_flags)
         n += 1
     st.answered = True
+    st.headers_sent = True
     return nghttp2_submit_response(session, st.id, nva, n, NULL)
+
+
+cdef void fail_stream(Server* s, Stream* st, const char* status, const uint8_t* message,
+                      size_t message_len) noexcept nogil:
+    """End a stream with a gRPC error from C (trailers after any output already sent); a stream
+    handed to Python gets a cancel event, so that Python stops working on it."""
+    cdef Event* ev
+    s.errors += 1
+    if not st.headers_sent:
+        if answer_error(st.conn.session, st, status, message, message_len, NULL, 0, NGHTTP2_NV_FLAG_NONE) != 0:
+            nghttp2_submit_rst_stream(st.conn.session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR)
+    else:
+        set_final_status(st, status, message, message_len, NULL, 0)
+        st.olen = st.ooff = 0       # what Python queued and nghttp2 has not taken yet is dropped
+        if st.deferred:
+            st.deferred = False
+            nghttp2_session_resume_data(st.conn.session, st.id)
+    st.answered = True
+    if st.handed:
+        st.handed = False
+        ev = new_event(s, EV_CANCEL, st)
+    mark_dirty(s, st.conn)
+
+
+cdef void set_final_status(Stream* st, const char* status, const uint8_t* message, size_t message_len,
+                           const uint8_t* details, size_t details_len) noexcept nogil:
+    """Keep the final status (copies) for the trailers that follow the stream's output."""
+    cdef size_t n = strlen(status)
+    if n >= sizeof(st.fstatus):
+        n = sizeof(st.fstatus) - 1
+    memcpy(st.fstatus, status, n)
+    st.fstatus[n] = 0
+    free(st.fmessage)
+    free(st.fdetails)
+    st.fmessage = st.fdetails = NULL
+    st.fmessage_len = st.fdetails_len = 0
+    if message_len:
+        st.fmessage = <uint8_t*>malloc(message_len)
+        if st.fmessage != NULL:
+            memcpy(st.fmessage, message, message_len)
+            st.fmessage_len = message_len
+    if details_len:
+        st.fdetails = <uint8_t*>malloc(details_len)
+        if st.fdetails != NULL:
+            memcpy(st.fdetails, details, details_len)
+            st.fdetails_len = details_len
+    st.finishing = True
 
 
 cdef ssize_t read_reply(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
@@ -166,31 +490,51 @@ cdef ssize_t read_reply(nghttp2_session* session, int32_t stream_id, uint8_t* bu
     return <ssize_t>n
 
 
-cdef int answer(nghttp2_session* session, Conn* conn, Stream* st) noexcept nogil:
+cdef ssize_t read_output(nghttp2_session* session, int32_t stream_id, uint8_t* buf, size_t length,
+                         uint32_t* data_flags, nghttp2_data_source* source, void* user_data) noexcept nogil:
+    """The data provider of a stream answered by Python: its queued output, then the trailers once
+    the final status is known; deferred while it waits for more."""
+    cdef Stream* st = <Stream*>source.ptr
+    cdef size_t n = st.olen - st.ooff
+    cdef nghttp2_nv trailers[3]
+    cdef size_t count = 1
+    if n > length:
+        n = length
+    if n:
+        memcpy(buf, st.obuf + st.ooff, n)
+        st.ooff += n
+        if st.ooff == st.olen:
+            st.ooff = st.olen = 0
+    if st.olen == 0 and st.finishing:
+        data_flags[0] |= NGHTTP2_DATA_FLAG_EOF | NGHTTP2_DATA_FLAG_NO_END_STREAM
+        set_nv(&trailers[0], H_GRPC_STATUS, st.fstatus, strlen(st.fstatus), NGHTTP2_NV_FLAG_NONE)
+        if st.fmessage_len:
+            set_nv(&trailers[count], H_GRPC_MESSAGE, st.fmessage, st.fmessage_len, NGHTTP2_NV_FLAG_NONE)
+            count += 1
+        if st.fdetails_len:
+            set_nv(&trailers[count], H_GRPC_DETAILS, st.fdetails, st.fdetails_len, NGHTTP2_NV_FLAG_NONE)
+            count += 1
+        if nghttp2_submit_trailer(session, stream_id, trailers, count) != 0:
+            return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
+        return <ssize_t>n
+    if n == 0:
+        st.deferred = True
+        return NGHTTP2_ERR_DEFERRED
+    return <ssize_t>n
+
+
+cdef int answer_canned(nghttp2_session* session, Conn* conn, Stream* st) noexcept nogil:
     """Answer a complete request from the canned table."""
     cdef const Canned* route = st.route
-    cdef uint8_t text[512]
-    cdef size_t n
     cdef nghttp2_nv nva[2]
     cdef nghttp2_data_provider provider
     cdef Server* server = conn.server
-    if route == NULL:
-        memcpy(text, b"unknown method ", 15)
-        n = 15 + percent_encode(st.path, st.path_len, text + 15, sizeof(text) - 15)
-        server.errors += 1
-        return answer_error(session, st, "12", text, n, NULL, 0, NGHTTP2_NV_FLAG_NONE)
-    if st.deadline_ns and now_ns() > st.deadline_ns:
-        server.errors += 1
-        return answer_error(session, st, "4", <const uint8_t*>"Deadline Exceeded", 17, NULL, 0, NO_COPY)
-    if st.messages != 1 or st.prefix_got or st.message_left:
-        server.errors += 1
-        return answer_error(session, st, "13", <const uint8_t*>"a unary call takes exactly one request message",
-                            46, NULL, 0, NO_COPY)
     if route.body == NULL:
         server.errors += 1
         return answer_error(session, st, route.status, route.message, route.message_len, route.details,
                             route.details_len, NO_COPY)
     st.answered = True
+    st.headers_sent = True
     st.out = route.body
     st.out_len = route.body_len
     st.out_off = 0
@@ -202,24 +546,204 @@ cdef int answer(nghttp2_session* session, Conn* conn, Stream* st) noexcept nogil
     return nghttp2_submit_response(session, st.id, nva, 2, &provider)
 
 
+cdef void request_complete(Server* s, Conn* conn, Stream* st) noexcept nogil:
+    """The client ended its side (END_STREAM): answer it, hand it to Python, or tell Python."""
+    cdef uint8_t text[512]
+    cdef size_t n
+    cdef Event* ev
+    if st.kind == ROUTE_FORWARD:
+        if st.handed and not st.answered:
+            if st.prefix_got or st.message_left:
+                fail_stream(s, st, "13", <const uint8_t*>"the request ended inside a message", 34)
+            else:
+                new_event(s, EV_HALF_CLOSE, st)
+        return
+    if st.kind == ROUTE_NONE:
+        memcpy(text, b"unknown method ", 15)
+        n = 15 + percent_encode(st.path, st.path_len, text + 15, sizeof(text) - 15)
+        fail_stream(s, st, "12", text, n)
+        return
+    if st.deadline_ns and now_ns() > st.deadline_ns:
+        fail_stream(s, st, "4", <const uint8_t*>"Deadline Exceeded", 17)
+        return
+    if st.messages != 1 or st.prefix_got or st.message_left:
+        fail_stream(s, st, "13", <const uint8_t*>"a unary call takes exactly one request message", 46)
+        return
+    if st.kind == ROUTE_CANNED:
+        if answer_canned(conn.session, conn, st) != 0:
+            nghttp2_submit_rst_stream(conn.session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR)
+        return
+    # ROUTE_UNARY: the whole request goes to Python, its buffers with it
+    ev = new_event(s, EV_REQUEST, st)
+    if ev == NULL:
+        fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+        return
+    ev.method = st.method
+    ev.body = st.ibuf
+    ev.body_len = st.ilen
+    ev.meta = st.meta
+    ev.meta_len = st.meta_len
+    st.ibuf = st.meta = NULL
+    st.ilen = st.meta_len = st.meta_cap = 0
+    hand_over(s, st)
+
+
+cdef void apply_command(Server* s, Command* cmd) noexcept nogil:
+    """Python's answer (or part of it) for one stream; dropped when the stream is gone or answered."""
+    cdef Stream* st = stream_of_token(s, cmd.token)
+    cdef nghttp2_nv nva[2]
+    cdef nghttp2_data_provider provider
+    cdef uint8_t* grown
+    cdef size_t need, cap
+    if st == NULL or st.answered or not st.handed:
+        return
+    if cmd.data_len:
+        if st.olen == 0 and st.obuf == NULL:
+            st.obuf = cmd.data              # the common case: take the buffer, no copy
+            st.olen = st.ocap = cmd.data_len
+            st.ooff = 0
+            cmd.data = NULL
+        else:
+            need = st.olen + cmd.data_len
+            if need > st.ocap:
+                cap = st.ocap * 2 if st.ocap else 4096
+                while cap < need:
+                    cap *= 2
+                grown = <uint8_t*>realloc(st.obuf, cap)
+                if grown == NULL:
+                    fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+                    return
+                st.obuf = grown
+                st.ocap = cap
+            memcpy(st.obuf + st.olen, cmd.data, cmd.data_len)
+            st.olen = need
+    if cmd.finish:
+        st.handed = False
+        st.answered = True
+        if not st.headers_sent and st.olen == 0:
+            if answer_error(st.conn.session, st, cmd.status, cmd.message, cmd.message_len, cmd.details,
+                            cmd.details_len, NGHTTP2_NV_FLAG_NONE) != 0:
+                nghttp2_submit_rst_stream(st.conn.session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR)
+            mark_dirty(s, st.conn)
+            return
+        set_final_status(st, cmd.status, cmd.message, cmd.message_len, cmd.details, cmd.details_len)
+        if cmd.status[0] == b'0' and cmd.status[1] == 0:
+            s.requests += 1
+        else:
+            s.errors += 1
+    if not st.headers_sent:
+        st.headers_sent = True
+        set_nv(&nva[0], H_STATUS, H_200, 3, NO_COPY)
+        set_nv(&nva[1], H_CONTENT_TYPE, H_GRPC, 16, NO_COPY)
+        provider.source.ptr = st
+        provider.read_callback = read_output
+        if nghttp2_submit_response(st.conn.session, st.id, nva, 2, &provider) != 0:
+            nghttp2_submit_rst_stream(st.conn.session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR)
+    elif st.deferred:
+        st.deferred = False
+        nghttp2_session_resume_data(st.conn.session, st.id)
+    mark_dirty(s, st.conn)
+
+
+cdef void free_command(Command* cmd) noexcept nogil:
+    free(cmd.data)
+    free(cmd.message)
+    free(cmd.details)
+
+
+cdef void drain_commands(Server* s) noexcept nogil:
+    cdef size_t n, i
+    cdef Command* cmds = <Command*>mailbox_take(&s.commands, &n)
+    for i in range(n):
+        if cmds[i].kind == CMD_SHUTDOWN:
+            begin_drain(s)
+        elif not s.stopping:
+            apply_command(s, &cmds[i])
+        free_command(&cmds[i])
+    free(cmds)
+
+
+cdef void begin_drain(Server* s) noexcept nogil:
+    """Stop accepting; GOAWAY on every connection naming the last stream taken, so that streams
+    already open finish and new ones go elsewhere; each connection closes when its streams are done."""
+    cdef Conn* c = s.conns
+    if s.draining:
+        return
+    s.draining = True
+    if s.listen_fd >= 0:
+        epoll_ctl(s.epoll_fd, EPOLL_CTL_DEL, s.listen_fd, NULL)
+        close(s.listen_fd)
+        s.listen_fd = -1
+    while c != NULL:
+        if not c.dead:
+            nghttp2_submit_goaway(c.session, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(c.session),
+                                  NGHTTP2_NO_ERROR, NULL, 0)
+            mark_dirty(s, c)
+        c = c.next
+
+
 # ---------------------------------------------------------------------------------------------
 # nghttp2 callbacks (user_data: the Conn)
 
 cdef int on_begin_headers(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) noexcept nogil:
     cdef Stream* st
+    cdef Conn* conn = <Conn*>user_data
     if frame.hd.type != NGHTTP2_HEADERS or frame.headers.cat != NGHTTP2_HCAT_REQUEST:
         return 0
     st = <Stream*>calloc(1, sizeof(Stream))
     if st == NULL:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE
     st.id = frame.hd.stream_id
-    st.conn = <Conn*>user_data
-    st.next = st.conn.streams
+    st.conn = conn
+    st.token = make_token(conn, st.id)
+    st.next = conn.streams
     if st.next != NULL:
         st.next.prev = st
-    st.conn.streams = st
+    conn.streams = st
     nghttp2_session_set_stream_user_data(session, st.id, st)
     return 0
+
+
+cdef bint skipped_header(const uint8_t* name, size_t namelen) noexcept nogil:
+    """Headers the transport itself answers for, never passed on as the caller's metadata."""
+    if namelen == 2 and memcmp(name, b"te", 2) == 0:
+        return True
+    if namelen == 10 and memcmp(name, b"user-agent", 10) == 0:
+        return True
+    if namelen == 12 and memcmp(name, b"content-type", 12) == 0:
+        return True
+    if namelen >= 5 and memcmp(name, b"grpc-", 5) == 0:
+        return True         # grpc-timeout (read here), grpc-accept-encoding, grpc-encoding, ...
+    return False
+
+
+cdef void add_metadata(Stream* st, const uint8_t* name, size_t namelen, const uint8_t* value,
+                       size_t valuelen) noexcept nogil:
+    cdef size_t need = st.meta_len + 8 + namelen + valuelen
+    cdef size_t cap
+    cdef uint8_t* grown
+    cdef uint32_t size
+    if need > MAX_METADATA_BYTES:
+        st.meta_overflow = True
+        return
+    if need > st.meta_cap:
+        cap = st.meta_cap * 2 if st.meta_cap else 256
+        while cap < need:
+            cap *= 2
+        grown = <uint8_t*>realloc(st.meta, cap)
+        if grown == NULL:
+            st.meta_overflow = True
+            return
+        st.meta = grown
+        st.meta_cap = cap
+    size = <uint32_t>namelen
+    memcpy(st.meta + st.meta_len, &size, 4)
+    memcpy(st.meta + st.meta_len + 4, name, namelen)
+    st.meta_len += 4 + namelen
+    size = <uint32_t>valuelen
+    memcpy(st.meta + st.meta_len, &size, 4)
+    memcpy(st.meta + st.meta_len + 4, value, valuelen)
+    st.meta_len += 4 + valuelen
 
 
 cdef int on_header(nghttp2_session* session, const nghttp2_frame* frame, const uint8_t* name, size_t namelen,
@@ -240,23 +764,39 @@ cdef int on_header(nghttp2_session* session, const nghttp2_frame* frame, const u
         for i in range(server.n_canned):
             if server.canned[i].path_len == valuelen and memcmp(server.canned[i].path, value, valuelen) == 0:
                 st.route = &server.canned[i]
-                break
+                st.kind = ROUTE_CANNED
+                return 0
+        for i in range(server.n_unary):
+            if server.unary[i].path_len == valuelen and memcmp(server.unary[i].path, value, valuelen) == 0:
+                st.kind = ROUTE_UNARY
+                st.method = i
+                return 0
+        if server.forward_others and valuelen <= sizeof(st.path):
+            st.kind = ROUTE_FORWARD
     elif namelen == 12 and memcmp(name, b"grpc-timeout", 12) == 0:
         timeout = parse_timeout_ns(value, valuelen)
         if timeout >= 0:
             st.deadline_ns = now_ns() + timeout
+    elif namelen and name[0] != b':' and (st.kind == ROUTE_UNARY or st.kind == ROUTE_FORWARD) \
+            and not skipped_header(name, namelen):
+        add_metadata(st, name, namelen, value, valuelen)
     return 0
 
 
 cdef int on_data_chunk_recv(nghttp2_session* session, uint8_t flags, int32_t stream_id, const uint8_t* data,
                             size_t length, void* user_data) noexcept nogil:
-    """Follow the gRPC framing (1 flag byte, 4 length bytes, message) without keeping the bytes."""
+    """Follow the gRPC framing (1 flag byte, 4 length bytes, message); keep the message only when
+    Python is to have it."""
     cdef Stream* st = <Stream*>nghttp2_session_get_stream_user_data(session, stream_id)
     cdef Conn* conn = <Conn*>user_data
+    cdef Server* s = conn.server
     cdef size_t i = 0, take
     cdef uint64_t size
+    cdef bint keep
+    cdef Event* ev
     if st == NULL or st.answered:
         return 0
+    keep = st.kind == ROUTE_UNARY or st.kind == ROUTE_FORWARD
     while i < length:
         if st.message_left == 0:
             st.prefix[st.prefix_got] = data[i]
@@ -267,42 +807,106 @@ cdef int on_data_chunk_recv(nghttp2_session* session, uint8_t flags, int32_t str
             size = (<uint64_t>st.prefix[1] << 24) | (<uint64_t>st.prefix[2] << 16) | \
                    (<uint64_t>st.prefix[3] << 8) | st.prefix[4]
             st.messages += 1
-            if size > conn.server.max_message:
-                conn.server.errors += 1
-                answer_error(session, st, "8", <const uint8_t*>"request message larger than the limit",
-                             37, NULL, 0, NO_COPY)
+            if st.prefix[0] != 0:
+                fail_stream(s, st, "13", <const uint8_t*>"compressed request messages are not supported", 45)
+                return 0
+            if size > s.max_message:
+                fail_stream(s, st, "8", <const uint8_t*>"request message larger than the limit", 37)
                 # The rest of the request is read and dropped: a RST_STREAM(NO_ERROR) after the
                 # answer (RFC 9113 8.1) makes grpc-core clients report INTERNAL instead of it.
                 return 0
+            if keep:
+                if st.kind == ROUTE_UNARY and st.messages > 1:
+                    fail_stream(s, st, "13", <const uint8_t*>"a unary call takes exactly one request message", 46)
+                    return 0
+                st.ibuf = <uint8_t*>malloc(size if size else 1)
+                if st.ibuf == NULL:
+                    fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+                    return 0
+                st.ilen = 0
             st.message_left = size
             st.prefix_got = 0
             if size == 0:
+                if keep:
+                    message_complete(s, st)
                 continue
         take = length - i
         if take > st.message_left:
             take = <size_t>st.message_left
+        if keep:
+            memcpy(st.ibuf + st.ilen, data + i, take)
+            st.ilen += take
         st.message_left -= take
         i += take
+        if keep and st.message_left == 0:
+            message_complete(s, st)
     return 0
+
+
+cdef void message_complete(Server* s, Stream* st) noexcept nogil:
+    """A whole message has arrived: a forwarded stream's goes to Python now; a unary one waits for END_STREAM."""
+    cdef Event* ev
+    if st.kind != ROUTE_FORWARD or not st.handed:
+        return
+    ev = new_event(s, EV_MESSAGE, st)
+    if ev == NULL:
+        fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+        return
+    ev.body = st.ibuf
+    ev.body_len = st.ilen
+    st.ibuf = NULL
+    st.ilen = 0
+
+
+cdef void stream_open(Server* s, Stream* st) noexcept nogil:
+    """A forwarded stream's headers are in: Python opens its call now (messages follow)."""
+    cdef Event* ev
+    ev = new_event(s, EV_OPEN, st)
+    if ev == NULL:
+        fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+        return
+    ev.body = <uint8_t*>malloc(st.path_len if st.path_len else 1)
+    if ev.body != NULL:
+        memcpy(ev.body, st.path, st.path_len)
+        ev.body_len = st.path_len
+    ev.meta = st.meta
+    ev.meta_len = st.meta_len
+    st.meta = NULL
+    st.meta_len = st.meta_cap = 0
+    hand_over(s, st)
 
 
 cdef int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) noexcept nogil:
     cdef Stream* st
+    cdef Conn* conn = <Conn*>user_data
+    cdef Server* s = conn.server
     if frame.hd.type == NGHTTP2_DATA or frame.hd.type == NGHTTP2_HEADERS:
-        if frame.hd.flags & NGHTTP2_FLAG_END_STREAM:
-            st = <Stream*>nghttp2_session_get_stream_user_data(session, frame.hd.stream_id)
-            if st != NULL and not st.answered:
-                if answer(session, <Conn*>user_data, st) != 0:
-                    nghttp2_submit_rst_stream(session, NGHTTP2_FLAG_NONE, st.id, NGHTTP2_INTERNAL_ERROR)
+        st = <Stream*>nghttp2_session_get_stream_user_data(session, frame.hd.stream_id)
+        if st == NULL or st.answered:
+            return 0
+        if frame.hd.type == NGHTTP2_HEADERS and frame.headers.cat == NGHTTP2_HCAT_REQUEST:
+            if st.meta_overflow:
+                fail_stream(s, st, "8", <const uint8_t*>"request metadata larger than the limit", 38)
+                return 0
+            if st.kind == ROUTE_FORWARD:
+                if s.draining:
+                    fail_stream(s, st, "14", <const uint8_t*>"the server is shutting down", 27)
+                    return 0
+                stream_open(s, st)
+        if frame.hd.flags & NGHTTP2_FLAG_END_STREAM and not st.answered:
+            request_complete(s, conn, st)
     elif frame.hd.type == NGHTTP2_RST_STREAM:
-        (<Conn*>user_data).server.resets += 1
+        s.resets += 1
     return 0
 
 
 cdef int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t error_code,
                          void* user_data) noexcept nogil:
     cdef Stream* st = <Stream*>nghttp2_session_get_stream_user_data(session, stream_id)
+    cdef Conn* conn = <Conn*>user_data
     if st != NULL:
+        if st.handed:       # the client went (RST_STREAM) before Python answered
+            new_event(conn.server, EV_CANCEL, st)
         nghttp2_session_set_stream_user_data(session, stream_id, NULL)
         stream_free(st)
     return 0
@@ -336,7 +940,12 @@ cdef void conn_open(Server* s, int fd) noexcept nogil:
         return
     c.fd = fd
     c.server = s
+    if not slot_take(s, c):
+        free(c)
+        close(fd)
+        return
     if nghttp2_session_server_new2(&c.session, s.callbacks, c, s.option) != 0:
+        slot_give_back(s, c)
         free(c)
         close(fd)
         return
@@ -353,6 +962,7 @@ cdef void conn_open(Server* s, int fd) noexcept nogil:
     ev.data.ptr = c
     if epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, fd, &ev) != 0:
         nghttp2_session_del(c.session)
+        slot_give_back(s, c)
         free(c)
         close(fd)
         return
@@ -372,15 +982,22 @@ cdef void stream_free(Stream* st) noexcept nogil:
         st.conn.streams = st.next
     if st.next != NULL:
         st.next.prev = st.prev
+    free(st.ibuf)
+    free(st.meta)
+    free(st.obuf)
+    free(st.fmessage)
+    free(st.fdetails)
     free(st)
 
 
 cdef void conn_free(Server* s, Conn* c) noexcept nogil:
-    """Close the socket and free everything of a connection (its streams go with the session)."""
+    """Close the socket and free everything of a connection; Python hears of its streams it holds."""
     close(c.fd)
     # nghttp2_session_del does not call on_stream_close: the streams' user data is freed here
     nghttp2_session_del(c.session)
     while c.streams != NULL:
+        if c.streams.handed:
+            new_event(s, EV_CANCEL, c.streams)
         stream_free(c.streams)
     if c.prev != NULL:
         c.prev.next = c.next
@@ -388,6 +1005,7 @@ cdef void conn_free(Server* s, Conn* c) noexcept nogil:
         s.conns = c.next
     if c.next != NULL:
         c.next.prev = c.prev
+    slot_give_back(s, c)
     free(c.wbuf)
     free(c)
     s.open_conns -= 1
@@ -473,11 +1091,14 @@ cdef bint conn_flush(Server* s, Conn* c) noexcept nogil:
 cdef void flush_dirty(Server* s) noexcept nogil:
     cdef int i
     cdef Conn* c
-    for i in range(s.n_dirty):
+    # conn_free may add to the list (none today: it only frees), so walk by index on the live count
+    i = 0
+    while i < s.n_dirty:
         c = s.dirty[i]
         c.dirty = False
         if not conn_flush(s, c):
             conn_free(s, c)
+        i += 1
     s.n_dirty = 0
 
 
@@ -496,6 +1117,7 @@ cdef void shutdown_all(Server* s) noexcept nogil:
     if s.listen_fd >= 0:
         close(s.listen_fd)
         s.listen_fd = -1
+    publish_events(s)
 
 
 cdef int run_loop(Server* s) noexcept nogil:
@@ -505,7 +1127,7 @@ cdef int run_loop(Server* s) noexcept nogil:
     cdef void* tag
     cdef Conn* c
     while not s.stopping:
-        n = epoll_wait(s.epoll_fd, events, MAX_EVENTS, -1)
+        n = epoll_wait(s.epoll_fd, events, MAX_EVENTS, loop_timeout_ms(s))
         if n < 0:
             if errno == EINTR:
                 return LOOP_SIGNAL
@@ -513,20 +1135,24 @@ cdef int run_loop(Server* s) noexcept nogil:
         for i in range(n):
             tag = events[i].data.ptr
             if tag == &s.listen_fd:
-                while True:
+                while s.listen_fd >= 0:
                     fd = accept4(s.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
                     if fd < 0:
                         break
                     conn_open(s, fd)
             elif tag == &s.stop_fd:
                 s.stopping = True
+            elif tag == &s.commands:
+                drain_commands(s)
             else:
                 c = <Conn*>tag
                 if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
                     conn_read(s, c)
                 if events[i].events & EPOLLOUT:
                     mark_dirty(s, c)
+        expire_deadlines(s)
         flush_dirty(s)
+        publish_events(s)
     shutdown_all(s)
     return LOOP_STOPPED
 
@@ -534,33 +1160,49 @@ cdef int run_loop(Server* s) noexcept nogil:
 # ---------------------------------------------------------------------------------------------
 # the Python API
 
-cdef class H2Server:
-    """A unary gRPC server on libnghttp2 and one epoll loop that runs with the GIL released.
+EVENT_REQUEST = EV_REQUEST
+EVENT_OPEN = EV_OPEN
+EVENT_MESSAGE = EV_MESSAGE
+EVENT_HALF_CLOSE = EV_HALF_CLOSE
+EVENT_CANCEL = EV_CANCEL
 
-    Binds ``host:port`` at once (port 0: a free one, see ``port``). Add canned answers, then call
-    ``serve_forever()`` in one thread; ``stop()`` from any thread or a signal handler ends it.
+
+cdef class H2Server:
+    """A gRPC server on libnghttp2 and one epoll loop that runs with the GIL released.
+
+    Binds ``host:port`` at once (port 0: a free one, see ``port``; ``reuse_port``: SO_REUSEPORT, for
+    several processes on one port). Add canned answers and unary paths, then call ``serve_forever()``
+    in one thread; ``stop()`` from any thread or a signal handler ends it. Requests for Python come
+    out of ``take()`` when ``events_fd`` is readable; ``reply``/``fail``/``send``/``finish`` answer
+    them from any thread.
     """
 
     cdef Server* srv
     cdef int _port
     cdef bint serving
     cdef bint finished
+    cdef list _unary_paths
 
     def __cinit__(self):
         self.srv = <Server*>calloc(1, sizeof(Server))
         if self.srv == NULL:
             raise MemoryError()
         self.srv.listen_fd = self.srv.epoll_fd = self.srv.stop_fd = -1
+        self.srv.events.fd = self.srv.commands.fd = -1
+        self._unary_paths = []
 
-    def __init__(self, str host="127.0.0.1", int port=0, *, max_message_bytes=MAX_MESSAGE_BYTES, int backlog=1024):
+    def __init__(self, str host="127.0.0.1", int port=0, *, max_message_bytes=MAX_MESSAGE_BYTES, int backlog=1024,
+                 bint forward_others=False, bint reuse_port=False):
         cdef Server* s = self.srv
         cdef epoll_event ev
         if not 0 <= max_message_bytes <= 0xFFFFFFFF:
             raise ValueError("max_message_bytes must be in [0, 2**32)")
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
+        sock = pysocket.socket(family, pysocket.SOCK_STREAM)
         try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(pysocket.SOL_SOCKET, pysocket.SO_REUSEPORT, 1)
             sock.bind((host, port))
             sock.listen(backlog)
             sock.setblocking(False)
@@ -570,18 +1212,24 @@ cdef class H2Server:
             raise
         s.listen_fd = sock.detach()
         s.max_message = max_message_bytes
+        s.forward_others = forward_others
         s.rbuf_size = READ_BUFFER_BYTES
         s.rbuf = <uint8_t*>malloc(s.rbuf_size)
         s.epoll_fd = epoll_create1(EPOLL_CLOEXEC)
         s.stop_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         if s.rbuf == NULL or s.epoll_fd < 0 or s.stop_fd < 0:
             raise OSError(errno, "cannot set up the epoll loop")
+        if mailbox_init(&s.events, sizeof(Event)) != 0 or mailbox_init(&s.commands, sizeof(Command)) != 0:
+            raise OSError(errno, "cannot set up the mailboxes")
         ev.events = EPOLLIN
         ev.data.ptr = &s.listen_fd
         if epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.listen_fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl")
         ev.data.ptr = &s.stop_fd
         if epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.stop_fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl")
+        ev.data.ptr = &s.commands
+        if epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.commands.fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl")
         if nghttp2_session_callbacks_new(&s.callbacks) != 0 or nghttp2_option_new(&s.option) != 0:
             raise MemoryError()
@@ -595,6 +1243,9 @@ cdef class H2Server:
     def __dealloc__(self):
         cdef Server* s = self.srv
         cdef int i
+        cdef size_t n, k
+        cdef Event* events
+        cdef Command* commands
         if s == NULL:
             return
         while s.conns != NULL:
@@ -605,6 +1256,32 @@ cdef class H2Server:
         for i in range(s.n_canned):
             free_canned(&s.canned[i])
         free(s.canned)
+        for i in range(s.n_unary):
+            free(s.unary[i].path)
+        free(s.unary)
+        for i in range(s.n_local):
+            free(s.local[i].body)
+            free(s.local[i].meta)
+        free(s.local)
+        if s.events.fd >= 0:
+            events = <Event*>mailbox_take(&s.events, &n)
+            for k in range(n):
+                free(events[k].body)
+                free(events[k].meta)
+            free(events)
+            close(s.events.fd)
+            pthread_mutex_destroy(&s.events.lock)
+        if s.commands.fd >= 0:
+            commands = <Command*>mailbox_take(&s.commands, &n)
+            for k in range(n):
+                free_command(&commands[k])
+            free(commands)
+            close(s.commands.fd)
+            pthread_mutex_destroy(&s.commands.lock)
+        free(s.deadlines)
+        free(s.slots)
+        free(s.generations)
+        free(s.free_slots)
         free(s.dirty)
         free(s.rbuf)
         if s.callbacks != NULL:
@@ -626,9 +1303,7 @@ cdef class H2Server:
         cdef int i
         if self.serving or self.finished:
             raise RuntimeError("add_canned must come before serve_forever")
-        raw_path = path.encode() if isinstance(path, str) else bytes(path)
-        if not raw_path.startswith(b"/"):
-            raise ValueError("path must start with '/'")
+        raw_path = _check_path(path)
         if not 0 <= status <= 16:
             raise ValueError("status must be a gRPC status code, 0 to 16")
         if status == 0:
@@ -651,13 +1326,11 @@ cdef class H2Server:
                 entry.body = dup_bytes(framed)
                 entry.body_len = len(framed)
             if message:
-                raw = message.encode()
-                out = bytearray(3 * len(raw))
-                encoded = bytes(out[:percent_encode_bytes(raw, out)])
+                encoded = _percent_encoded(message)
                 entry.message = dup_bytes(encoded)
                 entry.message_len = len(encoded)
             if details:
-                encoded = base64.b64encode(bytes(details)).rstrip(b"=")
+                encoded = _base64(details)
                 entry.details = dup_bytes(encoded)
                 entry.details_len = len(encoded)
         except BaseException:
@@ -677,10 +1350,146 @@ cdef class H2Server:
         s.canned[s.n_canned] = entry
         s.n_canned += 1
 
+    def add_unary(self, path) -> int:
+        """Hand complete unary requests on ``path`` to Python (``take()``); returns the path's method
+        index, the third item of its EVENT_REQUEST tuples. Only before ``serve_forever``."""
+        cdef UnaryPath* grown
+        cdef Server* s = self.srv
+        if self.serving or self.finished:
+            raise RuntimeError("add_unary must come before serve_forever")
+        raw_path = _check_path(path)
+        if raw_path in self._unary_paths:
+            return self._unary_paths.index(raw_path)
+        grown = <UnaryPath*>realloc(s.unary, (s.n_unary + 1) * sizeof(UnaryPath))
+        if grown == NULL:
+            raise MemoryError()
+        s.unary = grown
+        s.unary[s.n_unary].path = dup_bytes(raw_path)
+        s.unary[s.n_unary].path_len = len(raw_path)
+        s.n_unary += 1
+        self._unary_paths.append(raw_path)
+        return s.n_unary - 1
+
+    @property
+    def events_fd(self) -> int:
+        """An eventfd that is readable while requests for Python wait in ``take()``."""
+        return self.srv.events.fd
+
+    def take(self) -> list:
+        """Every event waiting for Python, oldest first, as 6-tuples
+        ``(kind, token, method index or path, message, timeout_s or None, metadata)``;
+        see the EVENT_* constants. Metadata is a tuple of ``(name, value)`` pairs as grpc gives them
+        (``-bin`` values base64-decoded to bytes, others str)."""
+        cdef size_t n = 0, i
+        cdef Event* events
+        cdef Event* ev
+        cdef int64_t now
+        with nogil:
+            events = <Event*>mailbox_take(&self.srv.events, &n)
+        if n == 0:
+            free(events)
+            return []
+        now = now_ns()
+        taken = []
+        try:
+            for i in range(n):
+                ev = &events[i]
+                timeout = None if ev.deadline_ns == 0 else max(ev.deadline_ns - now, 0) / 1e9
+                if ev.kind == EV_REQUEST:
+                    taken.append((EV_REQUEST, ev.token, ev.method, ev.body[:ev.body_len] if ev.body_len else b"",
+                                  timeout, _metadata(ev.meta, ev.meta_len)))
+                elif ev.kind == EV_OPEN:
+                    path = ev.body[:ev.body_len].decode("ascii", "replace") if ev.body != NULL else ""
+                    taken.append((EV_OPEN, ev.token, path, None, timeout, _metadata(ev.meta, ev.meta_len)))
+                elif ev.kind == EV_MESSAGE:
+                    taken.append((EV_MESSAGE, ev.token, None, ev.body[:ev.body_len] if ev.body_len else b"", None, ()))
+                else:
+                    taken.append((ev.kind, ev.token, None, None, None, ()))
+        finally:
+            for i in range(n):
+                free(events[i].body)
+                free(events[i].meta)
+            free(events)
+        return taken
+
+    def reply(self, uint64_t token, message):
+        """Answer a unary request: the message bytes, then ``grpc-status: 0``."""
+        self._answer(token, message, True, 0, "", b"")
+
+    def fail(self, uint64_t token, int status, str message="", details=b""):
+        """End a stream with gRPC error ``status`` (1-16), its ``message`` and ``details`` (the
+        serialised google.rpc.Status for grpc-status-details-bin)."""
+        if not 1 <= status <= 16:
+            raise ValueError("status must be a gRPC error code, 1 to 16")
+        self._answer(token, None, True, status, message, details)
+
+    def send(self, uint64_t token, message):
+        """Send one message on a stream (headers first, the first time)."""
+        self._answer(token, message, False, 0, "", b"")
+
+    def finish(self, uint64_t token, int status=0, str message="", details=b""):
+        """End a stream with ``status`` (0-16) after the messages sent."""
+        if not 0 <= status <= 16:
+            raise ValueError("status must be a gRPC status code, 0 to 16")
+        self._answer(token, None, True, status, message, details)
+
+    cdef _answer(self, uint64_t token, message, bint finish, int status, str text, details):
+        cdef Command cmd
+        cdef const uint8_t[::1] view
+        cdef size_t size
+        cdef bytes encoded
+        memset(&cmd, 0, sizeof(Command))
+        cmd.kind = CMD_ANSWER
+        cmd.token = token
+        cmd.finish = finish
+        try:
+            if message is not None:
+                view = message
+                size = view.shape[0]
+                if size > 0xFFFFFFFF:
+                    raise ValueError("message too large for one gRPC message")
+                cmd.data = <uint8_t*>malloc(size + 5)
+                if cmd.data == NULL:
+                    raise MemoryError()
+                cmd.data[0] = 0
+                cmd.data[1] = (size >> 24) & 0xFF
+                cmd.data[2] = (size >> 16) & 0xFF
+                cmd.data[3] = (size >> 8) & 0xFF
+                cmd.data[4] = size & 0xFF
+                if size:
+                    memcpy(cmd.data + 5, &view[0], size)
+                cmd.data_len = size + 5
+            if finish:
+                encoded = str(status).encode()
+                memcpy(cmd.status, <const char*>encoded, len(encoded) + 1)
+                if text:
+                    encoded = _percent_encoded(text)
+                    cmd.message = dup_bytes(encoded)
+                    cmd.message_len = len(encoded)
+                if details:
+                    encoded = _base64(details)
+                    cmd.details = dup_bytes(encoded)
+                    cmd.details_len = len(encoded)
+            with nogil:
+                if not mailbox_put(&self.srv.commands, &cmd, 1):
+                    free_command(&cmd)
+        except BaseException:
+            free_command(&cmd)
+            raise
+
+    def shutdown(self):
+        """Begin the drain (any thread): stop accepting, GOAWAY naming the last stream taken; open
+        streams go on until answered, then each connection closes. ``stop()`` still ends the loop."""
+        cdef Command cmd
+        memset(&cmd, 0, sizeof(Command))
+        cmd.kind = CMD_SHUTDOWN
+        with nogil:
+            mailbox_put(&self.srv.commands, &cmd, 1)
+
     def serve_forever(self):
         """Serve on this thread, with the GIL released, until ``stop()``; then GOAWAY to every
         connection, close them and the listening socket. A signal's Python handler runs while it
-        serves; an exception from it stops the server and is raised here. Serves once.
+        serves (main thread only); an exception from it stops the server and is raised here. Serves once.
         """
         cdef int rc
         if self.serving or self.finished:
@@ -716,11 +1525,56 @@ cdef class H2Server:
     @property
     def stats(self):
         """Counters since start: connections accepted and open, requests answered OK, gRPC errors
-        answered, RST_STREAM frames received."""
+        answered, RST_STREAM frames received, streams handed to Python, deadlines the loop enforced."""
         cdef Server* s = self.srv
-        # plain counter reads: the serving thread may be changing the connection list right now
+        # plain counter reads: the serving thread may be changing them right now
         return {"connections": s.accepted, "open_connections": s.open_conns, "requests": s.requests,
-                "errors": s.errors, "resets": s.resets}
+                "errors": s.errors, "resets": s.resets, "handed_off": s.handed_off,
+                "deadline_exceeded": s.deadline_exceeded}
+
+
+cdef bytes _check_path(path):
+    raw_path = path.encode() if isinstance(path, str) else bytes(path)
+    if not raw_path.startswith(b"/"):
+        raise ValueError("path must start with '/'")
+    if len(raw_path) > 127:
+        raise ValueError("path must be at most 127 bytes")
+    return raw_path
+
+
+cdef bytes _percent_encoded(str message):
+    raw = message.encode()
+    out = bytearray(3 * len(raw))
+    return bytes(out[:percent_encode_bytes(raw, out)])
+
+
+cdef bytes _base64(details):
+    return binascii.b2a_base64(bytes(details), newline=False).rstrip(b"=")
+
+
+cdef tuple _metadata(const uint8_t* meta, size_t size):
+    """The caller's metadata from the loop's packed form, as grpc's Python API gives it."""
+    cdef size_t off = 0
+    cdef uint32_t n
+    if size == 0:
+        return ()
+    pairs = []
+    while off + 4 <= size:
+        memcpy(&n, meta + off, 4)
+        name = meta[off + 4:off + 4 + n].decode("latin-1")
+        off += 4 + n
+        memcpy(&n, meta + off, 4)
+        value = meta[off + 4:off + 4 + n]
+        off += 4 + n
+        if name.endswith("-bin"):
+            try:
+                value = binascii.a2b_base64(value + b"=" * ((4 - len(value) % 4) % 4))
+            except binascii.Error:
+                continue    # not base64: dropped, as grpc-core drops it
+            pairs.append((name, value))
+        else:
+            pairs.append((name, value.decode("latin-1")))
+    return tuple(pairs)
 
 
 cdef void memset_canned(Canned* c) noexcept:
