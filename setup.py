@@ -105,9 +105,11 @@ extensions = [
 if have_nghttp2():
     extensions.append(Extension("mve._h2transport", ["mve/_h2transport.pyx"], libraries=["nghttp2"],
                                 extra_compile_args=["-O3"]))
+    extensions.append(Extension("mve._h2client", ["mve/_h2client.pyx"], libraries=["nghttp2"],
+                                extra_compile_args=["-O3"]))
 elif not os.environ.get("MVE_QUIET_BUILD"):
-    print("note: nghttp2/nghttp2.h not found: building without mve._h2transport, the optional native "
-          "HTTP/2 transport (sudo apt-get install libnghttp2-dev, then rebuild)")
+    print("note: nghttp2/nghttp2.h not found: building without mve._h2transport and mve._h2client, the "
+          "optional native HTTP/2 transport and client (sudo apt-get install libnghttp2-dev, then rebuild)")
 
 setup(
     ext_modules=cythonize(
