@@ -1360,7 +1360,8 @@ cdef tuple delivered(Call* c):
         off += 4 + n
         key = name.decode("latin-1")
         if key.endswith("-bin"):
-            trailers.append((key, base64.b64decode(value + b"=" * (-len(value) % 4))))
+            # (4 - n % 4) % 4, not -n % 4: the module is built with cdivision
+            trailers.append((key, base64.b64decode(value + b"=" * ((4 - len(value) % 4) % 4))))
         else:
             trailers.append((key, value.decode("latin-1")))
     return (c.id, c.grpc_status, message, reply, tuple(trailers))
