@@ -319,6 +319,92 @@ def test_a_server_going_away_lets_calls_in_flight_finish(client, model):
     assert wait_for(client, 1)[after][0] == UNAVAILABLE
 
 
+# --- answers no grpc server gives: raw HTTP/2 frames from a socket -------------------------------
+
+
+def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+
+
+def header_block(*pairs: tuple[bytes, bytes]) -> bytes:
+    """HPACK literals without indexing (no Huffman): what any HTTP/2 peer must read."""
+    return b"".join(b"\x00" + bytes([len(n)]) + n + bytes([len(v)]) + v for n, v in pairs)
+
+
+HEADERS, DATA, SETTINGS = 1, 0, 4
+END_STREAM, END_HEADERS = 0x1, 0x4
+GRPC_200 = ((b":status", b"200"), (b"content-type", b"application/grpc"))
+
+
+class RawPeer:
+    """Answers the first request of each connection (stream 1) with canned frames."""
+
+    def __init__(self, answer: bytes):
+        import socket
+
+        self.answer = answer
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.settimeout(0.2)
+        self.address = f"127.0.0.1:{self.listener.getsockname()[1]}"
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        conns = []
+        while not self.stopped.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                continue
+            conns.append(conn)
+            conn.settimeout(5)
+            got = b""
+            while len(got) < 24 + 9 or HEADERS not in got[24:]:     # the preface, SETTINGS, the request
+                chunk = conn.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            conn.sendall(frame(SETTINGS, 0, 0) + self.answer)
+        for conn in conns:
+            conn.close()
+        self.listener.close()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(("answer", "status", "text"), [
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b":status", b"404"))), 12, "status: 404"),
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b":status", b"503"))), 14, "status: 503"),
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b":status", b"500"))), 2, "status: 500"),
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b":status", b"400"))), 13, "status: 400"),
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block(*GRPC_200)), 2, "no grpc-status"),
+    (frame(HEADERS, END_HEADERS, 1, header_block(*GRPC_200))
+     + frame(DATA, 0, 1, b"\x01\x00\x00\x00\x02hi"), 13, "compressed message not supported"),
+    (frame(HEADERS, END_HEADERS, 1, header_block(*GRPC_200))
+     + frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b"grpc-status", b"0"))), 13, "0 complete reply"),
+    (frame(HEADERS, END_HEADERS, 1, header_block(*GRPC_200))
+     + frame(DATA, 0, 1, b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b"), 13, "more than one reply message"),
+    (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block(
+        *GRPC_200, (b"grpc-status", b"5"), (b"grpc-message", b"no %C3%A9 model"), (b"x-why", b"gone"))), 5, "no é model"),
+])
+def test_answers_a_grpc_server_would_not_give_map_as_grpc_core_maps_them(client, answer, status, text):
+    peer = RawPeer(answer)
+    try:
+        call_id = client.call(peer.address, b"/test.Model/Echo", b"x", 5.0)
+        got_status, message, reply, trailers = wait_for(client, 1)[call_id]
+        assert (got_status, reply) == (status, None)
+        assert text in message
+        if status == 5:
+            assert trailers == (("x-why", "gone"),)
+    finally:
+        peer.stop()
+
+
 # --- the asyncio face -------------------------------------------------------------------------
 
 
