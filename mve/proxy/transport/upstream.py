@@ -5,7 +5,9 @@ an address that leaves the table is closed with a grace period, so calls in flig
 When the routing table says ``upstream_tls`` (the control plane launches model servers under mutual
 TLS), channels are TLS ones, presenting the proxy's certificate; a change of mode replaces every
 channel. A proxy without the certificate and CA to do so never falls back to plaintext: it logs an
-ERROR per such table and answers ModelNotReadyException naming the missing flags.
+ERROR per such table and answers ModelNotReadyException naming the missing flags. Given a
+`NativeUpstream` (mve._h2client, docs/transport.md), plaintext ModelInfer calls go through it
+instead, raising the same `grpc.aio.AioRpcError`s, so the retry and error mapping here are the same.
 
 `infer_on_variant` is the seam a per-variant batcher slots into: it takes a ready
 ``ModelInferRequest`` for the variant's model and returns the model server's response. Given the
@@ -19,6 +21,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +30,9 @@ from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc
 from mve.errors import ModelError, ModelNotReady, ValidationError, http_status_of_grpc_code
 from mve.proxy.routing.router import Instance, TensorSpec, VariantState
 from mve.tracing import outgoing_metadata
+
+if TYPE_CHECKING:
+    from mve.proxy.transport.native_upstream import NativeUpstream
 
 log = logging.getLogger(__name__)
 
@@ -60,12 +66,17 @@ class UpstreamPool:
 
     `tls_credentials` (the proxy's certificate and CA, `ProxySecurity.upstream_credentials`) dial
     model servers when the table says ``upstream_tls``; None when the proxy has none.
+
+    `native` (a started `NativeUpstream`, mve._h2client): ModelInfer calls go through it instead of
+    the grpc.aio channels while the table is plaintext; under ``upstream_tls`` they stay on grpc.aio.
+    Its owner starts and closes it; the pool only retires its connections with the channels.
     """
 
     def __init__(
         self, close_grace_s: float = 60.0, *, max_in_flight: int = 0, max_in_flight_per_instance: int = 0,
-        tls_credentials: grpc.ChannelCredentials | None = None,
+        tls_credentials: grpc.ChannelCredentials | None = None, native: NativeUpstream | None = None,
     ):
+        self.native = native
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._tls_credentials = tls_credentials
         # The current table's mode, and why no channel can be opened under it (None: they can).
@@ -108,6 +119,8 @@ class UpstreamPool:
         channel = self._channels.pop(address)
         del self._stubs[address]
         del self._raw[address]
+        if self.native is not None:
+            self.native.close_address(address)
         task = asyncio.get_running_loop().create_task(channel.close(grace=self._close_grace_s))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
@@ -262,6 +275,12 @@ async def _observed_call(
 async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float):
     # Tracing on: the current call's W3C traceparent goes along (its span, or its unsampled context).
     metadata = outgoing_metadata() if pool.tracing else None
+    native = getattr(pool, "native", None)  # a pool-like stand-in (tests' fakes) may have none
+    if native is not None and not pool.upstream_tls:
+        if isinstance(request, bytes):
+            return await native.unary(instance.address, request, timeout, metadata)
+        reply = await native.unary(instance.address, request.SerializeToString(), timeout, metadata)
+        return pb.ModelInferResponse.FromString(reply)
     try:
         if isinstance(request, bytes):
             return await pool.raw_model_infer(instance.address)(request, timeout=timeout, metadata=metadata)
