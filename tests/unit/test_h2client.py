@@ -29,7 +29,12 @@ h2c = pytest.importorskip(
     "mve._h2client", reason="mve._h2client not built: libnghttp2-dev is missing (sudo apt-get install libnghttp2-dev)"
 )
 
+from mve._proto import control_pb2  # noqa: E402
+from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
+from mve.errors import ModelNotReady, ValidationError  # noqa: E402
+from mve.proxy.routing.router import Router  # noqa: E402
 from mve.proxy.transport.native_upstream import NativeUpstream  # noqa: E402
+from mve.proxy.transport.upstream import UpstreamPool, infer_on_variant  # noqa: E402
 
 OK, CANCELLED, DEADLINE_EXCEEDED, FAILED_PRECONDITION = 0, 1, 4, 9
 RESOURCE_EXHAUSTED, UNAVAILABLE = 8, 14
@@ -59,10 +64,21 @@ class Model:
             futures.ThreadPoolExecutor(max_workers=16),
             options=[("grpc.max_receive_message_length", 64 * MB), ("grpc.max_send_message_length", 64 * MB)],
         )
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.Model", handlers),))
+        self.server.add_generic_rpc_handlers((
+            grpc.method_handlers_generic_handler("test.Model", handlers),
+            grpc.method_handlers_generic_handler("inference.GRPCInferenceService", {
+                "ModelInfer": grpc.unary_unary_rpc_method_handler(self._model_infer)}),
+        ))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
+
+    def _model_infer(self, request, context):
+        """Answers with its own address as the response id; model "bad" is the caller's error."""
+        parsed = pb.ModelInferRequest.FromString(request)
+        if parsed.model_name == "bad":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "input 'x' has the wrong shape")
+        return pb.ModelInferResponse(model_name=parsed.model_name, id=self.address).SerializeToString()
 
     def _meta(self, request, context):
         self.seen_metadata = dict(context.invocation_metadata())
@@ -446,6 +462,71 @@ def test_cancelling_the_awaiting_task_cancels_the_call(model):
             assert await asyncio.to_thread(model.cancelled.wait, 3)
             assert upstream._pending == {}
         finally:
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def routed(addresses: list[str]):
+    """A router with endpoint "ep", one variant "a" on `addresses`."""
+    router = Router(seed=1)
+    router.apply(control_pb2.RoutingTable(version=1, control_plane_id="cp", endpoints=[control_pb2.EndpointRoute(
+        endpoint_name="ep", variants=[control_pb2.VariantRoute(
+            variant_name="a", weight=1, model_name="mlp",
+            instances=[control_pb2.InstanceRoute(instance_id=a, address=a) for a in addresses])])]))
+    return router
+
+
+def refused_address() -> str:
+    import socket
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{unused.getsockname()[1]}"
+
+
+def test_the_upstream_pool_sends_model_infer_through_the_native_client(model):
+    dead = refused_address()
+    router = routed([model.address, dead])
+
+    async def main():
+        upstream = NativeUpstream()
+        upstream.start()
+        pool = UpstreamPool(close_grace_s=0, native=upstream)
+        pool.sync({model.address, dead})
+        try:
+            for _ in range(6):      # the dead instance is tried first now and then: retried on the other
+                result = await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="mlp"), 5.0)
+                assert result.response.id == model.address and result.instance.address == model.address
+            raw = await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="m").SerializeToString(), 5.0)
+            assert pb.ModelInferResponse.FromString(raw.response).id == model.address
+            with pytest.raises(ValidationError, match="wrong shape"):
+                await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="bad"), 5.0)
+            assert pool._channels and upstream.stats["calls"] >= 8
+            pool.sync(set())            # both leave the table: the native connection is retired too
+            ends = time.monotonic() + 5
+            while upstream.stats["open_connections"] and time.monotonic() < ends:
+                await asyncio.sleep(0.02)
+            assert upstream.stats["open_connections"] == 0
+        finally:
+            await pool.close(grace=0)
+            upstream.close()
+
+    asyncio.run(main())
+
+
+def test_the_upstream_pool_says_model_not_ready_when_no_instance_answers():
+    router = routed([refused_address()])
+
+    async def main():
+        upstream = NativeUpstream()
+        upstream.start()
+        pool = UpstreamPool(close_grace_s=0, native=upstream)
+        try:
+            with pytest.raises(ModelNotReady, match="no reachable instance"):
+                await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="mlp"), 5.0)
+        finally:
+            await pool.close(grace=0)
             upstream.close()
 
     asyncio.run(main())
