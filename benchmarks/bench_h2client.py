@@ -115,10 +115,10 @@ async def round_grpc_aio(address: str, body: bytes, calls: int, concurrency: int
         await channel.close()
 
 
-async def round_native(address: str, body: bytes, calls: int, concurrency: int):
+async def round_native(address: str, body: bytes, calls: int, concurrency: int, threaded: bool = True):
     from mve.proxy.transport.native_upstream import NativeUpstream
 
-    upstream = NativeUpstream()
+    upstream = NativeUpstream(threaded=threaded)
     upstream.start()
     try:
         return await drive(lambda: upstream.unary(address, body, 30.0), calls, concurrency)

@@ -99,9 +99,13 @@ cdef struct Client:
     int epoll_fd
     int wake_fd             # eventfd: the submission queue became non-empty, or stop()
     int notify_fd           # eventfd: the completion queue became non-empty
-    pthread_mutex_t lock    # guards the submission and completion queues, stopping, closed, and CALL_DONE
+    int timer_fd            # inline mode: a timerfd armed by the nearest deadline
+    int64_t timer_armed_ns  # what timer_fd is armed for (CLOCK_MONOTONIC); 0: disarmed or fired
+    bint inline             # turns run by poll() on the caller's thread, not by a thread of our own
+    pthread_mutex_t lock    # guards both queues, sub_signalled, stopping, closed, and CALL_DONE
     Call* sub_head
     Call* sub_tail
+    bint sub_signalled      # wake_fd written since the loop last took the submission queue
     Call* done_head
     Call* done_tail
     bint stopping

@@ -20,13 +20,19 @@ class H2Client:
         """Stop the loop and join it; calls in flight or queued finish with CANCELLED."""
     def call(
         self, address: str, path: bytes, message: bytes | bytearray | memoryview, timeout_s: float,
-        metadata: tuple[tuple[str | bytes, str | bytes], ...] = (),
+        metadata: tuple[tuple[str | bytes, str | bytes], ...] = (), *, wake: bool = True,
     ) -> int:
         """Send a unary call to ``address`` ("host:port"); return its id (never reused)."""
+    def wake(self) -> None:
+        """Wake the loop for calls handed in with ``wake=False``."""
     def cancel(self, call_id: int) -> bool:
         """Cancel a call not yet taken (RST_STREAM CANCEL); it is never delivered by ``take()``."""
     def close_address(self, address: str) -> None:
         """Retire the connection to ``address`` once its calls finish."""
+    def poll(self, events: bool = True) -> list[Completion]:
+        """Inline mode: one turn of the loop on this thread, without waiting; what finished."""
+    def fileno(self) -> int:
+        """The loop's epoll fd: readable when a turn of ``poll()`` has work (inline mode)."""
     def take(self) -> list[Completion]:
         """Every finished call: ``(call_id, grpc_status, message, reply or None, trailing_metadata)``."""
     @property

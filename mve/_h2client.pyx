@@ -14,7 +14,7 @@ from libc.errno cimport EAGAIN, EINPROGRESS, EINTR, errno
 from libc.stdint cimport SIZE_MAX
 from libc.stdio cimport snprintf
 from libc.stdlib cimport calloc, free, malloc, realloc
-from libc.string cimport memcmp, memcpy, strerror, strlen
+from libc.string cimport memcmp, memcpy, memset, strerror, strlen
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 from cpython.bytes cimport PyBytes_FromStringAndSize
@@ -817,6 +817,7 @@ cdef Call* take_submissions(Client* cl, bint final) noexcept nogil:
     pthread_mutex_lock(&cl.lock)
     ops = cl.sub_head
     cl.sub_head = cl.sub_tail = NULL
+    cl.sub_signalled = False
     if final:
         cl.closed = True
     pthread_mutex_unlock(&cl.lock)
@@ -903,7 +904,7 @@ cdef void publish(Client* cl) noexcept nogil:
             added = True
         c = nxt
     pthread_mutex_unlock(&cl.lock)
-    if was_empty and added:
+    if was_empty and added and not cl.inline:
         write(cl.notify_fd, &one, sizeof(one))
     while drop != NULL:
         nxt = drop.next
@@ -936,51 +937,116 @@ cdef void shutdown_all(Client* cl) noexcept nogil:
     publish(cl)
 
 
-cdef int run_loop(Client* cl) noexcept nogil:
-    """Serve calls until stop(); 0 when stopped, -1 when epoll_wait failed (calls then finish too)."""
+cdef int run_turn(Client* cl, int timeout_ms) noexcept nogil:
+    """One turn of the loop: wait up to `timeout_ms` for events, read, take what was handed in,
+    expire deadlines, write, publish. 1 when stop() was asked for, -1 when epoll_wait failed."""
     cdef epoll_event events[MAX_EVENTS]
-    cdef int n, i, rc = 0
+    cdef int n, i
     cdef void* tag
     cdef HConn* conn
     cdef uint64_t counter
-    cdef bint woken
-    cdef bint stopping = False
-    while not stopping:
-        n = epoll_wait(cl.epoll_fd, events, MAX_EVENTS, next_timeout_ms(cl))
+    cdef bint woken = cl.inline     # inline: whoever runs the turn may have queued calls just now
+    cdef bint stopping
+    if timeout_ms < -1:
+        n = 0                       # inline, only to send what was handed in: no events to wait for
+    else:
+        n = epoll_wait(cl.epoll_fd, events, MAX_EVENTS, timeout_ms)
         if n < 0:
-            if errno == EINTR:
-                continue
-            rc = -1
-            break
-        woken = False
-        for i in range(n):
-            tag = events[i].data.ptr
-            if tag == &cl.wake_fd:
-                read(cl.wake_fd, &counter, sizeof(counter))     # reset before taking the queue
-                woken = True
-            else:
-                conn = <HConn*>tag
-                if conn.connecting:
-                    conn_connected(cl, conn)
-                    if not conn.dead and events[i].events & EPOLLIN:
-                        conn_read(cl, conn)
-                    continue
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+            return 0 if errno == EINTR else -1
+    for i in range(n):
+        tag = events[i].data.ptr
+        if tag == &cl.wake_fd:
+            read(cl.wake_fd, &counter, sizeof(counter))     # reset before taking the queue
+            woken = True
+        elif tag == &cl.timer_fd:
+            read(cl.timer_fd, &counter, sizeof(counter))
+            cl.timer_armed_ns = 0
+        else:
+            conn = <HConn*>tag
+            if conn.connecting:
+                conn_connected(cl, conn)
+                if not conn.dead and events[i].events & EPOLLIN:
                     conn_read(cl, conn)
-                if events[i].events & EPOLLOUT:
-                    mark_dirty(cl, conn)
-        if woken:
-            pthread_mutex_lock(&cl.lock)
-            stopping = cl.stopping
-            pthread_mutex_unlock(&cl.lock)
-            if stopping:
-                break
-            run_ops(cl, take_submissions(cl, False), False)
-        expire(cl)
-        flush_dirty(cl)
-        publish(cl)
+                continue
+            if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                conn_read(cl, conn)
+            if events[i].events & EPOLLOUT:
+                mark_dirty(cl, conn)
+    if woken:
+        pthread_mutex_lock(&cl.lock)
+        stopping = cl.stopping
+        pthread_mutex_unlock(&cl.lock)
+        if stopping:
+            return 1
+        run_ops(cl, take_submissions(cl, False), False)
+    expire(cl)
+    flush_dirty(cl)
+    publish(cl)
+    if cl.inline:
+        arm_timer(cl)
+    return 0
+
+
+cdef void arm_timer(Client* cl) noexcept nogil:
+    """Inline: the timerfd (in the epoll set, so the caller's loop sees it) fires by the nearest
+    deadline. Armed only when that is earlier than what is armed: a call that ends early leaves it
+    armed, and the early fire re-arms it (one extra turn per deadline period, not a syscall per call)."""
+    cdef itimerspec spec
+    cdef int64_t first
+    if cl.heap_len == 0:
+        return
+    first = cl.heap[0].deadline_ns
+    if cl.timer_armed_ns != 0 and cl.timer_armed_ns <= first:
+        return
+    memset(&spec, 0, sizeof(spec))
+    spec.it_value.tv_sec = first // 1000000000
+    spec.it_value.tv_nsec = first % 1000000000
+    if timerfd_settime(cl.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0:
+        cl.timer_armed_ns = first
+
+
+cdef int run_loop(Client* cl) noexcept nogil:
+    """Serve calls until stop(); 0 when stopped, -1 when epoll_wait failed (calls then finish too)."""
+    cdef int rc = 0
+    while rc == 0:
+        rc = run_turn(cl, next_timeout_ms(cl))
     shutdown_all(cl)
-    return rc
+    return 0 if rc == 1 else rc
+
+
+# ---------------------------------------------------------------------------------------------
+# the submission queue (any thread)
+
+cdef inline void append_locked(Client* cl, Call* op) noexcept nogil:
+    op.next = NULL
+    if cl.sub_tail != NULL:
+        cl.sub_tail.next = op
+    else:
+        cl.sub_head = op
+    cl.sub_tail = op
+
+
+cdef bint enqueue(Client* cl, Call* op, bint wake) noexcept nogil:
+    """Queue a call or a close for the loop; False when the client is stopping (not queued).
+
+    With `wake`, write wake_fd unless it was written since the loop last took the queue.
+    """
+    cdef bint signal = False
+    cdef uint64_t one = 1
+    pthread_mutex_lock(&cl.lock)
+    if cl.closed or cl.stopping:
+        pthread_mutex_unlock(&cl.lock)
+        return False
+    append_locked(cl, op)
+    if op.kind == OP_CALL:
+        cl.calls += 1
+    if wake and not cl.sub_signalled:
+        cl.sub_signalled = True
+        signal = True
+    pthread_mutex_unlock(&cl.lock)
+    if signal:
+        write(cl.wake_fd, &one, sizeof(one))
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1004,7 +1070,7 @@ cdef class H2Client:
         self.cl = <Client*>calloc(1, sizeof(Client))
         if self.cl == NULL:
             raise MemoryError()
-        self.cl.epoll_fd = self.cl.wake_fd = self.cl.notify_fd = -1
+        self.cl.epoll_fd = self.cl.wake_fd = self.cl.notify_fd = self.cl.timer_fd = -1
         pthread_mutex_init(&self.cl.lock, NULL)
 
     def __init__(self, *, max_message_bytes=MAX_MESSAGE_BYTES):
@@ -1018,11 +1084,15 @@ cdef class H2Client:
         cl.epoll_fd = epoll_create1(EPOLL_CLOEXEC)
         cl.wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
         cl.notify_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
-        if cl.rbuf == NULL or cl.epoll_fd < 0 or cl.wake_fd < 0 or cl.notify_fd < 0:
+        cl.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        if cl.rbuf == NULL or cl.epoll_fd < 0 or cl.wake_fd < 0 or cl.notify_fd < 0 or cl.timer_fd < 0:
             raise OSError(errno, "cannot set up the epoll loop")
         ev.events = EPOLLIN
         ev.data.ptr = &cl.wake_fd
         if epoll_ctl(cl.epoll_fd, EPOLL_CTL_ADD, cl.wake_fd, &ev) != 0:
+            raise OSError(errno, "epoll_ctl")
+        ev.data.ptr = &cl.timer_fd
+        if epoll_ctl(cl.epoll_fd, EPOLL_CTL_ADD, cl.timer_fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl")
         if nghttp2_session_callbacks_new(&cl.callbacks) != 0 or nghttp2_option_new(&cl.option) != 0:
             raise MemoryError()
@@ -1052,7 +1122,7 @@ cdef class H2Client:
                 else:
                     free(c)
                 c = nxt
-        for fd in (cl.epoll_fd, cl.wake_fd, cl.notify_fd):
+        for fd in (cl.epoll_fd, cl.wake_fd, cl.notify_fd, cl.timer_fd):
             if fd >= 0:
                 close(fd)
         free(cl.heap)
@@ -1067,9 +1137,9 @@ cdef class H2Client:
         self.cl = NULL
 
     def start(self):
-        """Run the loop on a new thread (named ``h2-client``). Once."""
-        if self.started:
-            raise RuntimeError("start runs once")
+        """Run the loop on a new thread (named ``h2-client``). Once; not with ``poll()``."""
+        if self.started or self.cl.inline:
+            raise RuntimeError("start runs once, and not on a client driven by poll()")
         self.started = True
         self.thread = threading.Thread(target=self._run, name="h2-client", daemon=True)
         self.thread.start()
@@ -1101,13 +1171,17 @@ cdef class H2Client:
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
-    def call(self, str address, bytes path, message, double timeout_s, tuple metadata=()):
+    def call(self, str address, bytes path, message, double timeout_s, tuple metadata=(), *, bint wake=True):
         """Send a unary call to ``address`` ("host:port") and return its id (never reused).
 
         ``message`` (bytes-like) is copied and framed; ``timeout_s`` becomes the call's deadline,
         enforced here and sent as grpc-timeout. ``metadata``: (name, value) pairs, str or bytes;
         names are lower-cased, values of ``-bin`` names are base64-encoded. The answer comes
         back from ``take()``.
+
+        The loop is woken (one eventfd write) only if it has not been since it last took the
+        queue: one wake-up per burst. ``wake=False`` leaves even that to a later ``wake()``, so a
+        caller that submits many calls in one turn of its own loop wakes this one once.
         """
         cdef Client* cl = self.cl
         cdef bytes addr = address.encode()
@@ -1120,8 +1194,7 @@ cdef class H2Client:
         cdef char timeout_text[16]
         cdef size_t timeout_len
         cdef int64_t timeout_ns
-        cdef bint was_empty = False, refused
-        cdef uint64_t one = 1
+        cdef bint refused
         cdef size_t i
         cdef bytes name, value
         if len(addr) == 0 or len(addr) > MAX_ADDRESS:
@@ -1192,21 +1265,7 @@ cdef class H2Client:
         # known to cancel() before the loop can finish it (take() may run on another thread)
         self.live[c.id] = <size_t>c
         with nogil:
-            pthread_mutex_lock(&cl.lock)
-            refused = cl.closed or cl.stopping
-            if refused:
-                pthread_mutex_unlock(&cl.lock)
-            else:
-                was_empty = cl.sub_head == NULL
-                if cl.sub_tail != NULL:
-                    cl.sub_tail.next = c
-                else:
-                    cl.sub_head = c
-                cl.sub_tail = c
-                cl.calls += 1
-                pthread_mutex_unlock(&cl.lock)
-                if was_empty:
-                    write(cl.wake_fd, &one, sizeof(one))
+            refused = not enqueue(cl, c, wake)
         if refused:
             del self.live[c.id]
             call_free(c)
@@ -1220,7 +1279,7 @@ cdef class H2Client:
         cdef object found = self.live.pop(call_id, None)
         cdef Call* c
         cdef Call* op
-        cdef bint was_empty = False
+        cdef bint signal = False
         cdef uint64_t one = 1
         if found is None:
             return False
@@ -1239,15 +1298,12 @@ cdef class H2Client:
             elif cl.closed:
                 c.cancel_seen = True        # the loop is gone: publish() frees it
             else:
-                was_empty = cl.sub_head == NULL
-                if cl.sub_tail != NULL:
-                    cl.sub_tail.next = op
-                else:
-                    cl.sub_head = op
-                cl.sub_tail = op
+                append_locked(cl, op)
                 op = NULL
+                signal = not cl.sub_signalled
+                cl.sub_signalled = True
             pthread_mutex_unlock(&cl.lock)
-            if was_empty:
+            if signal:
                 write(cl.wake_fd, &one, sizeof(one))
         free(op)
         return True
@@ -1258,8 +1314,7 @@ cdef class H2Client:
         cdef Client* cl = self.cl
         cdef bytes addr = address.encode()
         cdef Call* op
-        cdef bint was_empty = False
-        cdef uint64_t one = 1
+        cdef bint queued
         if len(addr) > MAX_ADDRESS:
             return
         op = <Call*>calloc(1, sizeof(Call))
@@ -1275,32 +1330,66 @@ cdef class H2Client:
         op.addr = op.block
         op.addr_len = len(addr)
         with nogil:
-            pthread_mutex_lock(&cl.lock)
-            if not (cl.closed or cl.stopping):
-                was_empty = cl.sub_head == NULL
-                if cl.sub_tail != NULL:
-                    cl.sub_tail.next = op
-                else:
-                    cl.sub_head = op
-                cl.sub_tail = op
-                op = NULL
-            pthread_mutex_unlock(&cl.lock)
-            if was_empty:
-                write(cl.wake_fd, &one, sizeof(one))
-        if op != NULL:
+            queued = enqueue(cl, op, True)
+        if not queued:
             call_free(op)
+
+    def wake(self):
+        """Wake the loop for calls handed in with ``wake=False`` (nothing when none wait, or
+        when it was woken already since it last took the queue)."""
+        cdef Client* cl = self.cl
+        cdef bint signal
+        cdef uint64_t one = 1
+        with nogil:
+            pthread_mutex_lock(&cl.lock)
+            signal = cl.sub_head != NULL and not cl.sub_signalled
+            if signal:
+                cl.sub_signalled = True
+            pthread_mutex_unlock(&cl.lock)
+            if signal:
+                write(cl.wake_fd, &one, sizeof(one))
 
     def take(self):
         """Every finished call, at once: a list of ``(call_id, grpc_status, message, reply,
         trailing_metadata)``. ``reply`` is the reply message's bytes (status 0) or None;
         ``trailing_metadata`` is a tuple of (name, value) pairs, values of ``-bin`` names
         base64-decoded to bytes (as grpc's Python API gives them), others str. Resets notify_fd."""
-        cdef Client* cl = self.cl
         cdef uint64_t counter
+        read(self.cl.notify_fd, &counter, sizeof(counter))        # reset before taking the queue
+        return self._take()
+
+    def poll(self, bint events=True):
+        """Inline mode: run one turn of the loop on this thread (the GIL released, no waiting) and
+        return what finished, as ``take()`` does. For a caller whose own event loop watches
+        ``fileno()`` and calls this when it is readable, and once after handing calls in (with
+        ``wake=False``; ``events=False`` then skips looking for socket events, one syscall less):
+        no thread of the client's own, no eventfd between threads. Deadlines are kept with a
+        timerfd in the epoll set. Not with ``start()``; ``stop()`` ends it."""
+        cdef Client* cl = self.cl
+        cdef int rc
+        if self.started:
+            raise RuntimeError("poll() is for a client that was not start()ed")
+        if cl.closed:
+            return self._take()
+        cl.inline = True
+        with nogil:
+            rc = run_turn(cl, 0 if events else -2)
+        if rc == 1:
+            with nogil:
+                shutdown_all(cl)
+        elif rc < 0:
+            raise OSError(errno, "epoll_wait failed")
+        return self._take()
+
+    def fileno(self):
+        """The loop's epoll fd: readable when a turn of ``poll()`` has work (inline mode)."""
+        return self.cl.epoll_fd
+
+    cdef list _take(self):
+        cdef Client* cl = self.cl
         cdef Call* c
         cdef Call* nxt
         cdef list out = []
-        read(cl.notify_fd, &counter, sizeof(counter))        # reset before taking the queue
         with nogil:
             pthread_mutex_lock(&cl.lock)
             c = cl.done_head

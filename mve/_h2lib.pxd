@@ -281,3 +281,17 @@ cdef extern from "<netdb.h>" nogil:
     void freeaddrinfo(addrinfo* res)
     const char* gai_strerror(int errcode)
 
+
+
+from posix.time cimport timespec
+
+cdef extern from "<sys/timerfd.h>" nogil:
+    cdef struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    enum:
+        TFD_NONBLOCK
+        TFD_CLOEXEC
+        TFD_TIMER_ABSTIME
+    int timerfd_create(int clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec* new_value, itimerspec* old_value)

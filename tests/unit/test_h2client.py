@@ -424,9 +424,10 @@ def test_answers_a_grpc_server_would_not_give_map_as_grpc_core_maps_them(client,
 # --- the asyncio face -------------------------------------------------------------------------
 
 
-def test_native_upstream_answers_and_raises_aio_rpc_errors(model):
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "inline"])
+def test_native_upstream_answers_and_raises_aio_rpc_errors(model, threaded):
     async def main():
-        upstream = NativeUpstream()
+        upstream = NativeUpstream(threaded=threaded)
         upstream.start()
         try:
             assert await upstream.unary(model.address, b"ping", 5.0, path=b"/test.Model/Echo") == b"ping"
@@ -449,9 +450,10 @@ def test_native_upstream_answers_and_raises_aio_rpc_errors(model):
     asyncio.run(main())
 
 
-def test_cancelling_the_awaiting_task_cancels_the_call(model):
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "inline"])
+def test_cancelling_the_awaiting_task_cancels_the_call(model, threaded):
     async def main():
-        upstream = NativeUpstream()
+        upstream = NativeUpstream(threaded=threaded)
         upstream.start()
         try:
             task = asyncio.create_task(upstream.unary(model.address, b"x", 10.0, path=b"/test.Model/Slow"))
@@ -485,12 +487,13 @@ def refused_address() -> str:
         return f"127.0.0.1:{unused.getsockname()[1]}"
 
 
-def test_the_upstream_pool_sends_model_infer_through_the_native_client(model):
+@pytest.mark.parametrize("threaded", [True, False], ids=["threaded", "inline"])
+def test_the_upstream_pool_sends_model_infer_through_the_native_client(model, threaded):
     dead = refused_address()
     router = routed([model.address, dead])
 
     async def main():
-        upstream = NativeUpstream()
+        upstream = NativeUpstream(threaded=threaded)
         upstream.start()
         pool = UpstreamPool(close_grace_s=0, native=upstream)
         pool.sync({model.address, dead})
@@ -528,6 +531,29 @@ def test_the_upstream_pool_says_model_not_ready_when_no_instance_answers():
         finally:
             await pool.close(grace=0)
             upstream.close()
+
+    asyncio.run(main())
+
+
+def test_inline_mode_keeps_deadlines_and_stop_finishes_calls_in_flight(model):
+    async def main():
+        upstream = NativeUpstream(threaded=False)
+        upstream.start()
+        slow = asyncio.ensure_future(upstream.unary(model.address, b"x", 10.0, path=b"/test.Model/Slow"))
+        try:
+            started = time.monotonic()
+            with pytest.raises(grpc.aio.AioRpcError) as late:      # the timerfd wakes this loop by 0.3 s
+                await upstream.unary(model.address, b"x", 0.3, path=b"/test.Model/Slow")
+            assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert 0.25 < time.monotonic() - started < 2.0
+            assert not any(t.name == "h2-client" for t in threading.enumerate())
+        finally:
+            upstream.close()
+        with pytest.raises(grpc.aio.AioRpcError) as stopped:
+            await slow
+        assert stopped.value.code() == grpc.StatusCode.CANCELLED
+        with pytest.raises(RuntimeError):
+            upstream.client.call(model.address, b"/test.Model/Echo", b"x", 1.0)
 
     asyncio.run(main())
 
