@@ -4,10 +4,11 @@ The proxy forwards each request to a model server with one unary call; this meas
 alone, from asyncio, as the proxy makes it (bytes in, bytes out). A model-server-like grpc.aio
 echo server runs in a process of its own (pinned to core 1 with taskset when there are two
 cores, this process to core 0); N calls at concurrency C go through ``channel.unary_unary``
-(grpc.aio) and through `NativeUpstream` (mve._h2client), in alternating rounds. For each: calls/s
-and this CLIENT process's CPU per call (utime+stime of all its threads, /proc/self/stat, over the
-measured window); the table gives the medians and native/grpc.aio ratios, and the figures go to
-benchmarks/results/h2client.json.
+(grpc.aio), through `NativeUpstream` with the client's loop on a thread of its own ("native")
+and through `NativeUpstream(threaded=False)`, the client driven from the asyncio thread
+("native-inline"), in alternating rounds. For each: calls/s and this CLIENT process's CPU per
+call (utime+stime of all its threads, /proc/self/stat, over the measured window); the table gives
+the medians and native/grpc.aio ratios, and the figures go to benchmarks/results/h2client.json.
 
 The grpc.aio echo server is usually the bottleneck of calls/s on a small machine (one core, ~0.5
 ms per call): calls/s then says little about the clients, their CPU per call says what they cost.
@@ -144,37 +145,37 @@ def main() -> None:
         os.sched_setaffinity(0, {0})
     process, address = start_server(args.server)
     body = request_bytes()
-    cells: dict[str, list[dict]] = {"grpc-aio": [], "native": []}
+    clients = (("grpc-aio", round_grpc_aio), ("native", round_native),
+               ("native-inline", lambda *a: round_native(*a, threaded=False)))
+    cells: dict[str, list[dict]] = {name: [] for name, _ in clients}
     try:
         for index in range(args.rounds):
-            for name, run in (("grpc-aio", round_grpc_aio), ("native", round_native)):
+            for name, run in clients:
                 seconds, cpu, errors = asyncio.run(asyncio.wait_for(
                     run(address, body, args.calls, args.concurrency), timeout=600))
                 cell = {"round": index + 1, "calls_per_s": args.calls / seconds,
                         "client_cpu_us_per_call": cpu / args.calls * 1e6, "errors": errors}
                 cells[name].append(cell)
-                print(f"round {index + 1} {name:8}: {cell['calls_per_s']:9,.0f} calls/s  "
+                print(f"round {index + 1} {name:13}: {cell['calls_per_s']:9,.0f} calls/s  "
                       f"{cell['client_cpu_us_per_call']:7.1f} us CPU/call  errors={errors}", flush=True)
     finally:
         process.terminate()
         process.wait(10)
     medians = {name: {key: statistics.median(c[key] for c in rows) for key in ("calls_per_s", "client_cpu_us_per_call")}
                for name, rows in cells.items()}
-    ratios = {
-        "calls_per_s": medians["native"]["calls_per_s"] / medians["grpc-aio"]["calls_per_s"],
-        "client_cpu_us_per_call": medians["native"]["client_cpu_us_per_call"]
-        / medians["grpc-aio"]["client_cpu_us_per_call"],
-    }
+    base = medians["grpc-aio"]
+    ratios = {name: {key: medians[name][key] / base[key] for key in base} for name in medians if name != "grpc-aio"}
     print(f"\nmedians of {args.rounds} rounds, {args.calls} calls at c={args.concurrency}, server {args.server}:")
-    print(f"| client   | calls/s   | client CPU us/call |")
-    print(f"|----------|-----------|--------------------|")
+    print("| client        | calls/s   | client CPU us/call | calls/s vs grpc.aio | CPU/call vs grpc.aio |")
+    print("|---------------|-----------|--------------------|---------------------|----------------------|")
     for name, m in medians.items():
-        print(f"| {name:8} | {m['calls_per_s']:9,.0f} | {m['client_cpu_us_per_call']:18.1f} |")
-    print(f"| native/grpc.aio | {ratios['calls_per_s']:.2f}x | {ratios['client_cpu_us_per_call']:.3f}x |")
+        r = ratios.get(name, {"calls_per_s": 1.0, "client_cpu_us_per_call": 1.0})
+        print(f"| {name:13} | {m['calls_per_s']:9,.0f} | {m['client_cpu_us_per_call']:18.1f} "
+              f"| {r['calls_per_s']:18.2f}x | {r['client_cpu_us_per_call']:19.3f}x |")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps({
         "calls": args.calls, "concurrency": args.concurrency, "rounds": args.rounds, "server": args.server,
-        "cells": cells, "medians": medians, "ratios_native_over_grpc_aio": ratios,
+        "cells": cells, "medians": medians, "ratios_over_grpc_aio": ratios,
         "load_1min_at_end": os.getloadavg()[0],
     }, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(HERE.parent)}")
