@@ -1359,7 +1359,7 @@ cdef class H2Client:
         return self._take()
 
     def poll(self, bint events=True):
-        """Inline mode: run one turn of the loop on this thread (the GIL released, no waiting) and
+        """Inline mode: run one turn of the loop on this thread (no waiting, the GIL held) and
         return what finished, as ``take()`` does. For a caller whose own event loop watches
         ``fileno()`` and calls this when it is readable, and once after handing calls in (with
         ``wake=False``; ``events=False`` then skips looking for socket events, one syscall less):
@@ -1372,11 +1372,11 @@ cdef class H2Client:
         if cl.closed:
             return self._take()
         cl.inline = True
-        with nogil:
-            rc = run_turn(cl, 0 if events else -2)
+        # The GIL is kept: a turn takes microseconds, and giving it up could hand it to another
+        # thread for up to a switch interval before this one (the caller's event loop) gets it back.
+        rc = run_turn(cl, 0 if events else -2)
         if rc == 1:
-            with nogil:
-                shutdown_all(cl)
+            shutdown_all(cl)
         elif rc < 0:
             raise OSError(errno, "epoll_wait failed")
         return self._take()
