@@ -12,8 +12,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 # The tests are hermetic: a developer's MVE_* settings (a token, TLS files, addresses, ports) would
 # reach every client and every process the tests start. Tests that want one set it themselves.
-# Kept: the knobs of the tests themselves (MVE_FUZZ_EXAMPLES for a longer fuzz run).
-_TEST_KNOBS = {"MVE_FUZZ_EXAMPLES"}
+# Kept: the knobs of the tests themselves (MVE_FUZZ_EXAMPLES for a longer fuzz run, MVE_PROXY_TRANSPORT
+# for the proxies they start: `make test` runs the gRPC door's tests again on grpc-aio).
+_TEST_KNOBS = {"MVE_FUZZ_EXAMPLES", "MVE_PROXY_TRANSPORT"}
 for _name in [name for name in os.environ if name.startswith("MVE_") and name not in _TEST_KNOBS]:
     del os.environ[_name]
 

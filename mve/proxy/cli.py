@@ -28,7 +28,7 @@ def register(subparsers) -> None:
             "MVE_PROXY_OUTLIER_CONSECUTIVE_FAILURES, MVE_PROXY_OUTLIER_LATENCY_FACTOR, MVE_PROXY_OUTLIER_EJECTION_S, "
             "MVE_PROXY_OUTLIER_MAX_EJECTION_PERCENT, MVE_PROXY_TLS_CERT, MVE_PROXY_TLS_KEY, MVE_PROXY_TLS_CA, "
             "MVE_PROXY_TLS_CLIENT_AUTH, MVE_PROXY_INVOKE_TOKEN_FILE, MVE_PROXY_CONTROL_PLANE_TOKEN_FILE, "
-            "MVE_PROXY_CONTROL_PLANE_TLS, MVE_PROXY_WORKERS."
+            "MVE_PROXY_CONTROL_PLANE_TLS, MVE_PROXY_WORKERS, MVE_PROXY_TRANSPORT."
         ),
     )
     parser.add_argument("--control-plane", metavar="HOST:PORT", default=None,
@@ -110,6 +110,9 @@ def register(subparsers) -> None:
                         "its own routing table subscription, proxy id (PROXY_ID-wI) and metrics port (--metrics-port "
                         "+ I). The kernel balances connections, not requests: give clients several connections "
                         "(default 1: one process, no parent)")
+    parser.add_argument("--transport", default=None, metavar="auto|native|grpc-aio",
+                        help="the gRPC door's transport: native (the C HTTP/2 loop, plaintext), grpc-aio, or auto "
+                             "(default: native where it was built and the door has no --tls-cert, else grpc-aio)")
     # Set by the parent of --workers on each worker: its index (for the logs) and SO_REUSEPORT on both doors.
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
@@ -171,6 +174,7 @@ def settings_from_args(args: argparse.Namespace):
         ),
         control_plane_tls=pick(args.control_plane_tls, "PROXY_CONTROL_PLANE_TLS", defaults.control_plane_tls),
         workers=pick(args.workers, "PROXY_WORKERS", defaults.workers),
+        transport=pick(args.transport, "PROXY_TRANSPORT", defaults.transport),
         reuse_port=args.worker_index is not None,
     ).validate()
 

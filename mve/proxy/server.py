@@ -25,6 +25,7 @@ from mve.proxy.transport.grpc_registry import ErrorMappingServer
 from mve.proxy.transport.grpc_servicers import EndpointRuntimeServicer, InferenceServicer, RawModelInfer, add_inference_service
 from mve.proxy.transport.http_auth import RequestAuth
 from mve.proxy.transport.http_runtime import HttpRuntime, RuntimeHttpServer
+from mve.proxy.transport.native import NativeDoor
 from mve.proxy.transport.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
 from mve.tls import is_loopback
@@ -74,13 +75,18 @@ class ProxyServer:
         self.reporter: StatsReporter | None = None
         self.metrics: MetricsServer | None = None
         self.http: RuntimeHttpServer | None = None
+        self.native: NativeDoor | None = None
+        self.transport = ""
 
     async def start(self) -> str:
         """Bind, serve, subscribe to routes and start reporting; returns ``host:port``."""
         s = self.settings
+        self.transport = s.effective_transport
+        native = self.transport == "native"
         # SO_REUSEPORT only for the workers of --workers, which share the port; gRPC's own default is
         # on, which would let a second proxy on a taken port take some of its connections without a word.
-        self.server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", int(s.reuse_port))])
+        reuse = int(s.reuse_port and not native)
+        self.server = grpc.aio.server(options=[*SERVER_OPTIONS, ("grpc.so_reuseport", reuse)])
         # Errors are mapped, and callers checked when invocations need a credential, by wrappers
         # added at registration, not by an interceptor on every call.
         registry = ErrorMappingServer(self.server, self.security.gatekeeper())
@@ -96,17 +102,10 @@ class ProxyServer:
         # What enable_server_reflection does on a grpc.aio server, through the registry (generic
         # handlers only); a stream-stream method open to all callers: nothing to map or check.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), registry)
-        credentials = self.security.server_credentials()
-        try:
-            if credentials is not None:
-                port = self.server.add_secure_port(f"{s.host}:{s.port}", credentials)
-            else:
-                port = self.server.add_insecure_port(f"{s.host}:{s.port}")
-        except RuntimeError:
-            port = 0
-        if port == 0:
-            raise OSError(f"cannot bind {s.host}:{s.port}")
-        await self.server.start()
+        if native:
+            port = await self._start_native_door()
+        else:
+            port = await self._start_grpc_aio_door()
         # A wildcard bind is announced as loopback, an address a client on this machine can dial.
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::", "[::]") else s.host
         self.address = f"{host}:{port}"
@@ -152,8 +151,9 @@ class ProxyServer:
                 await self.stop()
                 raise
         log.info(
-            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s %s",
-            self.address, self.http_address or "off", s.control_plane, proxy_id, self.security.describe(),
+            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s transport=%s %s",
+            self.address, self.http_address or "off", s.control_plane, proxy_id, self.transport,
+            self.security.describe(),
         )
         if self.security.invoke_tokens is not None and not self.security.door_tls and not is_loopback(s.host):
             log.warning(
@@ -162,6 +162,41 @@ class ProxyServer:
                 "unencrypted; give --tls-cert and --tls-key",
             )
         return self.address
+
+    async def _start_grpc_aio_door(self) -> int:
+        """Serve the gRPC door on grpc.aio; returns its port."""
+        s = self.settings
+        credentials = self.security.server_credentials()
+        try:
+            if credentials is not None:
+                port = self.server.add_secure_port(f"{s.host}:{s.port}", credentials)
+            else:
+                port = self.server.add_insecure_port(f"{s.host}:{s.port}")
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise OSError(f"cannot bind {s.host}:{s.port}")
+        await self.server.start()
+        return port
+
+    async def _start_native_door(self) -> int:
+        """Serve the gRPC door on the native transport, with the grpc.aio server behind it on a
+        loopback port of its own for every method but the two hot ones; returns the door's port."""
+        s = self.settings
+        inner = self.server.add_insecure_port("127.0.0.1:0")
+        if inner == 0:
+            raise OSError("cannot bind a loopback port for the proxy's grpc.aio server")
+        await self.server.start()
+        try:
+            self.native = NativeDoor(
+                self.dataplane, f"127.0.0.1:{inner}", host=s.host, port=s.port,
+                gatekeeper=self.security.gatekeeper(), reuse_port=s.reuse_port, channel_options=CHANNEL_OPTIONS,
+            )
+        except OSError as error:
+            await self.server.stop(0)
+            raise OSError(f"cannot bind {s.host}:{s.port}: {error.strerror or error}") from None
+        self.native.start()
+        return self.native.port
 
     @property
     def http_address(self) -> str:
@@ -191,6 +226,8 @@ class ProxyServer:
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)
         doors = []
+        if self.native is not None:
+            doors.append(self.native.stop(self.settings.grace_s))
         if self.server is not None:
             doors.append(self.server.stop(self.settings.grace_s))
         if self.http is not None:
@@ -225,7 +262,10 @@ async def serve(settings: ProxySettings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    announce_ready("proxy", proxy.address, metrics_address=proxy.metrics_address, http_address=proxy.http_address)
+    announce_ready(
+        "proxy", proxy.address, metrics_address=proxy.metrics_address, http_address=proxy.http_address,
+        transport=proxy.transport,
+    )
     await stop.wait()
     log.info("event=proxy_stopping")
     await proxy.stop()

@@ -17,6 +17,16 @@ DEFAULT_HTTP_PORT = 8081
 HTTP_OFF = -1  # --http-port -1: no SageMaker Runtime HTTP door
 MAX_WORKERS = 64
 WORKER_SUFFIX = "-w{index}"  # a worker's proxy id: the parent's, then this
+TRANSPORTS = ("auto", "native", "grpc-aio")
+
+
+def native_transport_available() -> bool:
+    """Whether the native HTTP/2 transport was built (libnghttp2's headers were there at build time)."""
+    try:
+        import mve._h2transport  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def parse_address(value: str, *, what: str, allow_port_zero: bool = False) -> tuple[str, int]:
@@ -95,6 +105,9 @@ class ProxySettings:
     # Bind both doors with SO_REUSEPORT: set by the workers' parent on each worker, never by hand;
     # off, a port some other process holds is refused (gRPC's own default would share it silently).
     reuse_port: bool = False
+    # The gRPC door's transport (docs/transport.md): "native" (mve._h2transport, plaintext HTTP/2),
+    # "grpc-aio", or "auto": native where it was built and the door has no TLS, else grpc-aio.
+    transport: str = "auto"
 
     def validate(self) -> "ProxySettings":
         """Return self, or raise ValidationError with a message naming the bad setting."""
@@ -142,8 +155,28 @@ class ProxySettings:
         _check_range("--workers", self.workers, 1, MAX_WORKERS)
         if self.workers > 1:
             self._validate_workers()
+        if self.transport not in TRANSPORTS:
+            raise ValidationError(f"--transport must be one of {', '.join(TRANSPORTS)}, got '{self.transport}'")
+        if self.transport == "native":
+            if self.tls_cert:
+                raise ValidationError(
+                    "--transport native serves plaintext HTTP/2 only; a door with --tls-cert runs on grpc-aio "
+                    "(--transport grpc-aio, or auto)"
+                )
+            if not native_transport_available():
+                raise ValidationError(
+                    "--transport native needs mve._h2transport, which was not built: libnghttp2's headers were "
+                    "missing (sudo apt-get install libnghttp2-dev, then make build); or --transport auto"
+                )
         self.security  # noqa: B018 - reads and checks the TLS and token files now, once
         return self
+
+    @property
+    def effective_transport(self) -> str:
+        """The gRPC door's transport: "native" or "grpc-aio" (auto resolved)."""
+        if self.transport == "auto":
+            return "native" if not self.tls_cert and native_transport_available() else "grpc-aio"
+        return self.transport
 
     def _validate_workers(self) -> None:
         """What --workers N adds: room for the workers' suffix in --proxy-id, and N metrics ports."""

@@ -117,6 +117,7 @@ class WorkerPool:
             "address": first.ready["address"],
             "http_address": first.ready.get("http_address", ""),
             "metrics_address": first.ready.get("metrics_address", ""),
+            "transport": first.ready.get("transport", ""),
             "workers": [worker.describe() for worker in self.workers],
         }
 

@@ -80,7 +80,7 @@ def test_the_workers_get_every_flag_given_but_those_the_parent_sets():
         "--outlier-consecutive-failures", "0", "--outlier-latency-factor", "2", "--outlier-ejection-s", "1",
         "--outlier-max-ejection-percent", "25", "--tls-cert=-odd/c.pem", "--tls-key", "k.pem", "--tls-ca", "ca.pem",
         "--tls-client-auth", "require", "--invoke-token-file", "t", "--control-plane-token-file", "cpt",
-        "--control-plane-tls", "on", "--workers", "4", "--log-level", "DEBUG",
+        "--control-plane-tls", "on", "--transport", "grpc-aio", "--workers", "4", "--log-level", "DEBUG",
     ]
     parser = build_parser()
     given = parser.parse_args(argv)
