@@ -413,7 +413,8 @@ cdef int answer_error(nghttp2_session* session, Stream* st, const char* status, 
     cdef size_t n = 3
     set_nv(&nva[0], H_STATUS, H_200, 3, NO_COPY)
     set_nv(&nva[1], H_CONTENT_TYPE, H_GRPC, 16, NO_COPY)
-    set_nv(&nva[2], H_GRPC_STATUS, status, strlen(status), NO_COPY)
+    # the status text may live in a command freed before nghttp2 writes the frame: copied unless static
+    set_nv(&nva[2], H_GRPC_STATUS, status, strlen(status), copy_flags)
     if message_len:
         set_nv(&nva[n], H_GRPC_MESSAGE, message, message_len, copy_flags)
         n += 1
