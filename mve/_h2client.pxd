@@ -131,3 +131,5 @@ cdef struct Client:
     uint64_t errors
     uint64_t connections
     int64_t open_conns
+    uint64_t wakeups        # turns woken by wake_fd
+    uint64_t notifies       # writes of notify_fd

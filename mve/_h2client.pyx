@@ -906,6 +906,7 @@ cdef void publish(Client* cl) noexcept nogil:
     pthread_mutex_unlock(&cl.lock)
     if was_empty and added and not cl.inline:
         write(cl.notify_fd, &one, sizeof(one))
+        cl.notifies += 1
     while drop != NULL:
         nxt = drop.next
         call_free(drop)
@@ -958,6 +959,7 @@ cdef int run_turn(Client* cl, int timeout_ms) noexcept nogil:
         if tag == &cl.wake_fd:
             read(cl.wake_fd, &counter, sizeof(counter))     # reset before taking the queue
             woken = True
+            cl.wakeups += 1
         elif tag == &cl.timer_fd:
             read(cl.timer_fd, &counter, sizeof(counter))
             cl.timer_armed_ns = 0
@@ -1418,11 +1420,13 @@ cdef class H2Client:
     @property
     def stats(self):
         """Counters since start: calls handed in, calls delivered, of them errors (status != 0),
-        connections opened, connections open now."""
+        connections opened, connections open now, the loop's wake-ups by ``call()`` (and
+        ``cancel()``, ``close_address()``, ``wake()``), and its writes of ``notify_fd``."""
         cdef Client* cl = self.cl
         # plain counter reads: the loop may be changing them right now
         return {"calls": cl.calls, "completed": cl.completed, "errors": cl.errors,
-                "connections": cl.connections, "open_connections": cl.open_conns}
+                "connections": cl.connections, "open_connections": cl.open_conns,
+                "wakeups": cl.wakeups, "notifies": cl.notifies}
 
 
 cdef tuple delivered(Call* c):

@@ -251,6 +251,24 @@ def test_500_concurrent_calls_on_one_address_are_all_answered_correctly(client, 
     assert client.stats["completed"] == 500
 
 
+def test_a_burst_of_calls_wakes_the_loop_once_and_notify_fd_is_written_once_until_taken(client, model):
+    first = client.call(model.address, b"/test.Model/Echo", b"warm", 5.0)
+    assert wait_for(client, 1)[first][0] == OK
+    before = client.stats
+    sent = [client.call(model.address, b"/test.Model/Echo", b"%d" % i, 20.0, wake=False) for i in range(500)]
+    assert client.stats["wakeups"] == before["wakeups"]        # nothing woke it yet
+    client.wake()
+    client.wake()                                               # once is enough until it takes the queue
+    ends = time.monotonic() + 60
+    while client.stats["completed"] < before["completed"] + 500 and time.monotonic() < ends:
+        time.sleep(0.02)                                        # answers pile up, nobody takes them
+    after = client.stats
+    assert after["wakeups"] - before["wakeups"] == 1
+    assert after["notifies"] - before["notifies"] == 1          # written on empty -> non-empty only
+    got = {call_id: rest for call_id, *rest in client.take()}  # all of them in one take()
+    assert sorted(got) == sorted(sent) and all(answer[0] == OK for answer in got.values())
+
+
 def test_calls_to_many_addresses_each_get_their_own_connection(client):
     models = [Model() for _ in range(3)]
     try:
