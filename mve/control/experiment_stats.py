@@ -27,8 +27,20 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import stats
-from sklearn import metrics as skm
+
+
+def _scipy_stats():
+    # scipy.stats and sklearn.metrics take seconds to import: loaded with the first report, not
+    # with every control plane's start.
+    from scipy import stats
+
+    return stats
+
+
+def _sklearn_metrics():
+    from sklearn import metrics
+
+    return metrics
 
 #: The mixture's standard deviation in units of the pooled per-observation standard deviation:
 #: most of its weight lies on standardised effects below half a standard deviation.
@@ -96,7 +108,7 @@ def wilson_intervals(successes: np.ndarray, counts: np.ndarray, confidence_level
     quantile from scipy: ``(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)``."""
     k = np.asarray(successes, dtype=np.float64)
     n = np.asarray(counts, dtype=np.float64)
-    z = float(stats.norm.ppf(0.5 + confidence_level / 2))
+    z = float(_scipy_stats().norm.ppf(0.5 + confidence_level / 2))
     p = k / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -130,7 +142,7 @@ def mean_estimates(counts: np.ndarray, sums: np.ndarray, squares: np.ndarray, co
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = total / n
         variance = np.maximum((np.asarray(squares, dtype=np.float64) - total * mean) / (n - 1), 0.0)
-        half = stats.t.ppf(0.5 + confidence_level / 2, np.maximum(n - 1, 1)) * np.sqrt(variance / n)
+        half = _scipy_stats().t.ppf(0.5 + confidence_level / 2, np.maximum(n - 1, 1)) * np.sqrt(variance / n)
     return [
         Estimate(float(m), float(m - h), float(m + h), int(c)) if c >= 2 else None
         for c, m, h in zip(n.tolist(), mean, half)
@@ -174,15 +186,15 @@ def classification(
     accuracy = proportion_estimate(correct, y_true.size, confidence_level)
     truth = y_true == positive_label
     predicted = y_pred == positive_label
-    precision = float(skm.precision_score(truth, predicted, zero_division=0.0))
-    recall = float(skm.recall_score(truth, predicted, zero_division=0.0))
-    f1 = float(skm.f1_score(truth, predicted, zero_division=0.0))
+    precision = float(_sklearn_metrics().precision_score(truth, predicted, zero_division=0.0))
+    recall = float(_sklearn_metrics().recall_score(truth, predicted, zero_division=0.0))
+    f1 = float(_sklearn_metrics().f1_score(truth, predicted, zero_division=0.0))
     roc_auc = None
     if scores is not None:
         scores = np.asarray(scores, dtype=np.float64)
         known = np.isfinite(scores)
         if known.any() and np.unique(truth[known]).size == 2:
-            roc_auc = float(skm.roc_auc_score(truth[known], scores[known]))
+            roc_auc = float(_sklearn_metrics().roc_auc_score(truth[known], scores[known]))
     return Classification(accuracy, precision, recall, f1, roc_auc)
 
 
@@ -204,9 +216,9 @@ def two_proportion_test(
     if se_pooled == 0.0:
         p_value = 1.0  # both proportions 0, or both 1: no evidence of a difference
     else:
-        p_value = float(2 * stats.norm.sf(abs(difference) / se_pooled))
+        p_value = float(2 * _scipy_stats().norm.sf(abs(difference) / se_pooled))
     se = math.sqrt(p1 * (1 - p1) / count + p0 * (1 - p0) / base_count)
-    z = float(stats.norm.ppf(0.5 + confidence_level / 2))
+    z = float(_scipy_stats().norm.ppf(0.5 + confidence_level / 2))
     return difference, difference - z * se, difference + z * se, p_value
 
 
@@ -223,10 +235,10 @@ def welch_test(values: np.ndarray, base_values: np.ndarray, confidence_level: fl
     difference = mean - base_mean
     if sd == 0.0 and base_sd == 0.0:
         return difference, difference, difference, 1.0 if difference == 0.0 else 0.0
-    result = stats.ttest_ind_from_stats(mean, sd, values.size, base_mean, base_sd, base_values.size, equal_var=False)
+    result = _scipy_stats().ttest_ind_from_stats(mean, sd, values.size, base_mean, base_sd, base_values.size, equal_var=False)
     v, v0 = sd**2 / values.size, base_sd**2 / base_values.size
     df = (v + v0) ** 2 / (v**2 / (values.size - 1) + v0**2 / (base_values.size - 1))
-    half = float(stats.t.ppf(0.5 + confidence_level / 2, df)) * math.sqrt(v + v0)
+    half = float(_scipy_stats().t.ppf(0.5 + confidence_level / 2, df)) * math.sqrt(v + v0)
     return difference, difference - half, difference + half, float(result.pvalue)
 
 
@@ -367,7 +379,7 @@ def sample_ratio_check(variant_names: Sequence[str], observed: np.ndarray, expec
         )
     if routable.sum() < 2:
         return SampleRatio(False, names, seen, wanted, note="fewer than 2 variants had a weight above 0")
-    result = stats.chisquare(observed[routable], expected[routable] * observed[routable].sum() / expected[routable].sum())
+    result = _scipy_stats().chisquare(observed[routable], expected[routable] * observed[routable].sum() / expected[routable].sum())
     p = float(result.pvalue)
     note = "invocations match the weights" if p >= SRM_ALPHA else (
         "the split does not match the weights (p < 0.001): check TargetVariant or sticky RoutingKey traffic, "
