@@ -170,8 +170,10 @@ def main() -> None:
     base = medians["grpc-aio"]
     ratios = {name: {key: medians[name][key] / base[key] for key in base} for name in medians if name != "grpc-aio"}
     print(f"\nmedians of {args.rounds} rounds, {args.calls} calls at c={args.concurrency}, server {args.server}:")
-    print("| client        | calls/s   | client CPU us/call | (CPU clock) | calls/s vs grpc.aio | CPU/call vs grpc.aio |")
-    print("|---------------|-----------|--------------------|-------------|---------------------|----------------------|")
+    print("| client        | calls/s   | client CPU us/call | (CPU clock) | calls/s vs grpc.aio "
+          "| CPU/call vs grpc.aio |")
+    print("|---------------|-----------|--------------------|-------------|---------------------"
+          "|----------------------|")
     for name, m in medians.items():
         r = ratios.get(name, dict.fromkeys(keys, 1.0))
         print(f"| {name:13} | {m['calls_per_s']:9,.0f} | {m['client_cpu_us_per_call']:18.1f} "

@@ -69,6 +69,8 @@ cdef struct Call:
     # cancel(): set under the lock by cancel(); cancel_seen by the loop when it handles the op
     bint cancelled
     bint cancel_seen
+    uint8_t refusals        # times the server refused its stream (REFUSED_STREAM), each sent again
+    bint retrying           # on the loop's retry list (off any connection and the heap)
 
 
 cdef struct HConn:
@@ -113,6 +115,7 @@ cdef struct Client:
     # owned by the loop thread
     Call* fin_head          # finished this turn
     Call* fin_tail
+    Call* retry_head        # refused this turn, to be sent again
     Call** heap             # min-heap of calls by deadline
     size_t heap_len
     size_t heap_cap
@@ -133,3 +136,4 @@ cdef struct Client:
     int64_t open_conns
     uint64_t wakeups        # turns woken by wake_fd
     uint64_t notifies       # writes of notify_fd
+    uint64_t refused        # streams refused by the server and sent again

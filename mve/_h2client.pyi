@@ -40,4 +40,4 @@ class H2Client:
         """An eventfd that is readable while finished calls wait for ``take()``."""
     @property
     def stats(self) -> dict[str, int]:
-        """calls, completed, errors, connections (opened), open_connections, wakeups, notifies."""
+        """calls, completed, errors, connections (opened), open_connections, wakeups, notifies, refused."""

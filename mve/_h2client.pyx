@@ -33,6 +33,7 @@ cdef enum:
     CONNECTION_WINDOW = 64 * 1024 * 1024
     MAX_FRAME = 1024 * 1024
     MAX_ADDRESS = 255
+    MAX_REFUSALS = 8                    # times a refused stream is sent again before UNAVAILABLE
 
 # gRPC status codes used here
 cdef enum:
@@ -256,13 +257,13 @@ cdef void detach(Client* cl, Call* c) noexcept nogil:
         if conn.retiring:
             mark_dirty(cl, conn)
     heap_remove(cl, c)
-    free(c.body)        # nghttp2 may still hold DATA frames of it only through the call, now gone
-    c.body = NULL
 
 
 cdef void finish(Client* cl, Call* c) noexcept nogil:
     """The call is answered: off its stream and onto this turn's finished list."""
     detach(cl, c)
+    free(c.body)        # kept until now for a retry of a refused stream
+    c.body = NULL
     c.state = CALL_FINISHED
     c.next = NULL
     if cl.fin_tail != NULL:
@@ -314,12 +315,41 @@ cdef void settle(Client* cl, Call* c, uint32_t error_code) noexcept nogil:
             finish(cl, c)
     elif error_code == NGHTTP2_REFUSED_STREAM and conn != NULL and conn.goaway:
         fail(cl, c, GRPC_UNAVAILABLE, "the server is going away (GOAWAY) and did not take the call")
+    elif error_code == NGHTTP2_REFUSED_STREAM and c.http_status == 0 and c.refusals < MAX_REFUSALS:
+        # The server did not process it (RFC 9113 8.7): sent again, as grpc-core retries it
+        # transparently. grpc-core servers count a stream a moment after its trailers went out,
+        # so a client that keeps to MAX_CONCURRENT_STREAMS still meets this now and then.
+        c.refusals += 1
+        cl.refused += 1
+        detach(cl, c)
+        reset_answer(c)
+        c.retrying = True
+        c.next = cl.retry_head
+        cl.retry_head = c
     elif error_code != NGHTTP2_NO_ERROR:
         snprintf(text, sizeof(text), "stream reset by the server (HTTP/2 error code %u: %s)", error_code,
                  nghttp2_http2_strerror(error_code))
         fail(cl, c, grpc_code_of_reset(error_code), text)
     else:
         fail(cl, c, GRPC_UNKNOWN, "the server's answer had no grpc-status")
+
+
+cdef void reset_answer(Call* c) noexcept nogil:
+    """Forget a refused stream's partial answer and request progress, for sending the call again."""
+    c.stream_id = 0
+    c.body_off = 0
+    c.http_status = 0
+    c.grpc_status = -1
+    free(c.message)
+    c.message = NULL
+    c.message_len = 0
+    c.trailers_len = 0
+    c.prefix_got = 0
+    c.message_left = 0
+    c.messages = 0
+    free(c.reply)
+    c.reply = NULL
+    c.reply_len = 0
 
 
 cdef void add_trailer(Call* c, const uint8_t* name, size_t namelen, const uint8_t* value,
@@ -355,7 +385,7 @@ cdef ssize_t read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf
     """The request's data provider: the framed message, then END_STREAM."""
     cdef Call* c = <Call*>nghttp2_session_get_stream_user_data(session, stream_id)
     cdef size_t n
-    if c == NULL or c.body == NULL:
+    if c == NULL:
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE     # the call was detached: the stream is being reset
     n = c.body_len - c.body_off
     if n > length:
@@ -364,8 +394,6 @@ cdef ssize_t read_body(nghttp2_session* session, int32_t stream_id, uint8_t* buf
     c.body_off += n
     if c.body_off == c.body_len:
         data_flags[0] |= NGHTTP2_DATA_FLAG_EOF
-        free(c.body)
-        c.body = NULL
     return <ssize_t>n
 
 
@@ -794,6 +822,8 @@ cdef void start_call(Client* cl, Call* c, int64_t now) noexcept nogil:
 cdef void cancel_call(Client* cl, Call* target) noexcept nogil:
     """The loop's half of cancel(): reset the stream and free the call, or leave it to publish()."""
     target.cancel_seen = True
+    if target.retrying:
+        return                      # run_retries() frees it
     if target.state == CALL_ACTIVE:
         reset_stream(target, NGHTTP2_CANCEL)
         detach(cl, target)
@@ -844,6 +874,25 @@ cdef void run_ops(Client* cl, Call* ops, bint stopping) noexcept nogil:
             if not stopping:
                 close_address(cl, op)
             call_free(op)
+
+
+cdef void run_retries(Client* cl) noexcept nogil:
+    cdef Call* c = cl.retry_head
+    cdef Call* nxt
+    cdef int64_t now
+    if c == NULL:
+        return
+    cl.retry_head = NULL
+    now = now_ns()
+    while c != NULL:
+        nxt = c.next
+        c.next = NULL
+        c.retrying = False
+        if c.cancel_seen:
+            call_free(c)            # cancelled while it waited here
+        else:
+            start_call(cl, c, now)
+        c = nxt
 
 
 cdef void expire(Client* cl) noexcept nogil:
@@ -918,7 +967,19 @@ cdef void shutdown_all(Client* cl) noexcept nogil:
     cdef HConn* conn
     cdef HConn* nxt
     cdef Call* c
+    cdef Call* nxt_call
     run_ops(cl, take_submissions(cl, True), True)
+    c = cl.retry_head
+    cl.retry_head = NULL
+    while c != NULL:
+        nxt_call = c.next
+        c.next = NULL
+        c.retrying = False
+        if c.cancel_seen:
+            call_free(c)
+        else:
+            fail(cl, c, GRPC_CANCELLED, "the client was stopped")
+        c = nxt_call
     conn = cl.conns
     while conn != NULL:
         nxt = conn.next
@@ -974,6 +1035,7 @@ cdef int run_turn(Client* cl, int timeout_ms) noexcept nogil:
                 conn_read(cl, conn)
             if events[i].events & EPOLLOUT:
                 mark_dirty(cl, conn)
+    run_retries(cl)                 # refused while reading
     if woken:
         pthread_mutex_lock(&cl.lock)
         stopping = cl.stopping
@@ -983,6 +1045,9 @@ cdef int run_turn(Client* cl, int timeout_ms) noexcept nogil:
         run_ops(cl, take_submissions(cl, False), False)
     expire(cl)
     flush_dirty(cl)
+    while cl.retry_head != NULL:    # refused while writing (ends: a call is sent again MAX_REFUSALS times at most)
+        run_retries(cl)
+        flush_dirty(cl)
     publish(cl)
     if cl.inline:
         arm_timer(cl)
@@ -1421,12 +1486,13 @@ cdef class H2Client:
     def stats(self):
         """Counters since start: calls handed in, calls delivered, of them errors (status != 0),
         connections opened, connections open now, the loop's wake-ups by ``call()`` (and
-        ``cancel()``, ``close_address()``, ``wake()``), and its writes of ``notify_fd``."""
+        ``cancel()``, ``close_address()``, ``wake()``), its writes of ``notify_fd``, and streams
+        the server refused (REFUSED_STREAM) that were sent again."""
         cdef Client* cl = self.cl
         # plain counter reads: the loop may be changing them right now
         return {"calls": cl.calls, "completed": cl.completed, "errors": cl.errors,
                 "connections": cl.connections, "open_connections": cl.open_conns,
-                "wakeups": cl.wakeups, "notifies": cl.notifies}
+                "wakeups": cl.wakeups, "notifies": cl.notifies, "refused": cl.refused}
 
 
 cdef tuple delivered(Call* c):

@@ -269,6 +269,36 @@ def test_a_burst_of_calls_wakes_the_loop_once_and_notify_fd_is_written_once_unti
     assert sorted(got) == sorted(sent) and all(answer[0] == OK for answer in got.values())
 
 
+def test_calls_beyond_the_servers_max_concurrent_streams_wait_for_a_free_stream(client):
+    in_flight = []
+    lock = threading.Lock()
+
+    def nap(request, context):
+        with lock:
+            in_flight.append(len(in_flight))
+        time.sleep(0.1)
+        with lock:
+            in_flight.pop()
+        return request
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[("grpc.max_concurrent_streams", 4)])
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "test.Model", {"Nap": grpc.unary_unary_rpc_method_handler(nap)}),))
+    address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    server.start()
+    try:
+        warm = client.call(address, b"/test.Model/Nap", b"warm", 5.0)     # the server's SETTINGS arrive
+        assert wait_for(client, 1)[warm][0] == OK
+        started = time.monotonic()
+        sent = [client.call(address, b"/test.Model/Nap", b"%d" % i, 10.0) for i in range(16)]
+        got = wait_for(client, 16, 20)
+        assert [got[call_id][:3] for call_id in sent] == [(OK, "", b"%d" % i) for i in range(16)]
+        assert time.monotonic() - started >= 0.35        # 16 calls, 4 at a time, 0.1 s each
+        assert client.stats["connections"] == 1
+    finally:
+        server.stop(None)
+
+
 def test_calls_to_many_addresses_each_get_their_own_connection(client):
     models = [Model() for _ in range(3)]
     try:
@@ -424,7 +454,8 @@ class RawPeer:
     (frame(HEADERS, END_HEADERS, 1, header_block(*GRPC_200))
      + frame(DATA, 0, 1, b"\x00\x00\x00\x00\x01a\x00\x00\x00\x00\x01b"), 13, "more than one reply message"),
     (frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block(
-        *GRPC_200, (b"grpc-status", b"5"), (b"grpc-message", b"no %C3%A9 model"), (b"x-why", b"gone"))), 5, "no é model"),
+        *GRPC_200, (b"grpc-status", b"5"), (b"grpc-message", b"no %C3%A9 model"), (b"x-why", b"gone"))),
+     5, "no é model"),
 ])
 def test_answers_a_grpc_server_would_not_give_map_as_grpc_core_maps_them(client, answer, status, text):
     peer = RawPeer(answer)
@@ -519,7 +550,8 @@ def test_the_upstream_pool_sends_model_infer_through_the_native_client(model, th
             for _ in range(6):      # the dead instance is tried first now and then: retried on the other
                 result = await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="mlp"), 5.0)
                 assert result.response.id == model.address and result.instance.address == model.address
-            raw = await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="m").SerializeToString(), 5.0)
+            body = pb.ModelInferRequest(model_name="m").SerializeToString()
+            raw = await infer_on_variant(pool, router.pick("ep"), body, 5.0)
             assert pb.ModelInferResponse.FromString(raw.response).id == model.address
             with pytest.raises(ValidationError, match="wrong shape"):
                 await infer_on_variant(pool, router.pick("ep"), pb.ModelInferRequest(model_name="bad"), 5.0)

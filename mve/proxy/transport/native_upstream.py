@@ -123,7 +123,8 @@ class NativeUpstream:
         for future in self._pending.values():
             if not future.done():
                 future.set_exception(grpc.aio.AioRpcError(
-                    grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(), details="the client was stopped",
+                    grpc.StatusCode.CANCELLED, grpc.aio.Metadata(), grpc.aio.Metadata(),
+                    details="the client was stopped",
                 ))
         self._pending.clear()
 
