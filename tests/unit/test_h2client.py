@@ -470,6 +470,28 @@ def test_answers_a_grpc_server_would_not_give_map_as_grpc_core_maps_them(client,
         peer.stop()
 
 
+def test_after_goaway_calls_above_its_last_stream_are_unavailable_and_new_calls_use_a_new_connection(client):
+    answer_stream_1 = (
+        frame(7, 0, 0, (1).to_bytes(4, "big") + (0).to_bytes(4, "big"))      # GOAWAY, last stream 1
+        + frame(HEADERS, END_HEADERS, 1, header_block(*GRPC_200))
+        + frame(DATA, 0, 1, b"\x00\x00\x00\x00\x02hi")
+        + frame(HEADERS, END_STREAM | END_HEADERS, 1, header_block((b"grpc-status", b"0")))
+    )
+    peer = RawPeer(answer_stream_1)
+    try:
+        first = client.call(peer.address, b"/test.Model/Echo", b"1", 5.0, wake=False)     # stream 1
+        second = client.call(peer.address, b"/test.Model/Echo", b"2", 5.0, wake=False)    # stream 3
+        client.wake()
+        got = wait_for(client, 2)
+        assert got[first] == (OK, "", b"hi", ())
+        assert got[second][0] == UNAVAILABLE and "GOAWAY" in got[second][1]
+        third = client.call(peer.address, b"/test.Model/Echo", b"3", 5.0)
+        assert wait_for(client, 1)[third] == (OK, "", b"hi", ())
+        assert client.stats["connections"] == 2
+    finally:
+        peer.stop()
+
+
 # --- the asyncio face -------------------------------------------------------------------------
 
 
