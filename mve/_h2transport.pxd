@@ -41,7 +41,8 @@ cdef struct Conn:
     size_t wlen
     size_t woff
     size_t wcap
-    uint32_t slot           # index in Server.slots: with the slot's generation, it names the connection in tokens
+    uint32_t slot           # index in Server.slots: a stream's token names it, with the connection's serial
+    uint64_t serial         # this connection's number, never reused: a token of a gone connection names no later one
     bint dirty              # has something to send: flushed once at the end of the loop turn
     bint want_out           # EPOLLOUT registered (the socket's buffer was full)
     bint dead
@@ -56,7 +57,8 @@ cdef struct Stream:
     int kind                # ROUTE_*: how the request is answered
     const Canned* route     # ROUTE_CANNED: the answer
     int method              # ROUTE_UNARY: the index of its path in add_unary's order
-    uint64_t token          # names the stream to Python: connection slot, slot generation, stream id
+    uint64_t token          # names the stream to Python (with its connection's serial): slot << 31 | stream id
+    size_t heap_index       # its place in Server.deadlines + 1; 0: not there
     uint8_t path[128]       # the first bytes of :path, for UNIMPLEMENTED's message
     size_t path_len
     uint8_t prefix[5]       # the current message's gRPC prefix as it arrives
@@ -66,6 +68,7 @@ cdef struct Stream:
     int64_t deadline_ns     # from grpc-timeout; 0: none
     uint8_t* ibuf           # the current request message, collected for Python
     size_t ilen
+    size_t ibuf_counted     # its size, counted in Server.buffered until it goes to Python
     uint8_t* meta           # the caller's metadata for Python: (u32 name length, name, u32 value length, value)*
     size_t meta_len
     size_t meta_cap
@@ -92,7 +95,8 @@ cdef struct Stream:
 # What the loop hands to Python (take()); the buffers are then Python's to copy and free.
 cdef struct Event:
     int kind                # EV_*
-    uint64_t token
+    uint64_t serial         # the connection's serial and
+    uint64_t token          # the stream's token: Python's token is serial << 47 | token
     int method              # EV_REQUEST: the unary path's index
     uint8_t* body           # EV_REQUEST, EV_MESSAGE: the message; EV_OPEN: the path
     size_t body_len
@@ -104,6 +108,7 @@ cdef struct Event:
 # What Python hands to the loop (reply, fail, send, finish, shutdown).
 cdef struct Command:
     int kind                # CMD_*
+    uint64_t serial
     uint64_t token
     uint8_t* data           # framed messages to send (NULL: none)
     size_t data_len
@@ -117,7 +122,7 @@ cdef struct Command:
 
 cdef struct Deadline:
     int64_t at_ns
-    uint64_t token
+    Stream* stream          # removed from the heap when the stream stops waiting on Python
 
 
 # A mutex-guarded list of Events or Commands shared by the loop and Python's thread.
@@ -140,6 +145,8 @@ cdef struct Server:
     int n_unary
     bint forward_others     # paths neither canned nor unary are handed to Python as streams
     uint64_t max_message
+    uint64_t max_buffered   # request bytes held in the loop at once, all connections (0: no bound)
+    uint64_t buffered
     nghttp2_session_callbacks* callbacks
     nghttp2_option* option
     Conn* conns
@@ -147,7 +154,7 @@ cdef struct Server:
     int n_dirty
     int dirty_cap
     Conn** slots            # connections by slot
-    uint16_t* generations   # per slot, bumped when its connection goes
+    uint64_t next_serial
     uint32_t* free_slots
     uint32_t n_free
     uint32_t n_slots

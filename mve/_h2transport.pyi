@@ -1,6 +1,7 @@
 """Type stub for mve._h2transport, the optional native HTTP/2 transport (see mve/_h2transport.pyx)."""
 
 MAX_MESSAGE_BYTES: int
+MAX_BUFFERED_BYTES: int
 NGHTTP2_VERSION: str
 EVENT_REQUEST: int
 EVENT_OPEN: int
@@ -21,7 +22,7 @@ class H2Server:
 
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, max_message_bytes: int = ..., backlog: int = 1024,
-        forward_others: bool = False, reuse_port: bool = False,
+        forward_others: bool = False, reuse_port: bool = False, max_buffered_bytes: int = ...,
     ) -> None: ...
     @property
     def port(self) -> int:
@@ -59,4 +60,5 @@ class H2Server:
         """End ``serve_forever`` (any thread, or a signal handler)."""
     @property
     def stats(self) -> dict[str, int]:
-        """connections, open_connections, requests, errors, resets, handed_off, deadline_exceeded."""
+        """connections, open_connections, requests, errors, resets, handed_off, deadline_exceeded,
+        deadlines_watched, buffered_bytes."""

@@ -36,6 +36,10 @@ import binascii
 import socket as pysocket
 
 MAX_MESSAGE_BYTES = 6 * 1024 * 1024
+# Request bytes the loop holds at once for Python, over all connections: a message is refused with
+# RESOURCE_EXHAUSTED at its length prefix when it would pass this (a client can otherwise make the
+# loop hold max_message_bytes on each of 1,024 streams of each connection).
+MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 NGHTTP2_VERSION = nghttp2_version(0).version_str.decode()
 
 cdef enum:
@@ -223,20 +227,19 @@ cdef void* mailbox_take(Mailbox* box, size_t* n) noexcept nogil:
 # tokens: a stream named to Python by its connection's slot, the slot's generation and its id
 
 cdef inline uint64_t make_token(Conn* c, int32_t stream_id) noexcept nogil:
-    return (<uint64_t>c.slot << 47) | (<uint64_t>c.server.generations[c.slot] << 31) | <uint64_t>stream_id
+    return (<uint64_t>c.slot << 31) | <uint64_t>stream_id
 
 
-cdef Stream* stream_of_token(Server* s, uint64_t token) noexcept nogil:
-    """The stream `token` names, or NULL when it (or its connection) is gone."""
-    cdef uint32_t slot = <uint32_t>(token >> 47)
-    cdef uint16_t generation = <uint16_t>((token >> 31) & 0xFFFF)
+cdef Stream* stream_of_token(Server* s, uint64_t serial, uint64_t token) noexcept nogil:
+    """The stream (serial, token) names, or NULL when it (or its connection) is gone."""
+    cdef uint64_t slot = token >> 31
     cdef int32_t stream_id = <int32_t>(token & 0x7FFFFFFF)
     cdef Conn* c
     cdef Stream* st
-    if slot >= s.n_slots or s.generations[slot] != generation:
+    if slot >= s.n_slots:
         return NULL
     c = s.slots[slot]
-    if c == NULL or c.dead:
+    if c == NULL or c.dead or c.serial != serial:
         return NULL
     st = <Stream*>nghttp2_session_get_stream_user_data(c.session, stream_id)
     if st == NULL or st.token != token:
@@ -245,10 +248,9 @@ cdef Stream* stream_of_token(Server* s, uint64_t token) noexcept nogil:
 
 
 cdef bint slot_take(Server* s, Conn* c) noexcept nogil:
-    """Give `c` a free slot (growing the table up to MAX_CONNECTIONS); False when none is left."""
+    """Give `c` a free slot (growing the table up to MAX_CONNECTIONS) and a serial; False when no slot is left."""
     cdef uint32_t n, i
     cdef Conn** slots
-    cdef uint16_t* generations
     cdef uint32_t* free_slots
     if s.n_free == 0:
         if s.n_slots >= MAX_CONNECTIONS:
@@ -260,10 +262,6 @@ cdef bint slot_take(Server* s, Conn* c) noexcept nogil:
         if slots == NULL:
             return False
         s.slots = slots
-        generations = <uint16_t*>realloc(s.generations, n * sizeof(uint16_t))
-        if generations == NULL:
-            return False
-        s.generations = generations
         free_slots = <uint32_t*>realloc(s.free_slots, n * sizeof(uint32_t))
         if free_slots == NULL:
             return False
@@ -272,19 +270,19 @@ cdef bint slot_take(Server* s, Conn* c) noexcept nogil:
         while i > s.n_slots:       # pushed highest first: the lowest new slot is taken first
             i -= 1
             s.slots[i] = NULL
-            s.generations[i] = 0
             s.free_slots[s.n_free] = i
             s.n_free += 1
         s.n_slots = n
     s.n_free -= 1
     c.slot = s.free_slots[s.n_free]
     s.slots[c.slot] = c
+    s.next_serial += 1
+    c.serial = s.next_serial
     return True
 
 
 cdef void slot_give_back(Server* s, Conn* c) noexcept nogil:
     s.slots[c.slot] = NULL
-    s.generations[c.slot] += 1     # a token of this connection never names a later one
     s.free_slots[s.n_free] = c.slot
     s.n_free += 1
 
@@ -306,6 +304,7 @@ cdef Event* new_event(Server* s, int kind, Stream* st) noexcept nogil:
     s.n_local += 1
     memset(ev, 0, sizeof(Event))
     ev.kind = kind
+    ev.serial = st.conn.serial
     ev.token = st.token
     ev.deadline_ns = st.deadline_ns
     return ev
@@ -322,9 +321,39 @@ cdef void publish_events(Server* s) noexcept nogil:
     s.n_local = 0
 
 
-cdef void deadline_push(Server* s, int64_t at_ns, uint64_t token) noexcept nogil:
+cdef inline void heap_place(Server* s, size_t i, Deadline item) noexcept nogil:
+    s.deadlines[i] = item
+    item.stream.heap_index = i + 1
+
+
+cdef void heap_sift_up(Server* s, size_t i, Deadline item) noexcept nogil:
+    cdef size_t parent
+    while i > 0:
+        parent = (i - 1) // 2
+        if s.deadlines[parent].at_ns <= item.at_ns:
+            break
+        heap_place(s, i, s.deadlines[parent])
+        i = parent
+    heap_place(s, i, item)
+
+
+cdef void heap_sift_down(Server* s, size_t i, Deadline item) noexcept nogil:
+    cdef size_t child
+    while True:
+        child = 2 * i + 1
+        if child >= s.n_deadlines:
+            break
+        if child + 1 < s.n_deadlines and s.deadlines[child + 1].at_ns < s.deadlines[child].at_ns:
+            child += 1
+        if s.deadlines[child].at_ns >= item.at_ns:
+            break
+        heap_place(s, i, s.deadlines[child])
+        i = child
+    heap_place(s, i, item)
+
+
+cdef void deadline_push(Server* s, Stream* st) noexcept nogil:
     cdef Deadline* grown
-    cdef size_t i, parent
     cdef Deadline item
     if s.n_deadlines == s.deadlines_cap:
         grown = <Deadline*>realloc(s.deadlines, (s.deadlines_cap * 2 + 64) * sizeof(Deadline))
@@ -332,38 +361,28 @@ cdef void deadline_push(Server* s, int64_t at_ns, uint64_t token) noexcept nogil
             return      # without memory the stream has no server-side deadline; the caller's own still holds
         s.deadlines = grown
         s.deadlines_cap = s.deadlines_cap * 2 + 64
-    item.at_ns = at_ns
-    item.token = token
-    i = s.n_deadlines
+    item.at_ns = st.deadline_ns
+    item.stream = st
     s.n_deadlines += 1
-    while i > 0:
-        parent = (i - 1) // 2
-        if s.deadlines[parent].at_ns <= at_ns:
-            break
-        s.deadlines[i] = s.deadlines[parent]
-        i = parent
-    s.deadlines[i] = item
+    heap_sift_up(s, s.n_deadlines - 1, item)
 
 
-cdef Deadline deadline_pop(Server* s) noexcept nogil:
-    cdef Deadline top = s.deadlines[0]
+cdef void deadline_remove(Server* s, Stream* st) noexcept nogil:
+    """Take the stream's deadline out of the heap (it no longer waits on Python, or it is going)."""
+    cdef size_t i
     cdef Deadline last
-    cdef size_t i = 0, child
+    if st.heap_index == 0:
+        return
+    i = st.heap_index - 1
+    st.heap_index = 0
     s.n_deadlines -= 1
-    if s.n_deadlines:
-        last = s.deadlines[s.n_deadlines]
-        while True:
-            child = 2 * i + 1
-            if child >= s.n_deadlines:
-                break
-            if child + 1 < s.n_deadlines and s.deadlines[child + 1].at_ns < s.deadlines[child].at_ns:
-                child += 1
-            if s.deadlines[child].at_ns >= last.at_ns:
-                break
-            s.deadlines[i] = s.deadlines[child]
-            i = child
-        s.deadlines[i] = last
-    return top
+    if i == s.n_deadlines:
+        return
+    last = s.deadlines[s.n_deadlines]
+    if i > 0 and s.deadlines[(i - 1) // 2].at_ns > last.at_ns:
+        heap_sift_up(s, i, last)
+    else:
+        heap_sift_down(s, i, last)
 
 
 cdef void hand_over(Server* s, Stream* st) noexcept nogil:
@@ -371,21 +390,20 @@ cdef void hand_over(Server* s, Stream* st) noexcept nogil:
     st.handed = True
     s.handed_off += 1
     if st.deadline_ns:
-        deadline_push(s, st.deadline_ns, st.token)
+        deadline_push(s, st)
 
 
 cdef void expire_deadlines(Server* s) noexcept nogil:
     """Answer DEADLINE_EXCEEDED on every stream still waiting on Python past its deadline."""
     cdef int64_t now
-    cdef Deadline due
     cdef Stream* st
     if s.n_deadlines == 0:
         return
     now = now_ns()
     while s.n_deadlines and s.deadlines[0].at_ns <= now:
-        due = deadline_pop(s)
-        st = stream_of_token(s, due.token)
-        if st != NULL and st.handed and not st.answered:
+        st = s.deadlines[0].stream
+        deadline_remove(s, st)
+        if st.handed and not st.answered:
             s.deadline_exceeded += 1
             fail_stream(s, st, "4", <const uint8_t*>"Deadline Exceeded", 17)
 
@@ -442,6 +460,7 @@ cdef void fail_stream(Server* s, Stream* st, const char* status, const uint8_t* 
             st.deferred = False
             nghttp2_session_resume_data(st.conn.session, st.id)
     st.answered = True
+    deadline_remove(s, st)
     if st.handed:
         st.handed = False
         ev = new_event(s, EV_CANCEL, st)
@@ -584,6 +603,8 @@ cdef void request_complete(Server* s, Conn* conn, Stream* st) noexcept nogil:
     ev.body_len = st.ilen
     ev.meta = st.meta
     ev.meta_len = st.meta_len
+    s.buffered -= st.ibuf_counted
+    st.ibuf_counted = 0
     st.ibuf = st.meta = NULL
     st.ilen = st.meta_len = st.meta_cap = 0
     hand_over(s, st)
@@ -591,7 +612,7 @@ cdef void request_complete(Server* s, Conn* conn, Stream* st) noexcept nogil:
 
 cdef void apply_command(Server* s, Command* cmd) noexcept nogil:
     """Python's answer (or part of it) for one stream; dropped when the stream is gone or answered."""
-    cdef Stream* st = stream_of_token(s, cmd.token)
+    cdef Stream* st = stream_of_token(s, cmd.serial, cmd.token)
     cdef nghttp2_nv nva[2]
     cdef nghttp2_data_provider provider
     cdef uint8_t* grown
@@ -621,6 +642,7 @@ cdef void apply_command(Server* s, Command* cmd) noexcept nogil:
     if cmd.finish:
         st.handed = False
         st.answered = True
+        deadline_remove(st.conn.server, st)
         if not st.headers_sent and st.olen == 0:
             if answer_error(st.conn.session, st, cmd.status, cmd.message, cmd.message_len, cmd.details,
                             cmd.details_len, NGHTTP2_NV_FLAG_NONE) != 0:
@@ -820,11 +842,16 @@ cdef int on_data_chunk_recv(nghttp2_session* session, uint8_t flags, int32_t str
                 if st.kind == ROUTE_UNARY and st.messages > 1:
                     fail_stream(s, st, "13", <const uint8_t*>"a unary call takes exactly one request message", 46)
                     return 0
+                if s.max_buffered and s.buffered + size > s.max_buffered:
+                    fail_stream(s, st, "8", <const uint8_t*>"the server holds too many request bytes; retry later", 52)
+                    return 0
                 st.ibuf = <uint8_t*>malloc(size if size else 1)
                 if st.ibuf == NULL:
                     fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
                     return 0
                 st.ilen = 0
+                st.ibuf_counted = size
+                s.buffered += size
             st.message_left = size
             st.prefix_got = 0
             if size == 0:
@@ -857,6 +884,8 @@ cdef void message_complete(Server* s, Stream* st) noexcept nogil:
     ev.body_len = st.ilen
     st.ibuf = NULL
     st.ilen = 0
+    s.buffered -= st.ibuf_counted
+    st.ibuf_counted = 0
 
 
 cdef void stream_open(Server* s, Stream* st) noexcept nogil:
@@ -977,6 +1006,9 @@ cdef void conn_open(Server* s, int fd) noexcept nogil:
 
 
 cdef void stream_free(Stream* st) noexcept nogil:
+    cdef Server* s = st.conn.server
+    deadline_remove(s, st)
+    s.buffered -= st.ibuf_counted
     if st.prev != NULL:
         st.prev.next = st.next
     else:
@@ -1193,11 +1225,13 @@ cdef class H2Server:
         self._unary_paths = []
 
     def __init__(self, str host="127.0.0.1", int port=0, *, max_message_bytes=MAX_MESSAGE_BYTES, int backlog=1024,
-                 bint forward_others=False, bint reuse_port=False):
+                 bint forward_others=False, bint reuse_port=False, max_buffered_bytes=MAX_BUFFERED_BYTES):
         cdef Server* s = self.srv
         cdef epoll_event ev
         if not 0 <= max_message_bytes <= 0xFFFFFFFF:
             raise ValueError("max_message_bytes must be in [0, 2**32)")
+        if not 0 <= max_buffered_bytes < 2 ** 63:
+            raise ValueError("max_buffered_bytes must be in [0, 2**63) (0: no bound)")
         family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
         sock = pysocket.socket(family, pysocket.SOCK_STREAM)
         try:
@@ -1213,6 +1247,7 @@ cdef class H2Server:
             raise
         s.listen_fd = sock.detach()
         s.max_message = max_message_bytes
+        s.max_buffered = max_buffered_bytes
         s.forward_others = forward_others
         s.rbuf_size = READ_BUFFER_BYTES
         s.rbuf = <uint8_t*>malloc(s.rbuf_size)
@@ -1281,7 +1316,6 @@ cdef class H2Server:
             pthread_mutex_destroy(&s.commands.lock)
         free(s.deadlines)
         free(s.slots)
-        free(s.generations)
         free(s.free_slots)
         free(s.dirty)
         free(s.rbuf)
@@ -1396,16 +1430,17 @@ cdef class H2Server:
             for i in range(n):
                 ev = &events[i]
                 timeout = None if ev.deadline_ns == 0 else max(ev.deadline_ns - now, 0) / 1e9
+                token = (<object>ev.serial << 47) | <object>ev.token
                 if ev.kind == EV_REQUEST:
-                    taken.append((EV_REQUEST, ev.token, ev.method, ev.body[:ev.body_len] if ev.body_len else b"",
+                    taken.append((EV_REQUEST, token, ev.method, ev.body[:ev.body_len] if ev.body_len else b"",
                                   timeout, _metadata(ev.meta, ev.meta_len)))
                 elif ev.kind == EV_OPEN:
                     path = ev.body[:ev.body_len].decode("ascii", "replace") if ev.body != NULL else ""
-                    taken.append((EV_OPEN, ev.token, path, None, timeout, _metadata(ev.meta, ev.meta_len)))
+                    taken.append((EV_OPEN, token, path, None, timeout, _metadata(ev.meta, ev.meta_len)))
                 elif ev.kind == EV_MESSAGE:
-                    taken.append((EV_MESSAGE, ev.token, None, ev.body[:ev.body_len] if ev.body_len else b"", None, ()))
+                    taken.append((EV_MESSAGE, token, None, ev.body[:ev.body_len] if ev.body_len else b"", None, ()))
                 else:
-                    taken.append((ev.kind, ev.token, None, None, None, ()))
+                    taken.append((ev.kind, token, None, None, None, ()))
         finally:
             for i in range(n):
                 free(events[i].body)
@@ -1413,35 +1448,38 @@ cdef class H2Server:
             free(events)
         return taken
 
-    def reply(self, uint64_t token, message):
+    def reply(self, token, message):
         """Answer a unary request: the message bytes, then ``grpc-status: 0``."""
         self._answer(token, message, True, 0, "", b"")
 
-    def fail(self, uint64_t token, int status, str message="", details=b""):
+    def fail(self, token, int status, str message="", details=b""):
         """End a stream with gRPC error ``status`` (1-16), its ``message`` and ``details`` (the
         serialised google.rpc.Status for grpc-status-details-bin)."""
         if not 1 <= status <= 16:
             raise ValueError("status must be a gRPC error code, 1 to 16")
         self._answer(token, None, True, status, message, details)
 
-    def send(self, uint64_t token, message):
+    def send(self, token, message):
         """Send one message on a stream (headers first, the first time)."""
         self._answer(token, message, False, 0, "", b"")
 
-    def finish(self, uint64_t token, int status=0, str message="", details=b""):
+    def finish(self, token, int status=0, str message="", details=b""):
         """End a stream with ``status`` (0-16) after the messages sent."""
         if not 0 <= status <= 16:
             raise ValueError("status must be a gRPC status code, 0 to 16")
         self._answer(token, None, True, status, message, details)
 
-    cdef _answer(self, uint64_t token, message, bint finish, int status, str text, details):
+    cdef _answer(self, token, message, bint finish, int status, str text, details):
         cdef Command cmd
         cdef const uint8_t[::1] view
         cdef size_t size
         cdef bytes encoded
         memset(&cmd, 0, sizeof(Command))
         cmd.kind = CMD_ANSWER
-        cmd.token = token
+        if token < 0 or token >> 111:
+            raise ValueError("not a token of this server")
+        cmd.serial = token >> 47
+        cmd.token = token & 0x7FFFFFFFFFFF
         cmd.finish = finish
         try:
             if message is not None:
@@ -1526,12 +1564,14 @@ cdef class H2Server:
     @property
     def stats(self):
         """Counters since start: connections accepted and open, requests answered OK, gRPC errors
-        answered, RST_STREAM frames received, streams handed to Python, deadlines the loop enforced."""
+        answered, RST_STREAM frames received, streams handed to Python, deadlines the loop enforced;
+        now: deadlines watched (calls waiting on Python with one) and request bytes held."""
         cdef Server* s = self.srv
         # plain counter reads: the serving thread may be changing them right now
         return {"connections": s.accepted, "open_connections": s.open_conns, "requests": s.requests,
                 "errors": s.errors, "resets": s.resets, "handed_off": s.handed_off,
-                "deadline_exceeded": s.deadline_exceeded}
+                "deadline_exceeded": s.deadline_exceeded, "deadlines_watched": s.n_deadlines,
+                "buffered_bytes": s.buffered}
 
 
 cdef bytes _check_path(path):

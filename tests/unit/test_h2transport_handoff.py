@@ -211,3 +211,58 @@ def test_bad_answers_are_refused():
     with pytest.raises(ValueError):
         server.add_unary("no-slash")
     server.reply(12345, b"no such stream")     # an unknown token is dropped by the loop, not an error
+
+
+def test_answered_calls_leave_no_deadline_behind(answerer, channel):
+    echo = channel.unary_unary(ECHO)
+    futures = [echo.future(b"x", timeout=3600) for _ in range(200)]
+    assert all(f.result().startswith(b"x") for f in futures)
+    stats = answerer.server.stats
+    assert stats["deadlines_watched"] == 0 and stats["buffered_bytes"] == 0
+
+
+def test_a_late_answer_for_a_gone_connection_never_reaches_a_later_one(answerer):
+    def silent_call(channel):
+        before = len(answerer.kinds(h2.EVENT_REQUEST))
+        future = channel.unary_unary(SILENT).future(b"x", timeout=30)
+        deadline = time.monotonic() + 5
+        while len(answerer.kinds(h2.EVENT_REQUEST)) == before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return future, answerer.kinds(h2.EVENT_REQUEST)[-1][1]
+
+    first = grpc.insecure_channel(answerer.target)
+    _, old_token = silent_call(first)
+    first.close()
+    deadline = time.monotonic() + 5
+    while not answerer.kinds(h2.EVENT_CANCEL) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with grpc.insecure_channel(answerer.target) as second:
+        future, new_token = silent_call(second)
+        assert new_token != old_token                   # same slot and stream id, another connection
+        answerer.server.reply(old_token, b"stale")
+        time.sleep(0.2)
+        assert not future.done()
+        answerer.server.reply(new_token, b"fresh")
+        assert future.result(timeout=5) == b"fresh"
+
+
+def test_the_bytes_held_for_python_are_bounded():
+    server = h2.H2Server("127.0.0.1", 0, max_buffered_bytes=1 << 20)
+    server.add_unary(SILENT)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                channel.unary_unary(SILENT)(os.urandom(2 << 20), timeout=5)
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert caught.value.details() == "the server holds too many request bytes; retry later"
+            held = channel.unary_unary(SILENT).future(os.urandom(600 << 10), timeout=30)
+            deadline = time.monotonic() + 5
+            while server.stats["handed_off"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert server.stats["buffered_bytes"] == 0      # handed to Python: no longer the loop's
+            held.cancel()
+    finally:
+        server.stop()
+        thread.join(5)
