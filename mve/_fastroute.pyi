@@ -131,3 +131,6 @@ class LatencyHistogram:
 
 def _alias_simd() -> bool:
     """Whether WeightedChooser's bulk picks use the AVX2 loop here (tables of <= 16 columns)."""
+
+def scan_infer_request(data: bytes | bytearray | memoryview) -> tuple[str, str, str | None, str | None, bool]:
+    """(model_name, id, target_variant, routing_key, forwardable) of a serialised ModelInferRequest, in one pass."""

@@ -23,7 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from libc.math cimport INFINITY, NAN, floor, isfinite
 from libc.stdint cimport UINT32_MAX
 from libc.stdlib cimport free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset
 
 cnp.import_array()
 
@@ -835,3 +835,150 @@ cdef class LatencyHistogram:
 def _alias_simd():
     """Whether WeightedChooser's bulk picks use the AVX2 loop here (tables of <= 16 columns)."""
     return bool(mve_alias_simd())
+
+
+# ---------------------------------------------------------------------------- request scan
+
+cdef inline bint _varint(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, unsigned long long* out) noexcept:
+    """Read a protobuf varint at pos[0]; False when truncated or longer than 10 bytes."""
+    cdef unsigned long long value = 0
+    cdef int shift = 0
+    cdef unsigned char b
+    while pos[0] < n and shift < 70:
+        b = p[pos[0]]
+        pos[0] += 1
+        value |= <unsigned long long>(b & 0x7F) << shift
+        if b < 0x80:
+            out[0] = value
+            return True
+        shift += 7
+    return False
+
+
+cdef inline bint _skip(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int wire_type) noexcept:
+    """Skip a field's value of `wire_type`; False when the bytes end first or the type is not one proto3 writes."""
+    cdef unsigned long long length
+    if wire_type == 0:
+        return _varint(p, n, pos, &length)
+    if wire_type == 1:
+        pos[0] += 8
+    elif wire_type == 5:
+        pos[0] += 4
+    elif wire_type == 2:
+        if not _varint(p, n, pos, &length) or length > <unsigned long long>(n - pos[0]):
+            return False
+        pos[0] += <Py_ssize_t>length
+    else:
+        return False
+    return pos[0] <= n
+
+
+cdef inline bint _field(const unsigned char* p, Py_ssize_t n, Py_ssize_t* pos, int* number, int* wire_type,
+                        Py_ssize_t* start, Py_ssize_t* end) noexcept:
+    """Read one field's tag (and a length-delimited field's bounds); False when malformed."""
+    cdef unsigned long long tag, length
+    if not _varint(p, n, pos, &tag) or tag >> 3 == 0 or tag >> 3 > 536870911:
+        return False
+    number[0] = <int>(tag >> 3)
+    wire_type[0] = <int>(tag & 7)
+    if wire_type[0] == 2:
+        if not _varint(p, n, pos, &length) or length > <unsigned long long>(n - pos[0]):
+            return False
+        start[0] = pos[0]
+        end[0] = pos[0] + <Py_ssize_t>length
+        pos[0] = end[0]
+        return True
+    start[0] = end[0] = pos[0]
+    return _skip(p, n, pos, wire_type[0])
+
+
+cdef int _routing_parameter(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, Py_ssize_t* value_start,
+                            Py_ssize_t* value_end, int* which) noexcept:
+    """One ``parameters`` map entry: 1 = target_variant, 2 = routing_key, 0 = another key, -1 = malformed.
+
+    `which` is the InferParameter's oneof field set last (3: string_param, its bytes in value_*; 0: none).
+    """
+    cdef Py_ssize_t pos = start, s, e, vpos
+    cdef int number, wire_type, key = 0, vnumber, vwire
+    cdef Py_ssize_t vs, ve
+    which[0] = 0
+    while pos < end:
+        if not _field(p, end, &pos, &number, &wire_type, &s, &e):
+            return -1
+        if number == 1 and wire_type == 2:
+            if e - s == 14 and memcmp(p + s, b"target_variant", 14) == 0:
+                key = 1
+            elif e - s == 11 and memcmp(p + s, b"routing_key", 11) == 0:
+                key = 2
+            else:
+                key = 0
+        elif number == 2 and wire_type == 2:
+            vpos = s        # the value message; repeated values merge: the oneof set last wins
+            while vpos < e:
+                if not _field(p, e, &vpos, &vnumber, &vwire, &vs, &ve):
+                    return -1
+                # bool, int64, string, double, uint64: a field of another wire type is an unknown one
+                if (vnumber == 3 and vwire == 2) or (vnumber == 4 and vwire == 1) or \
+                        ((vnumber == 1 or vnumber == 2 or vnumber == 5) and vwire == 0):
+                    which[0] = vnumber
+                    if vnumber == 3:
+                        value_start[0] = vs
+                        value_end[0] = ve
+    return key
+
+
+def scan_infer_request(data):
+    """What routing needs of a serialised ``inference.ModelInferRequest``, in one pass over its bytes.
+
+    Returns ``(model_name, id, target_variant, routing_key, forwardable)``: the last value of each
+    field as protobuf reads it (a map entry's last value per key); the two routing parameters are
+    ``""`` when absent and None when present but not a ``string_param``; ``forwardable`` when there
+    is one ``raw_input_contents`` entry per input and no input has typed ``contents``. Raises
+    ValueError for bytes that are not such a message (bad wire format or a string that is not UTF-8).
+    """
+    cdef const unsigned char[::1] view = data
+    cdef const unsigned char* p
+    cdef Py_ssize_t n = view.shape[0], pos = 0, s = 0, e = 0, ts, te, tpos, vs = 0, ve = 0
+    cdef Py_ssize_t name_s = 0, name_e = 0, id_s = 0, id_e = 0, target_s = 0, target_e = 0, key_s = 0, key_e = 0
+    cdef int number, wire_type, tnumber, twire, entry, which
+    cdef int target_kind = -1, key_kind = -1     # -1: absent; else the oneof field set last (3: string)
+    cdef Py_ssize_t inputs = 0, raws = 0
+    cdef bint typed = False
+    if n == 0:
+        return "", "", "", "", False
+    p = &view[0]
+    while pos < n:
+        if not _field(p, n, &pos, &number, &wire_type, &s, &e):
+            raise ValueError("not a valid inference.ModelInferRequest")
+        if wire_type != 2:
+            continue
+        if number == 1:
+            name_s, name_e = s, e
+        elif number == 3:
+            id_s, id_e = s, e
+        elif number == 4:
+            entry = _routing_parameter(p, s, e, &vs, &ve, &which)
+            if entry < 0:
+                raise ValueError("not a valid inference.ModelInferRequest")
+            if entry == 1:
+                target_kind, target_s, target_e = which, vs, ve
+            elif entry == 2:
+                key_kind, key_s, key_e = which, vs, ve
+        elif number == 5:
+            inputs += 1
+            tpos = s
+            while tpos < e:
+                if not _field(p, e, &tpos, &tnumber, &twire, &ts, &te):
+                    raise ValueError("not a valid inference.ModelInferRequest")
+                if tnumber == 5 and twire == 2:
+                    typed = True
+        elif number == 7:
+            raws += 1
+    try:
+        model_name = bytes(view[name_s:name_e]).decode("utf-8")
+        request_id = bytes(view[id_s:id_e]).decode("utf-8")
+        target = "" if target_kind < 0 else (bytes(view[target_s:target_e]).decode("utf-8") if target_kind == 3 else None)
+        key = "" if key_kind < 0 else (bytes(view[key_s:key_e]).decode("utf-8") if key_kind == 3 else None)
+    except UnicodeDecodeError:
+        raise ValueError("not a valid inference.ModelInferRequest: a string is not UTF-8") from None
+    return model_name, request_id, target, key, raws > 0 and raws == inputs and not typed

@@ -26,6 +26,8 @@ from mve.proxy.transport.grpc_servicers import EndpointRuntimeServicer, Inferenc
 from mve.proxy.transport.http_auth import RequestAuth
 from mve.proxy.transport.http_runtime import HttpRuntime, RuntimeHttpServer
 from mve.proxy.transport.native import NativeDoor
+from mve.proxy.transport.native_upstream import NativeUpstream
+from mve.proxy.transport.native_upstream import available as native_upstream_available
 from mve.proxy.transport.upstream import CHANNEL_OPTIONS, UpstreamPool
 from mve.ready import announce_ready
 from mve.tls import is_loopback
@@ -76,6 +78,7 @@ class ProxyServer:
         self.metrics: MetricsServer | None = None
         self.http: RuntimeHttpServer | None = None
         self.native: NativeDoor | None = None
+        self.native_upstream: NativeUpstream | None = None
         self.transport = ""
 
     async def start(self) -> str:
@@ -102,6 +105,12 @@ class ProxyServer:
         # What enable_server_reflection does on a grpc.aio server, through the registry (generic
         # handlers only); a stream-stream method open to all callers: nothing to map or check.
         reflection_pb2_grpc.add_ServerReflectionServicer_to_server(reflection.aio.ReflectionServicer(services), registry)
+        if native and native_upstream_available():
+            # Upstream too: plaintext ModelInfer calls to model servers go on nghttp2 client
+            # sessions driven from this event loop (mve._h2client, inline: no thread hop).
+            self.native_upstream = NativeUpstream(threaded=False)
+            self.native_upstream.start()
+            self.pool.native = self.native_upstream
         if native:
             port = await self._start_native_door()
         else:
@@ -151,8 +160,9 @@ class ProxyServer:
                 await self.stop()
                 raise
         log.info(
-            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s transport=%s %s",
+            "event=proxy_started address=%s http_address=%s control_plane=%s proxy_id=%s transport=%s upstream=%s %s",
             self.address, self.http_address or "off", s.control_plane, proxy_id, self.transport,
+            "native" if self.native_upstream is not None else "grpc-aio",
             self.security.describe(),
         )
         if self.security.invoke_tokens is not None and not self.security.door_tls and not is_loopback(s.host):
@@ -247,6 +257,8 @@ class ProxyServer:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.reporter.send_pending(), timeout=2.0)
         await self.pool.close(grace=0)
+        if self.native_upstream is not None:
+            self.native_upstream.close()
         if self._control_channel is not None:
             await self._control_channel.close()
         if self.tracing is not None:

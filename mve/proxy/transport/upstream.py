@@ -7,7 +7,8 @@ TLS), channels are TLS ones, presenting the proxy's certificate; a change of mod
 channel. A proxy without the certificate and CA to do so never falls back to plaintext: it logs an
 ERROR per such table and answers ModelNotReadyException naming the missing flags. Given a
 `NativeUpstream` (mve._h2client, docs/transport.md), plaintext ModelInfer calls go through it
-instead, raising the same `grpc.aio.AioRpcError`s, so the retry and error mapping here are the same.
+instead, raising the same `grpc.aio.AioRpcError`s, so the retry and error mapping here are the same
+(instances named by IP; one named by host name stays on grpc.aio, whose resolver does not block).
 
 `infer_on_variant` is the seam a per-variant batcher slots into: it takes a ready
 ``ModelInferRequest`` for the variant's model and returns the model server's response. Given the
@@ -18,9 +19,11 @@ request as serialised bytes instead, it sends them as they are and returns the r
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import grpc
@@ -276,7 +279,7 @@ async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float)
     # Tracing on: the current call's W3C traceparent goes along (its span, or its unsampled context).
     metadata = outgoing_metadata() if pool.tracing else None
     native = getattr(pool, "native", None)  # a pool-like stand-in (tests' fakes) may have none
-    if native is not None and not pool.upstream_tls:
+    if native is not None and not pool.upstream_tls and numeric_host(instance.address):
         if isinstance(request, bytes):
             return await native.unary(instance.address, request, timeout, metadata)
         reply = await native.unary(instance.address, request.SerializeToString(), timeout, metadata)
@@ -287,6 +290,18 @@ async def _call(pool: UpstreamPool, instance: Instance, request, timeout: float)
         return await pool.stub(instance.address).ModelInfer(request, timeout=timeout, metadata=metadata)
     except grpc.aio.UsageError as error:  # the channel closed under us (a table just removed it)
         raise ModelNotReady(f"instance {instance.instance_id} was removed from the routing table") from error
+
+
+@lru_cache(maxsize=4096)
+def numeric_host(address: str) -> bool:
+    """Whether `address` (``host:port``) names its host by IP: the native client resolves a name
+    with a blocking getaddrinfo, so an instance named by host name stays on grpc.aio's resolver."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _model_failure(variant: VariantState, instance: Instance, error: grpc.aio.AioRpcError) -> Exception:
