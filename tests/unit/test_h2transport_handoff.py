@@ -266,3 +266,11 @@ def test_the_bytes_held_for_python_are_bounded():
     finally:
         server.stop()
         thread.join(5)
+
+
+def test_the_proxy_door_reads_the_event_kinds_the_extension_gives():
+    from mve.proxy.transport import native
+
+    assert (native.EVENT_REQUEST, native.EVENT_OPEN, native.EVENT_MESSAGE, native.EVENT_HALF_CLOSE,
+            native.EVENT_CANCEL) == (h2.EVENT_REQUEST, h2.EVENT_OPEN, h2.EVENT_MESSAGE, h2.EVENT_HALF_CLOSE,
+                                     h2.EVENT_CANCEL)

@@ -40,6 +40,8 @@ DETAILS_KEY = "grpc-status-details-bin"
 # arrives whole, so that the data plane refuses it with a message naming the limit.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _END = object()  # the caller's side of a forwarded stream is done
+# The kinds of mve._h2transport's events (its EVENT_* constants, checked in tests/unit/test_h2transport_handoff.py).
+EVENT_REQUEST, EVENT_OPEN, EVENT_MESSAGE, EVENT_HALF_CLOSE, EVENT_CANCEL = 1, 2, 3, 4, 5
 
 
 class CallContext:
@@ -120,8 +122,6 @@ class NativeDoor:
         self._thread.start()
 
     def _on_events(self) -> None:
-        from mve._h2transport import EVENT_CANCEL, EVENT_HALF_CLOSE, EVENT_MESSAGE, EVENT_OPEN, EVENT_REQUEST
-
         loop = self._loop
         for kind, token, method, message, timeout, metadata in self._server.take():
             if kind == EVENT_REQUEST:
@@ -135,7 +135,7 @@ class NativeDoor:
                     call = self._model_infer_call(token, message, timeout, metadata)
                 else:
                     call = self._invoke_call(token, message, timeout, metadata)
-                self._track(token, loop.create_task(call))
+                self._calls[token] = loop.create_task(call)
             elif kind == EVENT_CANCEL:
                 task = self._calls.pop(token, None)
                 if task is not None:
@@ -151,13 +151,10 @@ class NativeDoor:
                     queue.put_nowait(_END)
             elif kind == EVENT_OPEN:
                 queue = self._streams[token] = asyncio.Queue()
-                self._track(token, loop.create_task(self._forward(token, method, queue, timeout, metadata)))
-
-    def _track(self, token: int, task: asyncio.Task) -> None:
-        self._calls[token] = task
-        task.add_done_callback(lambda _, token=token: self._calls.pop(token, None))
+                self._calls[token] = loop.create_task(self._forward(token, method, queue, timeout, metadata))
 
     async def _model_infer_call(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
+        # Each call takes itself out of `_calls` when it ends: cheaper than a done callback per task.
         dataplane = self._dataplane
         try:
             if dataplane.tracer is not None:
@@ -166,13 +163,22 @@ class NativeDoor:
             else:
                 answer = await dataplane.model_infer_bytes(message, timeout)
         except asyncio.CancelledError:
+            self._calls.pop(token, None)
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: answer, don't crash
+            self._calls.pop(token, None)
             self._server.fail(token, *status_of(error))
             return
+        self._calls.pop(token, None)
         self._server.reply(token, answer)
 
     async def _invoke_call(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
+        try:
+            await self._invoke_endpoint(token, message, timeout, metadata)
+        finally:
+            self._calls.pop(token, None)
+
+    async def _invoke_endpoint(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
         dataplane = self._dataplane
         try:
             try:
@@ -241,6 +247,7 @@ class NativeDoor:
             raise
         finally:
             self._streams.pop(token, None)
+            self._calls.pop(token, None)
         binary = b""
         for key, value in trailing or ():
             if key == DETAILS_KEY:
