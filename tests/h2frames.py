@@ -298,6 +298,7 @@ class StreamAnswer:
     data: bytearray = field(default_factory=bytearray)
     ended: bool = False             # END_STREAM from the server
     reset: int | None = None        # RST_STREAM's error code
+    finished_at: float | None = None  # time.monotonic() when END_STREAM or RST_STREAM came
 
     @property
     def grpc_status(self) -> int | None:
@@ -423,9 +424,16 @@ class Peer:
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         self.outcome.frames.append((kind, flags, stream_id))
-        if kind == GOAWAY:
+        if kind in (DATA, HEADERS, CONTINUATION, RST_STREAM) and stream_id:
+            self._frame_on_stream(kind, flags, stream_id, payload)
+            answer = self.outcome.streams.get(stream_id)
+            if answer is not None and answer.finished_at is None and (answer.ended or answer.reset is not None):
+                answer.finished_at = time.monotonic()
+        elif kind == GOAWAY:
             self.outcome.goaway = int.from_bytes(payload[4:8], "big")
-        elif kind == RST_STREAM:
+
+    def _frame_on_stream(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
+        if kind == RST_STREAM:
             self._stream(stream_id).reset = int.from_bytes(payload[:4], "big")
         elif kind == DATA:
             body = payload[1:len(payload) - payload[0]] if flags & PADDED else payload
