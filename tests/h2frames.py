@@ -348,6 +348,9 @@ class Peer:
         self.sock.connect(address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.outcome = Outcome()
+        self.send_window = 65_535                   # the connection's, for DATA this side sends
+        self._initial_window = 65_535               # a new stream's, from the server's SETTINGS
+        self._stream_windows: dict[int, int] = {}
         self._buffer = bytearray()
         self._hpack = HpackDecoder()
         self._block: tuple[int, int, bytearray] | None = None   # (stream, flags, fragments) until END_HEADERS
@@ -369,6 +372,22 @@ class Peer:
         except OSError:
             self.outcome.closed = True
             return False
+
+    def send_within_windows(self, frames: list[bytes], wait: float = 5.0) -> bool:
+        """Send whole frames one by one; each DATA frame waits (reading) until the server's flow-control
+        windows have room for it, as a real client does. False if the server closed or never made room."""
+        for one in frames:
+            if one[3] == DATA:
+                size, stream_id = int.from_bytes(one[:3], "big"), int.from_bytes(one[5:9], "big") & 0x7FFFFFFF
+                deadline = time.monotonic() + wait
+                while min(self.send_window, self._stream_windows.get(stream_id, self._initial_window)) < size:
+                    if time.monotonic() > deadline or not self._read_some(deadline - time.monotonic()):
+                        return False
+                self.send_window -= size
+                self._stream_windows[stream_id] = self._stream_windows.get(stream_id, self._initial_window) - size
+            if not self.send(one):
+                return False
+        return True
 
     def handshake(self, *entries: tuple[int, int]) -> None:
         """Preface and SETTINGS; wait for the server's SETTINGS and acknowledge them, as a real client does."""
@@ -431,6 +450,19 @@ class Peer:
                 answer.finished_at = time.monotonic()
         elif kind == GOAWAY:
             self.outcome.goaway = int.from_bytes(payload[4:8], "big")
+        elif kind == WINDOW_UPDATE and len(payload) == 4:
+            increment = int.from_bytes(payload, "big") & 0x7FFFFFFF
+            if stream_id == 0:
+                self.send_window += increment
+            else:
+                self._stream_windows[stream_id] = self._stream_windows.get(stream_id, self._initial_window) + increment
+        elif kind == SETTINGS and not flags & ACK:
+            for at in range(0, len(payload) - 5, 6):
+                if int.from_bytes(payload[at:at + 2], "big") == SETTINGS_INITIAL_WINDOW_SIZE:
+                    value = int.from_bytes(payload[at + 2:at + 6], "big")
+                    change = value - self._initial_window
+                    self._stream_windows = {k: w + change for k, w in self._stream_windows.items()}
+                    self._initial_window = value
 
     def _frame_on_stream(self, kind: int, flags: int, stream_id: int, payload: bytes) -> None:
         if kind == RST_STREAM:

@@ -1,25 +1,27 @@
 """A hostile HTTP/2 peer against the native transport, byte by byte (issue 18).
 
-Targets are real server processes on mve._h2transport's H2Server: benchmarks/noop_h2_server.py (a
-canned ModelInfer answer from C) and tests/native_answerer.py (ModelInfer handed to Python whole,
-other paths handed over as streams), reached over raw TCP with frames built by hand
-(tests/h2frames.py). Hypothesis sends random bytes before and after the preface, soups of frames
-of every type with hostile stream ids, flags, lengths and payloads, valid conversations cut short,
-with bytes flipped or frame lengths that lie, and header blocks with broken HPACK; hand-made cases
-check the answers RFC 9113 and the gRPC protocol require (GOAWAY or RST_STREAM codes, grpc-status
-for framing lies on an otherwise valid call).
+Three targets, each a real server process on mve._h2transport's H2Server: benchmarks/noop_h2_server.py
+(a canned ModelInfer answer from C), tests/native_answerer.py (ModelInfer handed to Python whole, other
+paths handed over as streams) and the proxy's gRPC door with --transport native (before a control plane
+and the tiny "plus" model). They are reached over raw TCP with frames built by hand (tests/h2frames.py).
+Hypothesis sends random bytes before and after the preface, soups of frames of every type with hostile
+stream ids, flags, lengths and payloads, valid conversations cut short, with bytes flipped or frame
+lengths that lie, and header blocks with broken HPACK; hand-made cases check the answers RFC 9113 and
+the gRPC protocol require (GOAWAY or RST_STREAM codes, grpc-status for framing lies on an otherwise
+valid call).
 
 After every example the server is alive (a crash fails the test with its exit status) and a fresh,
 valid gRPC call on a new channel answers correctly within 5 s. At the end the server's memory grew
 less than a bound, it holds no connection we closed, and it is idle. The outcomes per case (GOAWAY,
 RST_STREAM, closed, grpc-status) are printed with ``pytest -s``.
 
-``MVE_FUZZ_EXAMPLES`` sets the examples per property (default 40); a longer run is e.g.
-``MVE_FUZZ_EXAMPLES=1000 pytest -s tests/integration/test_fuzz_native_framing.py``.
+``MVE_FUZZ_EXAMPLES`` sets the examples per property (default 30); a longer run is e.g.
+``MVE_FUZZ_EXAMPLES=1000 pytest -s tests/integration/test_fuzz_native_framing.py`` (``-k proxy``:
+one target).
 
-Another server that serves ModelInfer (such as the proxy on the native transport) becomes a target
-with one more entry in `TARGETS`: a function of pytest's `request` (for the fixtures it needs) that
-starts it and returns a `Target` (host, port, process, the valid call).
+Another server that serves ModelInfer becomes a target with one more entry in `TARGETS`: a function
+of pytest's `request` (for the fixtures it needs) that starts it and returns a `Target` (host, port,
+process, its request and the valid call, what it accepts).
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("mve._h2transport", reason="mve._h2transport not built: libnghttp2-dev is missing "
                                                "(sudo apt-get install libnghttp2-dev)")
 
-EXAMPLES = int(os.environ.get("MVE_FUZZ_EXAMPLES", "40"))
+EXAMPLES = int(os.environ.get("MVE_FUZZ_EXAMPLES", "30"))
 ROOT = Path(__file__).resolve().parents[2]
 MAX_MESSAGE = 6 * 1024 * 1024          # the transport's default max_message_bytes, the proxy's body limit
 CLIENT_FRAME = 16_384                  # the largest frame a client may send before the server's SETTINGS apply
@@ -87,9 +89,11 @@ class Target:
     valid_call: Callable[[], None]      # a fresh channel and one call; raises unless the answer is right
     echo_path: str | None = None        # a streaming method that sends each message back, if the target has one
     hands_to_python: bool = False       # `path` is answered by Python (the loop hands requests over)
+    any_message: bool = True            # `path` answers OK to any message bytes (a no-op), not only `request`
+    fast_answers: bool = True           # answered in-process: 100,000 calls take seconds
+    max_message: int = MAX_MESSAGE      # the transport's max_message_bytes: over it, RESOURCE_EXHAUSTED
     reply: bytes = b""                  # the message of an OK answer to `request`
     rss_start_mb: float = 0.0
-    fds_start: int = 0
     conversations: int = 0              # raw connections judged by `record`
     tally: dict[str, collections.Counter] = field(default_factory=dict)
 
@@ -100,14 +104,19 @@ class Target:
 
     def converse(self, payload: bytes, until_streams: tuple[int, ...] = (), idle: float = 0.1,
                  handshake: bool = False, chunks: list[bytes] = ()) -> Outcome:
-        """One raw connection: (handshake,) send `payload` and `chunks` one by one, read, close."""
+        """One raw connection: send `payload`, then `chunks` one by one, read, close. With `handshake`
+        (preface, SETTINGS, the server's acknowledged) the chunks must be whole frames, and DATA waits for
+        the server's flow-control windows, as a real client's does."""
         with Peer(self.host, self.port) as peer:
             if handshake:
                 peer.handshake()
             peer.send(payload)
-            for chunk in chunks:
-                if not peer.send(chunk):
-                    break
+            if handshake:
+                peer.send_within_windows(chunks)
+            else:
+                for chunk in chunks:
+                    if not peer.send(chunk):
+                        break
             return peer.read(until_streams, idle=idle)
 
     def record(self, case: str, outcome: Outcome) -> None:
@@ -152,8 +161,17 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-def open_fds(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/fd"))
+def held_connections(port: int) -> int:
+    """TCP connections a server still holds on its local `port`: every state but LISTEN and TIME_WAIT
+    (CLOSE_WAIT is a connection its peer closed and the server did not)."""
+    held = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                held += int(local.rsplit(":", 1)[1], 16) == port and state not in ("0A", "06")
+    return held
 
 
 def cpu_seconds(pid: int) -> float:
@@ -222,7 +240,56 @@ def native_answerer_target(request) -> Target:
                                echo_path="/fuzz.Echo/Stream", hands_to_python=True)
 
 
-TARGETS = {"native-noop": native_noop_target, "native-answerer": native_answerer_target}
+PROXY_ENDPOINT = "fuzz-native-7f3a9c"
+
+
+def proxy_native_target(request) -> Target:
+    """The proxy's gRPC door on the native transport (--transport native) before a control plane and one
+    instance of the tiny "plus" model (y = x + 1): ModelInfer with model_name the endpoint's name."""
+    from tiny_models import build_model
+
+    import mve
+
+    services = request.getfixturevalue("module_services")
+    root = request.getfixturevalue("tmp_path_factory").mktemp("fuzz-native-proxy")
+    build_model(root / "plus.onnx", "plus")
+    control = services(["control-plane", "--data-dir", str(root / "cp"), "--port", "0"])
+    proxy = services(["proxy", "--control-plane", control.address, "--port", "0", "--transport", "native"])
+    with mve.client("sagemaker", address=control.address) as sm:
+        sm.create_model(ModelName=PROXY_ENDPOINT, PrimaryContainer={"Image": "onnxruntime",
+                                                                    "ModelDataUrl": str(root / "plus.onnx")})
+        sm.create_endpoint_config(EndpointConfigName=PROXY_ENDPOINT, ProductionVariants=[{
+            "VariantName": "AllTraffic", "ModelName": PROXY_ENDPOINT, "InitialInstanceCount": 1,
+            "InstanceType": "ml.cpu.small"}])
+        sm.create_endpoint(EndpointName=PROXY_ENDPOINT, EndpointConfigName=PROXY_ENDPOINT)
+        sm.get_waiter("endpoint_in_service").wait(EndpointName=PROXY_ENDPOINT,
+                                                  WaiterConfig={"Delay": 0.1, "MaxAttempts": 600})
+    infer = oip.ModelInferRequest(model_name=PROXY_ENDPOINT, inputs=[oip.ModelInferRequest.InferInputTensor(
+        name="x", datatype="FP32", shape=[1, 2])], raw_input_contents=[b"\x00\x00\x80\x3f" * 2]).SerializeToString()
+
+    def valid_call() -> None:
+        with grpc.insecure_channel(proxy.address) as channel:
+            reply = channel.unary_unary(INFER_PATH)(infer, timeout=VALID_CALL_TIMEOUT_S)
+        answer = oip.ModelInferResponse.FromString(reply)
+        assert answer.outputs[0].name == "y" and answer.raw_output_contents[0] == b"\x00\x00\x00\x40" * 2, answer
+
+    deadline = time.monotonic() + 30
+    while True:     # the proxy learns the route from the control plane's watch
+        try:
+            valid_call()
+            break
+        except grpc.RpcError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    host, port = proxy.address.rsplit(":", 1)
+    # the door takes messages up to 32 MB, as the grpc.aio door does; the data plane refuses bodies over 6 MB
+    return Target("proxy on the native transport", host, int(port), proxy, INFER_PATH, infer, valid_call,
+                  hands_to_python=True, any_message=False, fast_answers=False, max_message=32 * 1024 * 1024)
+
+
+TARGETS = {"native-noop": native_noop_target, "native-answerer": native_answerer_target,
+           "proxy-native": proxy_native_target}
 
 
 @pytest.fixture(scope="module", params=list(TARGETS))
@@ -233,7 +300,6 @@ def target(request):
         for _ in range(20):     # warm up: malloc's arenas and nghttp2's first sessions before the RSS baseline
             served.valid_call()
         served.rss_start_mb = rss_mb(served.service.process.pid)
-        served.fds_start = open_fds(served.service.process.pid)
         yield served
         print(f"\n\noutcomes against the {served.name}, {served.conversations} connections (connections per label):")
         for case, counts in served.tally.items():
@@ -627,37 +693,43 @@ def _in_client_frames(payload: bytes, end_stream: bool = True) -> list[bytes]:
     return frames + ([data(1, b"", end_stream=True)] if end_stream else [])
 
 
-GRPC_OK, GRPC_DEADLINE, GRPC_EXHAUSTED, GRPC_UNIMPLEMENTED, GRPC_INTERNAL = 0, 4, 8, 12, 13
-# (case, DATA frames after the request's HEADERS, extra request headers, the grpc-status the gRPC protocol asks for)
+GRPC_OK, GRPC_UNKNOWN, GRPC_DEADLINE, GRPC_EXHAUSTED, GRPC_UNIMPLEMENTED, GRPC_INTERNAL = 0, 2, 4, 8, 12, 13
+# Well framed, but not the target's own request: OK from a no-op; a real service's own clear error
+OTHER_MESSAGE = -1
+# (case, the target's frames after the request's HEADERS, extra request headers, the grpc-status the gRPC
+# protocol asks for)
+def _message(t: Target, **lie) -> list[bytes]:
+    return [data(1, grpc_message(t.request, **lie), end_stream=True)]
+
+
 GRPC_CASES = [
-    ("one message (control)", lambda r: [data(1, grpc_message(r), end_stream=True)], [], GRPC_OK),
-    ("a prefix split byte by byte", lambda r: _one_message_byte_by_byte(grpc_message(r)), [], GRPC_OK),
-    ("padded DATA frames", lambda r: [data(1, grpc_message(r)[:3], pad=200), data(1, grpc_message(r)[3:], pad=0),
+    ("one message (control)", _message, [], GRPC_OK),
+    ("a prefix split byte by byte", lambda t: _one_message_byte_by_byte(grpc_message(t.request)), [], GRPC_OK),
+    ("padded DATA frames", lambda t: [data(1, grpc_message(t.request)[:3], pad=200),
+                                      data(1, grpc_message(t.request)[3:], pad=0),
                                       data(1, b"", end_stream=True, pad=17)], [], GRPC_OK),
-    ("a zero-length message", lambda r: [data(1, grpc_message(b""), end_stream=True)], [], GRPC_OK),
-    ("trailers after the message", lambda r: [data(1, grpc_message(r)), headers(1, literal("x-trailer", "1"),
-                                                                                 end_stream=True)], [], GRPC_OK),
-    ("a prefix longer than the data, then END_STREAM", lambda r: [data(1, grpc_message(r, length=len(r) + 100),
-                                                                       end_stream=True)], [], GRPC_INTERNAL),
-    ("half a prefix, then END_STREAM", lambda r: [data(1, b"\x00\x00", end_stream=True)], [], GRPC_INTERNAL),
-    ("no message at all", lambda r: [data(1, b"", end_stream=True)], [], GRPC_INTERNAL),
-    ("two messages on a unary call", lambda r: [data(1, grpc_message(r) * 2, end_stream=True)], [], GRPC_INTERNAL),
-    ("a 6 MB + 1 length prefix", lambda r: [data(1, grpc_message(b"x" * 100, length=MAX_MESSAGE + 1), end_stream=True)],
-     [], GRPC_EXHAUSTED),
-    ("a 4 GB - 1 length prefix", lambda r: [data(1, grpc_message(b"", length=2**32 - 1), end_stream=True)],
-     [], GRPC_EXHAUSTED),
-    ("6 MB + 1 bytes sent whole", lambda r: _in_client_frames(grpc_message(b"\x00" * (MAX_MESSAGE + 1))), [],
+    ("a zero-length message", lambda t: [data(1, grpc_message(b""), end_stream=True)], [], OTHER_MESSAGE),
+    ("trailers after the message", lambda t: [data(1, grpc_message(t.request)),
+                                              headers(1, literal("x-trailer", "1"), end_stream=True)], [], GRPC_OK),
+    ("a prefix longer than the data, then END_STREAM", lambda t: _message(t, length=len(t.request) + 100), [],
+     GRPC_INTERNAL),
+    ("half a prefix, then END_STREAM", lambda t: [data(1, b"\x00\x00", end_stream=True)], [], GRPC_INTERNAL),
+    ("no message at all", lambda t: [data(1, b"", end_stream=True)], [], GRPC_INTERNAL),
+    ("two messages on a unary call", lambda t: [data(1, grpc_message(t.request) * 2, end_stream=True)], [],
+     GRPC_INTERNAL),
+    ("a length prefix of the limit + 1", lambda t: [data(1, grpc_message(b"x" * 100, length=t.max_message + 1),
+                                                         end_stream=True)], [], GRPC_EXHAUSTED),
+    ("a length prefix of 4 GB - 1", lambda t: [data(1, grpc_message(b"", length=2**32 - 1), end_stream=True)], [],
      GRPC_EXHAUSTED),
-    ("6 MB exactly, sent whole", lambda r: _in_client_frames(grpc_message(b"\x00" * MAX_MESSAGE)), [], GRPC_OK),
-    ("grpc-timeout 1n (already past)", lambda r: [data(1, grpc_message(r), end_stream=True)], [("grpc-timeout", "1n")],
-     GRPC_DEADLINE),
-    ("compressed flag without grpc-encoding", lambda r: [data(1, grpc_message(r, compressed=True), end_stream=True)],
-     [], GRPC_INTERNAL),
-    ("compressed flag, grpc-encoding gzip, not gzip", lambda r: [data(1, grpc_message(r, compressed=True),
-                                                                      end_stream=True)],
+    ("the limit + 1 bytes, sent whole", lambda t: _in_client_frames(grpc_message(b"\x00" * (t.max_message + 1))), [],
+     GRPC_EXHAUSTED),
+    ("the limit exactly, sent whole", lambda t: _in_client_frames(grpc_message(b"\x00" * t.max_message)), [],
+     OTHER_MESSAGE),
+    ("grpc-timeout 1n (already past)", _message, [("grpc-timeout", "1n")], GRPC_DEADLINE),
+    ("compressed flag without grpc-encoding", lambda t: _message(t, compressed=True), [], GRPC_INTERNAL),
+    ("compressed flag, grpc-encoding gzip, not gzip", lambda t: _message(t, compressed=True),
      [("grpc-encoding", "gzip")], GRPC_INTERNAL),
-    ("grpc-encoding gzip, flag 0", lambda r: [data(1, grpc_message(r), end_stream=True)], [("grpc-encoding", "gzip")],
-     GRPC_OK),
+    ("grpc-encoding gzip, flag 0", _message, [("grpc-encoding", "gzip")], GRPC_OK),
 ]
 
 
@@ -665,11 +737,16 @@ GRPC_CASES = [
 def test_grpc_framing_lie_gets_the_status_the_grpc_protocol_asks_for(healthy, case, frames, extra, expected):
     """On an otherwise valid call, each gRPC framing lie gets its grpc-status; the valid variants get OK."""
     target = healthy
-    outcome = _call(target, frames(target.request), extra)
+    outcome = _call(target, frames(target), extra)
     target.record(f"gRPC: {case}", outcome)
     answer = outcome.streams.get(1)
     assert answer is not None and answer.grpc_status is not None, f"{case}: no grpc-status, got {outcome.labels()}"
-    if expected == GRPC_INTERNAL:   # grpc-core answers some of these with another error: the point is not OK
+    if expected == OTHER_MESSAGE and not target.any_message:
+        assert answer.grpc_status not in (GRPC_UNKNOWN, GRPC_EXHAUSTED, GRPC_INTERNAL), \
+            f"{case}: grpc-status {answer.grpc_status} ({answer.field('grpc-message')})"
+    elif expected == OTHER_MESSAGE:
+        assert answer.grpc_status == GRPC_OK, f"{case}: grpc-status {answer.grpc_status}"
+    elif expected == GRPC_INTERNAL:   # grpc-core answers some of these with another error: the point is not OK
         assert answer.grpc_status not in (GRPC_OK, GRPC_DEADLINE), f"{case}: grpc-status {answer.grpc_status}"
     else:
         assert answer.grpc_status == expected, \
@@ -782,7 +859,8 @@ def test_deadlines_of_streams_answered_reset_or_left_open_in_any_order(healthy):
             assert answer is not None and answer.grpc_status in (GRPC_OK, GRPC_DEADLINE), (stream_id, action, answer)
             if answer.grpc_status == GRPC_DEADLINE:
                 took = answer.finished_at - sent_at
-                assert took >= timeout_ms / 1000 - 0.005, f"stream {stream_id} expired after {took:.3f} s, not {timeout_ms} ms"
+                assert took >= timeout_ms / 1000 - 0.005, \
+                    f"stream {stream_id} expired after {took:.3f} s, before its {timeout_ms} ms"
             else:
                 assert action == "end" and grpc_messages(bytes(answer.data)) == [b"%d" % stream_id], (stream_id, answer)
         target.check_healthy()
@@ -831,6 +909,8 @@ def test_answered_calls_with_far_deadlines_leave_no_memory_behind(healthy):
     target = healthy
     if not target.hands_to_python:
         pytest.skip(f"the {target.name} answers from C: no deadline is watched for Python")
+    if not target.fast_answers:
+        pytest.skip(f"the {target.name} answers through a model: 200,000 calls would take minutes here")
     pid = target.service.process.pid
     calls = 100_000
     warm = pipeline_unary(target.host, target.port, target.path, target.request, calls)
@@ -854,8 +934,8 @@ def test_memory_connections_and_cpu_stay_bounded_after_the_run(healthy):
         for _, payload, _ in PROTOCOL_CASES:
             target.converse(PREFACE + settings() + payload, idle=0.05)
         for case, frames, extra, _ in GRPC_CASES:
-            if "6 MB" not in case:
-                _call(target, frames(target.request), extra)
+            if "sent whole" not in case:
+                _call(target, frames(target), extra)
         for _ in range(3):      # 900 streams: under libnghttp2's rapid-reset limit of 1,000 at once
             with Peer(target.host, target.port) as peer:
                 peer.send(PREFACE + settings() + b"".join(
@@ -865,15 +945,15 @@ def test_memory_connections_and_cpu_stay_bounded_after_the_run(healthy):
         rounds.append(rss_mb(pid))
     target.check_healthy()
     deadline = time.monotonic() + 5
-    while open_fds(pid) > target.fds_start and time.monotonic() < deadline:
+    while held_connections(target.port) and time.monotonic() < deadline:
         time.sleep(0.05)
     cpu_before = cpu_seconds(pid)
     time.sleep(0.5)
     idle_cpu = cpu_seconds(pid) - cpu_before
     print(f"\nRSS {target.rss_start_mb:.1f} MiB at the start, {rss_mb(pid):.1f} at the end; soak rounds "
-          + ", ".join(f"{r:.1f}" for r in rounds) + f"; fds {open_fds(pid)} (start {target.fds_start}); "
+          + ", ".join(f"{r:.1f}" for r in rounds) + f"; connections held {held_connections(target.port)}; "
           f"CPU idle {idle_cpu:.3f} s in 0.5 s")
     assert rounds[-1] - rounds[0] < SOAK_GROWTH_BOUND_MB, f"RSS grew over the soak: {rounds}"
     assert rss_mb(pid) - target.rss_start_mb < RUN_GROWTH_BOUND_MB, "RSS grew by 30 MiB or more over the run"
-    assert open_fds(pid) <= target.fds_start, "the server holds connections the peers closed"
+    assert held_connections(target.port) == 0, "the server holds connections the peers closed"
     assert idle_cpu < 0.1, f"the idle server used {idle_cpu:.2f} s of CPU in 0.5 s"
