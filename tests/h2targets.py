@@ -82,6 +82,7 @@ class Target:
             assert stream_id % 2 == 1, f"the server sent on stream {stream_id}, which no client opens: {outcome}"
             if answer.grpc_status is not None:
                 assert answer.field(":status") == "200" and answer.field("content-type") == "application/grpc", answer
+                assert answer.grpc_status != 2, f"UNKNOWN, an unclear error, on stream {stream_id}: {answer}"
             if answer.grpc_status == 0:
                 assert grpc_messages(bytes(answer.data)) is not None, f"badly framed answer on stream {stream_id}"
         if outcome.goaway not in (None, 0):

@@ -15,7 +15,7 @@ valid gRPC call on a new channel answers correctly within 5 s. At the end the se
 less than a bound, it holds no connection we closed, and it is idle. The outcomes per case (GOAWAY,
 RST_STREAM, closed, grpc-status) are printed with ``pytest -s``.
 
-``MVE_FUZZ_EXAMPLES`` sets the examples per property (default 30); a longer run is e.g.
+``MVE_FUZZ_EXAMPLES`` sets the examples per property (default 25); a longer run is e.g.
 ``MVE_FUZZ_EXAMPLES=1000 pytest -s tests/integration/test_fuzz_native_framing.py`` (``-k proxy``:
 one target).
 
@@ -46,7 +46,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("mve._h2transport", reason="mve._h2transport not built: libnghttp2-dev is missing "
                                                "(sudo apt-get install libnghttp2-dev)")
 
-EXAMPLES = int(os.environ.get("MVE_FUZZ_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("MVE_FUZZ_EXAMPLES", "25"))
 CLIENT_FRAME = 16_384                  # the largest frame a client may send before the server's SETTINGS apply
 # Memory bounds. An open connection costs the server ~27 KB (an nghttp2 session with 20 open streams:
 # 300 of them added 8 MB of RSS, measured), a stream a few hundred bytes (our Stream and nghttp2's).
