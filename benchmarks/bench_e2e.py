@@ -42,8 +42,9 @@ The load comes from nghttp2's h2load (C, ~6x less CPU per request than benchmark
 shares the machine with the servers) when it is installed, else from loadgen.py (grpc.aio), which
 the run says. With h2load each cell first checks a few answers with a gRPC client, and answers
 without a message count as errors (benchmarks/h2load_gen.py). ``mve_batched`` uses MaxBatchSize
-32 and MaxDelayMicroseconds 0 (adaptive batching, see docs/batching.md) unless --max-batch-size /
---max-delay-us say otherwise.
+32, MaxDelayMicroseconds 0 (adaptive batching, see docs/batching.md) and
+MaxBatchesInFlightPerInstance 1 unless --max-batch-size / --max-delay-us / --max-batches-in-flight say
+otherwise.
 """
 
 from __future__ import annotations
@@ -354,6 +355,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated client concurrencies")
     parser.add_argument("--max-batch-size", type=int, default=32, choices=range(2, 1025), metavar="2-1024")
     parser.add_argument("--max-delay-us", type=int, default=0, choices=range(0, 1_000_001), metavar="0-1000000")
+    parser.add_argument("--max-batches-in-flight", type=int, default=1, choices=range(1, 65), metavar="1-64",
+                        help="MaxBatchesInFlightPerInstance of the batched rows (default 1; 2 keeps the next "
+                             "batch queued at the model server while one runs)")
     parser.add_argument("--proxy-arg", action="append", default=[],
                         help="extra flag for every `mve proxy` of the run (repeatable; not --transport: see --transports)")
     parser.add_argument("--transports", default=None, metavar="native,grpc-aio",
@@ -407,7 +411,8 @@ def main(argv=None) -> int:
         mode = (*mode[:6], args.tracing_rounds, mode[7])
     if args.rounds is not None:
         mode = (*mode[:7], args.rounds)
-    batching = {"MaxBatchSize": args.max_batch_size, "MaxDelayMicroseconds": args.max_delay_us}
+    batching = {"MaxBatchSize": args.max_batch_size, "MaxDelayMicroseconds": args.max_delay_us,
+                "MaxBatchesInFlightPerInstance": args.max_batches_in_flight}
     global LOAD_TOOL
     from h2load_gen import INSTALL_HINT, available, ensure_h2load
 

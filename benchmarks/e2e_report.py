@@ -150,7 +150,8 @@ def print_report(results: dict, out=None) -> None:
     if batching:
         delay = batching.get("MaxDelayMicroseconds")
         write(f"load: {settings.get('loadgen', 'loadgen')}; batching on = MaxBatchSize {batching.get('MaxBatchSize')}, "
-              f"MaxDelayMicroseconds {delay}{' (adaptive)' if delay == 0 else ''}"
+              f"MaxDelayMicroseconds {delay}{' (adaptive)' if delay == 0 else ''}, "
+              f"MaxBatchesInFlightPerInstance {batching.get('MaxBatchesInFlightPerInstance', 1)}"
               f"{'; proxy ' + ' '.join(settings['proxy_args']) if settings.get('proxy_args') else ''}\n")
     write(f"medians of {settings.get('rounds', 1)} alternating round(s); us = CPU us per request (utime+stime of all "
           f"threads / answers, warm-up included); x direct / x envoy = medians of per-round ratios\n")
