@@ -43,6 +43,7 @@ class Target:
     request: bytes                      # a request message it answers OK
     valid_call: Callable[[], None]      # a fresh channel and one call; raises unless the answer is right
     echo_path: str | None = None        # a streaming method that sends each message back, if the target has one
+    other_paths: tuple[str, ...] = ()   # more methods to send `request` to (any clear answer will do)
     hands_to_python: bool = False       # `path` is answered by Python (the loop hands requests over)
     any_message: bool = True            # `path` answers OK to any message bytes (a no-op), not only `request`
     fast_answers: bool = True           # answered in-process: 100,000 calls take seconds
@@ -54,8 +55,8 @@ class Target:
 
     @property
     def paths(self) -> list[str]:
-        """The methods that answer OK: the unary one, and the echo stream if there is one."""
-        return [self.path] + ([self.echo_path] if self.echo_path else [])
+        """The methods the fuzzer calls: the unary one first, the echo stream, the others."""
+        return [self.path] + ([self.echo_path] if self.echo_path else []) + list(self.other_paths)
 
     def converse(self, payload: bytes, until_streams: tuple[int, ...] = (), idle: float = 0.1,
                  handshake: bool = False, chunks: list[bytes] = ()) -> Outcome:
@@ -178,7 +179,8 @@ def _model_infer_target(name: str, service: Service, echo_path: str | None = Non
         assert answer.model_name == "mlp" and answer.outputs[0].name == "output", answer
 
     host, port = service.address.rsplit(":", 1)
-    return Target(name, host, int(port), service, INFER_PATH, INFER_REQUEST, valid_call, echo_path, hands_to_python)
+    return Target(name, host, int(port), service, INFER_PATH, INFER_REQUEST, valid_call, echo_path=echo_path,
+                  hands_to_python=hands_to_python)
 
 
 def native_noop_target(request) -> Target:
@@ -242,7 +244,8 @@ def proxy_native_target(request) -> Target:
     # ModelError 504 = INTERNAL after dispatch).
     return Target("proxy on the native transport", host, int(port), proxy, INFER_PATH, infer, valid_call,
                   hands_to_python=True, any_message=False, fast_answers=False, max_message=32 * 1024 * 1024,
-                  deadline_codes=(4, 13, 14))
+                  deadline_codes=(4, 13, 14), other_paths=(  # the other unary path, and one forwarded to grpc.aio
+                      "/mve.v1.EndpointRuntime/InvokeEndpoint", "/grpc.health.v1.Health/Check"))
 
 
 TARGETS = {"native-noop": native_noop_target, "native-answerer": native_answerer_target,
