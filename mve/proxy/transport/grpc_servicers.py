@@ -28,6 +28,31 @@ def server_span(dataplane: DataPlane, service: str, method: str, context):
     return _spans().server_span(dataplane.tracer, service, method, context, dataplane.address)
 
 
+def invoke_request(message) -> InvokeRequest:
+    """The data plane's `InvokeRequest` from an ``mve.v1.InvokeEndpointRequest``."""
+    return InvokeRequest(
+        endpoint_name=message.endpoint_name,
+        body=message.body,
+        content_type=message.content_type,
+        accept=message.accept,
+        target_variant=message.target_variant,
+        inference_id=message.inference_id,
+        custom_attributes=message.custom_attributes,
+        routing_key=message.routing_key,
+    )
+
+
+def invoke_response(result) -> runtime_pb2.InvokeEndpointResponse:
+    """An ``mve.v1.InvokeEndpointResponse`` from the data plane's `InvokeResult`."""
+    return runtime_pb2.InvokeEndpointResponse(
+        body=result.body,
+        content_type=result.content_type,
+        invoked_production_variant=result.invoked_production_variant,
+        custom_attributes=result.custom_attributes,
+        inference_id=result.inference_id,
+    )
+
+
 def _spans():
     global _SPANS
     if _SPANS is None:  # imported on first use: with tracing off, OpenTelemetry is never imported
@@ -52,16 +77,7 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
         The answer carries the invocation's inference id: the caller's InferenceId, or one the proxy made.
         """
         invoke = self._dataplane.invoke_endpoint(
-            InvokeRequest(
-                endpoint_name=request.endpoint_name,
-                body=request.body,
-                content_type=request.content_type,
-                accept=request.accept,
-                target_variant=request.target_variant,
-                inference_id=request.inference_id,
-                custom_attributes=request.custom_attributes,
-                routing_key=request.routing_key,
-            ),
+            invoke_request(request),
             context.time_remaining(),
         )
         if self._dataplane.tracer is None:
@@ -69,13 +85,7 @@ class EndpointRuntimeServicer(runtime_pb2_grpc.EndpointRuntimeServicer):
         else:
             with server_span(self._dataplane, RUNTIME_SERVICE, "InvokeEndpoint", context):
                 result = await invoke
-        return runtime_pb2.InvokeEndpointResponse(
-            body=result.body,
-            content_type=result.content_type,
-            invoked_production_variant=result.invoked_production_variant,
-            custom_attributes=result.custom_attributes,
-            inference_id=result.inference_id,
-        )
+        return invoke_response(result)
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):

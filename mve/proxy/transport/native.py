@@ -28,8 +28,14 @@ from google.protobuf.message import DecodeError
 from mve._proto import runtime_pb2
 from mve.authn import Gatekeeper
 from mve.errors import RUNTIME, InternalFailure, MveError, ValidationError, to_status
-from mve.proxy.dataplane import DataPlane, InvokeRequest
-from mve.proxy.transport.grpc_servicers import INFERENCE_SERVICE, RUNTIME_SERVICE, server_span
+from mve.proxy.dataplane import DataPlane
+from mve.proxy.transport.grpc_servicers import (
+    INFERENCE_SERVICE,
+    RUNTIME_SERVICE,
+    invoke_request,
+    invoke_response,
+    server_span,
+)
 
 log = logging.getLogger(__name__)
 
@@ -187,19 +193,7 @@ class NativeDoor:
                 raise ValidationError(
                     f"the request ({len(message)} bytes) is not a valid mve.v1.InvokeEndpointRequest"
                 ) from None
-            invoke = dataplane.invoke_endpoint(
-                InvokeRequest(
-                    endpoint_name=request.endpoint_name,
-                    body=request.body,
-                    content_type=request.content_type,
-                    accept=request.accept,
-                    target_variant=request.target_variant,
-                    inference_id=request.inference_id,
-                    custom_attributes=request.custom_attributes,
-                    routing_key=request.routing_key,
-                ),
-                timeout,
-            )
+            invoke = dataplane.invoke_endpoint(invoke_request(request), timeout)
             if dataplane.tracer is not None:
                 with server_span(dataplane, RUNTIME_SERVICE, "InvokeEndpoint", CallContext(metadata)):
                     result = await invoke
@@ -210,14 +204,7 @@ class NativeDoor:
         except Exception as error:  # noqa: BLE001
             self._server.fail(token, *status_of(error))
             return
-        answer = runtime_pb2.InvokeEndpointResponse(
-            body=result.body,
-            content_type=result.content_type,
-            invoked_production_variant=result.invoked_production_variant,
-            custom_attributes=result.custom_attributes,
-            inference_id=result.inference_id,
-        )
-        self._server.reply(token, answer.SerializeToString())
+        self._server.reply(token, invoke_response(result).SerializeToString())
 
     async def _forward(self, token: int, path: str, queue: asyncio.Queue, timeout: float | None, metadata) -> None:
         """Pass one call on to the grpc.aio server as a stream of bytes (on the wire every gRPC
