@@ -3,6 +3,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint32_t, uint64_t
 
+from mve._h2io cimport WriteBuffer
 from mve._h2lib cimport *
 
 
@@ -83,10 +84,7 @@ cdef struct HConn:
     size_t addr_len
     Call* calls             # calls on this connection's session
     int64_t n_calls
-    uint8_t* wbuf           # bytes from nghttp2_session_mem_send not yet written
-    size_t wlen
-    size_t woff
-    size_t wcap
+    WriteBuffer out         # bytes from nghttp2_session_mem_send not yet written
     bint connecting         # non-blocking connect in progress (EPOLLOUT registered)
     bint dirty              # has something to send: flushed once at the end of the loop turn
     bint want_out           # EPOLLOUT registered (the socket's buffer was full)

@@ -19,6 +19,15 @@ from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
 from cpython.bytes cimport PyBytes_FromStringAndSize
 
+from mve._h2io cimport (
+    WRITE_NO_MEMORY,
+    WRITE_SESSION_ERROR,
+    WRITE_SOCKET_ERROR,
+    now_ns,
+    write_pending,
+    write_session,
+)
+
 import base64
 import threading
 from urllib.parse import unquote_to_bytes
@@ -74,12 +83,6 @@ cdef inline void set_nv(nghttp2_nv* nv, const char* name, size_t namelen, const 
     nv.value = <uint8_t*>value
     nv.valuelen = valuelen
     nv.flags = flags
-
-
-cdef int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef size_t format_timeout(int64_t timeout_ns, char* out, size_t cap) noexcept nogil:
@@ -666,10 +669,8 @@ cdef bint conn_flush(Client* cl, HConn* conn) noexcept nogil:
 
     False when the connection is finished (closed by either side, or broken); the caller frees it.
     """
-    cdef const uint8_t* data
-    cdef ssize_t n
-    cdef size_t need, cap
-    cdef uint8_t* grown
+    cdef ssize_t session_error = 0
+    cdef int outcome
     cdef epoll_event ev
     if conn.dead:
         return False
@@ -678,47 +679,22 @@ cdef bint conn_flush(Client* cl, HConn* conn) noexcept nogil:
     if conn.retiring and conn.calls == NULL and not conn.terminated:
         nghttp2_session_terminate_session(conn.session, NGHTTP2_NO_ERROR)
         conn.terminated = True
-    while True:
-        while conn.wlen - conn.woff < SEND_HIGH_WATER:
-            n = nghttp2_session_mem_send(conn.session, &data)
-            if n < 0:
-                conn_die(conn, "HTTP/2 error: %s", nghttp2_strerror(<int>n))
-                return False
-            if n == 0:
-                break
-            need = conn.wlen + <size_t>n
-            if need > conn.wcap:
-                cap = conn.wcap * 2 if conn.wcap else 16384
-                while cap < need:
-                    cap *= 2
-                grown = <uint8_t*>realloc(conn.wbuf, cap)
-                if grown == NULL:
-                    conn_die(conn, "%s", "out of memory")
-                    return False
-                conn.wbuf = grown
-                conn.wcap = cap
-            memcpy(conn.wbuf + conn.wlen, data, <size_t>n)
-            conn.wlen = need
-        if conn.wlen == conn.woff:
-            break
-        n = send(conn.fd, conn.wbuf + conn.woff, conn.wlen - conn.woff, MSG_NOSIGNAL)
-        if n < 0:
-            if errno == EINTR:
-                continue
-            if errno != EAGAIN:
-                conn_die(conn, "%s", strerror(errno))
-                return False
-            break
-        conn.woff += <size_t>n
-        if conn.woff < conn.wlen:
-            break
-        conn.woff = conn.wlen = 0
-    if (conn.woff < conn.wlen) != conn.want_out:
-        conn.want_out = conn.woff < conn.wlen
+    outcome = write_session(conn.session, &conn.out, conn.fd, SEND_HIGH_WATER, &session_error)
+    if outcome == WRITE_SESSION_ERROR:
+        conn_die(conn, "HTTP/2 error: %s", nghttp2_strerror(<int>session_error))
+        return False
+    if outcome == WRITE_NO_MEMORY:
+        conn_die(conn, "%s", "out of memory")
+        return False
+    if outcome == WRITE_SOCKET_ERROR:
+        conn_die(conn, "%s", strerror(errno))
+        return False
+    if write_pending(&conn.out) != conn.want_out:
+        conn.want_out = write_pending(&conn.out)
         ev.events = EPOLLIN | EPOLLOUT if conn.want_out else EPOLLIN
         ev.data.ptr = conn
         epoll_ctl(cl.epoll_fd, EPOLL_CTL_MOD, conn.fd, &ev)
-    if conn.woff == conn.wlen and not nghttp2_session_want_read(conn.session) \
+    if not write_pending(&conn.out) and not nghttp2_session_want_read(conn.session) \
             and not nghttp2_session_want_write(conn.session):
         snprintf(conn.error, sizeof(conn.error), "the connection to %.*s closed", <int>conn.addr_len, conn.addr)
         return False
@@ -742,7 +718,7 @@ cdef void conn_free(Client* cl, HConn* conn, int status) noexcept nogil:
         cl.conns = conn.next
     if conn.next != NULL:
         conn.next.prev = conn.prev
-    free(conn.wbuf)
+    free(conn.out.data)
     free(conn)
     cl.open_conns -= 1
 

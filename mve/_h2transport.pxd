@@ -3,6 +3,7 @@
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
+from mve._h2io cimport WriteBuffer
 from mve._h2lib cimport *
 
 
@@ -37,10 +38,7 @@ cdef struct Conn:
     Conn* prev
     Conn* next
     Stream* streams         # open streams, freed with the connection
-    uint8_t* wbuf           # bytes from nghttp2_session_mem_send not yet written
-    size_t wlen
-    size_t woff
-    size_t wcap
+    WriteBuffer out         # bytes from nghttp2_session_mem_send not yet written
     uint32_t slot           # index in Server.slots: a stream's token names it, with the connection's serial
     uint64_t serial         # this connection's number, never reused: a token of a gone connection names no later one
     bint dirty              # has something to send: flushed once at the end of the loop turn

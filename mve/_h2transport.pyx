@@ -29,8 +29,9 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
-from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 from posix.unistd cimport close, read, write
+
+from mve._h2io cimport WRITE_DONE, now_ns, write_pending, write_session
 
 import binascii
 import socket as pysocket
@@ -128,12 +129,6 @@ cdef size_t percent_encode(const uint8_t* src, size_t n, uint8_t* dst, size_t ca
             dst[out + 2] = hexdigits[b & 15]
             out += 3
     return out
-
-
-cdef int64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
 
 
 cdef int64_t parse_timeout_ns(const uint8_t* v, size_t n) noexcept nogil:
@@ -1039,7 +1034,7 @@ cdef void conn_free(Server* s, Conn* c) noexcept nogil:
     if c.next != NULL:
         c.next.prev = c.prev
     slot_give_back(s, c)
-    free(c.wbuf)
+    free(c.out.data)
     free(c)
     s.open_conns -= 1
 
@@ -1072,51 +1067,19 @@ cdef bint conn_flush(Server* s, Conn* c) noexcept nogil:
 
     False when the connection is finished (closed by either side, or broken); the caller frees it.
     """
-    cdef const uint8_t* data
-    cdef ssize_t n
-    cdef size_t need, cap
-    cdef uint8_t* grown
+    cdef ssize_t session_error
     cdef epoll_event ev
     if c.dead:
         return False
-    while True:
-        while c.wlen - c.woff < SEND_HIGH_WATER:
-            n = nghttp2_session_mem_send(c.session, &data)
-            if n < 0:
-                return False
-            if n == 0:
-                break
-            need = c.wlen + <size_t>n
-            if need > c.wcap:
-                cap = c.wcap * 2 if c.wcap else 16384
-                while cap < need:
-                    cap *= 2
-                grown = <uint8_t*>realloc(c.wbuf, cap)
-                if grown == NULL:
-                    return False
-                c.wbuf = grown
-                c.wcap = cap
-            memcpy(c.wbuf + c.wlen, data, <size_t>n)
-            c.wlen = need
-        if c.wlen == c.woff:
-            break
-        n = send(c.fd, c.wbuf + c.woff, c.wlen - c.woff, MSG_NOSIGNAL)
-        if n < 0:
-            if errno == EINTR:
-                continue
-            if errno != EAGAIN:
-                return False
-            break
-        c.woff += <size_t>n
-        if c.woff < c.wlen:
-            break
-        c.woff = c.wlen = 0
-    if (c.woff < c.wlen) != c.want_out:
-        c.want_out = c.woff < c.wlen
+    if write_session(c.session, &c.out, c.fd, SEND_HIGH_WATER, &session_error) != WRITE_DONE:
+        return False
+    if write_pending(&c.out) != c.want_out:
+        c.want_out = write_pending(&c.out)
         ev.events = EPOLLIN | EPOLLOUT if c.want_out else EPOLLIN
         ev.data.ptr = c
         epoll_ctl(s.epoll_fd, EPOLL_CTL_MOD, c.fd, &ev)
-    if c.woff == c.wlen and not nghttp2_session_want_read(c.session) and not nghttp2_session_want_write(c.session):
+    if not write_pending(&c.out) and not nghttp2_session_want_read(c.session) \
+            and not nghttp2_session_want_write(c.session):
         return False
     return True
 

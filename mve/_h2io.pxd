@@ -1,0 +1,77 @@
+# What both native HTTP/2 modules (mve/_h2transport.pyx, mve/_h2client.pyx) do the same way, as inline
+# functions compiled into each: a connection's write buffer, filled from its nghttp2 session and
+# written to its socket in as few send() calls as the socket takes, and the monotonic clock.
+
+from libc.errno cimport EAGAIN, EINTR, errno
+from libc.stdint cimport int64_t, uint8_t
+from libc.stdlib cimport realloc
+from libc.string cimport memcpy
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+
+from mve._h2lib cimport *
+
+
+# Bytes nghttp2_session_mem_send gave that the socket has not taken yet: data[off:len].
+cdef struct WriteBuffer:
+    uint8_t* data
+    size_t len
+    size_t off
+    size_t cap
+
+
+cdef enum:
+    WRITE_DONE = 0              # all written, or the rest waits for the socket (write_pending)
+    WRITE_SESSION_ERROR = 1     # nghttp2 failed: its error code is in `session_error`
+    WRITE_NO_MEMORY = 2
+    WRITE_SOCKET_ERROR = 3      # send() failed: errno says why
+
+
+cdef inline int64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <int64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
+cdef inline bint write_pending(const WriteBuffer* wb) noexcept nogil:
+    return wb.off < wb.len
+
+
+cdef inline int write_session(nghttp2_session* session, WriteBuffer* wb, int fd, size_t high_water,
+                              ssize_t* session_error) noexcept nogil:
+    """Gather what `session` has to send into `wb` (until `high_water` bytes wait) and send() it;
+    again while the socket takes everything. WRITE_DONE, or why not."""
+    cdef const uint8_t* data
+    cdef ssize_t n
+    cdef size_t need, cap
+    cdef uint8_t* grown
+    while True:
+        while wb.len - wb.off < high_water:
+            n = nghttp2_session_mem_send(session, &data)
+            if n < 0:
+                session_error[0] = n
+                return WRITE_SESSION_ERROR
+            if n == 0:
+                break
+            need = wb.len + <size_t>n
+            if need > wb.cap:
+                cap = wb.cap * 2 if wb.cap else 16384
+                while cap < need:
+                    cap *= 2
+                grown = <uint8_t*>realloc(wb.data, cap)
+                if grown == NULL:
+                    return WRITE_NO_MEMORY
+                wb.data = grown
+                wb.cap = cap
+            memcpy(wb.data + wb.len, data, <size_t>n)
+            wb.len = need
+        if wb.len == wb.off:
+            return WRITE_DONE
+        n = send(fd, wb.data + wb.off, wb.len - wb.off, MSG_NOSIGNAL)
+        if n < 0:
+            if errno == EINTR:
+                continue
+            return WRITE_SOCKET_ERROR if errno != EAGAIN else WRITE_DONE
+        wb.off += <size_t>n
+        if wb.off < wb.len:
+            return WRITE_DONE
+        wb.off = wb.len = 0
