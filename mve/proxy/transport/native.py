@@ -46,6 +46,8 @@ DETAILS_KEY = "grpc-status-details-bin"
 # arrives whole, so that the data plane refuses it with a message naming the limit.
 MAX_MESSAGE_BYTES = 32 * 1024 * 1024
 _END = object()  # the caller's side of a forwarded stream is done
+DEADLINE_EXCEEDED = grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+DEADLINE_SLACK_S = 0.005
 # The kinds of mve._h2transport's events (its EVENT_* constants, checked in tests/unit/test_h2transport_handoff.py).
 EVENT_REQUEST, EVENT_OPEN, EVENT_MESSAGE, EVENT_HALF_CLOSE, EVENT_CANCEL = 1, 2, 3, 4, 5
 
@@ -129,6 +131,7 @@ class NativeDoor:
 
     def _on_events(self) -> None:
         loop = self._loop
+        now = loop.time()
         for kind, token, method, message, timeout, metadata in self._server.take():
             if kind == EVENT_REQUEST:
                 if self._gatekeeper is not None:
@@ -138,9 +141,9 @@ class NativeDoor:
                         self._server.fail(token, *status_of(error))
                         continue
                 if method == self._model_infer:
-                    call = self._model_infer_call(token, message, timeout, metadata)
+                    call = self._model_infer_call(token, message, timeout, metadata, now)
                 else:
-                    call = self._invoke_call(token, message, timeout, metadata)
+                    call = self._invoke_call(token, message, timeout, metadata, now)
                 self._calls[token] = loop.create_task(call)
             elif kind == EVENT_CANCEL:
                 task = self._calls.pop(token, None)
@@ -159,7 +162,9 @@ class NativeDoor:
                 queue = self._streams[token] = asyncio.Queue()
                 self._calls[token] = loop.create_task(self._forward(token, method, queue, timeout, metadata))
 
-    async def _model_infer_call(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
+    async def _model_infer_call(
+        self, token: int, message: bytes, timeout: float | None, metadata: tuple, taken: float
+    ) -> None:
         # Each call takes itself out of `_calls` when it ends: cheaper than a done callback per task.
         dataplane = self._dataplane
         try:
@@ -173,18 +178,22 @@ class NativeDoor:
             raise
         except Exception as error:  # noqa: BLE001 - the last line of defence: answer, don't crash
             self._calls.pop(token, None)
-            self._server.fail(token, *status_of(error))
+            self._fail(token, error, timeout, taken)
             return
         self._calls.pop(token, None)
         self._server.reply(token, answer)
 
-    async def _invoke_call(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
+    async def _invoke_call(
+        self, token: int, message: bytes, timeout: float | None, metadata: tuple, taken: float
+    ) -> None:
         try:
-            await self._invoke_endpoint(token, message, timeout, metadata)
+            await self._invoke_endpoint(token, message, timeout, metadata, taken)
         finally:
             self._calls.pop(token, None)
 
-    async def _invoke_endpoint(self, token: int, message: bytes, timeout: float | None, metadata: tuple) -> None:
+    async def _invoke_endpoint(
+        self, token: int, message: bytes, timeout: float | None, metadata: tuple, taken: float
+    ) -> None:
         dataplane = self._dataplane
         try:
             try:
@@ -202,9 +211,18 @@ class NativeDoor:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # noqa: BLE001
-            self._server.fail(token, *status_of(error))
+            self._fail(token, error, timeout, taken)
             return
         self._server.reply(token, invoke_response(result).SerializeToString())
+
+    def _fail(self, token: int, error: Exception, timeout: float | None, taken: float) -> None:
+        """Answer `error`; DEADLINE_EXCEEDED when the caller's deadline has come. The upstream call
+        ends at the caller's deadline too, and on its own clock it may end a moment before the
+        loop's: the caller then sees its deadline, as on grpc.aio, not the model's 504."""
+        if timeout is not None and self._loop.time() >= taken + timeout - DEADLINE_SLACK_S:
+            self._server.fail(token, DEADLINE_EXCEEDED, "Deadline Exceeded")
+            return
+        self._server.fail(token, *status_of(error))
 
     async def _forward(self, token: int, path: str, queue: asyncio.Queue, timeout: float | None, metadata) -> None:
         """Pass one call on to the grpc.aio server as a stream of bytes (on the wire every gRPC
