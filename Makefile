@@ -33,8 +33,9 @@ demo: build
 # The proxy's gRPC door runs on the native transport where it was built (docs/transport.md); the
 # modules that test that door run a second time on grpc.aio, so that both transports stay green.
 GRPC_AIO_DOOR_TESTS := $(addprefix tests/integration/,test_proxy.py test_proxy_auth.py test_batching.py \
-	test_backpressure.py test_fuzz.py test_proxy_workers.py test_tracing_e2e.py test_outlier_ejection.py \
-	test_proxy_restart.py)
+	test_backpressure.py test_proxy_workers.py test_tracing_e2e.py test_outlier_ejection.py \
+	test_proxy_restart.py test_fuzz.py::test_hostile_payload_gets_a_clear_error \
+	'test_fuzz.py::test_every_method_answers_hostile_bytes_with_a_clear_error_and_nothing_dies[proxy]')
 
 test: build
 	$(VENV)/bin/pytest -q $(PYTEST_ARGS)
