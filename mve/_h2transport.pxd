@@ -44,6 +44,9 @@ cdef struct Conn:
     bint dirty              # has something to send: flushed once at the end of the loop turn
     bint want_out           # EPOLLOUT registered (the socket's buffer was full)
     bint dead
+    int64_t handshake_deadline_ns   # closed then unless a frame came (0: a frame came, or no deadline)
+    Conn* hs_prev           # the connections still in their handshake, oldest first
+    Conn* hs_next
 
 
 # One request stream; freed when nghttp2 closes the stream (or with its connection).
@@ -144,6 +147,10 @@ cdef struct Server:
     bint forward_others     # paths neither canned nor unary are handed to Python as streams
     uint64_t max_message
     uint64_t max_buffered   # request bytes held in the loop at once, all connections (0: no bound)
+    int64_t handshake_timeout_ns    # a connection must send its preface and SETTINGS within this (0: no bound)
+    Conn* hs_head
+    Conn* hs_tail
+    uint64_t handshake_timeouts
     uint64_t buffered
     nghttp2_session_callbacks* callbacks
     nghttp2_option* option

@@ -2,6 +2,7 @@
 
 MAX_MESSAGE_BYTES: int
 MAX_BUFFERED_BYTES: int
+HANDSHAKE_TIMEOUT_S: int
 NGHTTP2_VERSION: str
 EVENT_REQUEST: int
 EVENT_OPEN: int
@@ -23,6 +24,7 @@ class H2Server:
     def __init__(
         self, host: str = "127.0.0.1", port: int = 0, *, max_message_bytes: int = ..., backlog: int = 1024,
         forward_others: bool = False, reuse_port: bool = False, max_buffered_bytes: int = ...,
+        handshake_timeout_s: float = ...,
     ) -> None: ...
     @property
     def port(self) -> int:
@@ -61,4 +63,4 @@ class H2Server:
     @property
     def stats(self) -> dict[str, int]:
         """connections, open_connections, requests, errors, resets, handed_off, deadline_exceeded,
-        deadlines_watched, buffered_bytes."""
+        deadlines_watched, handshake_timeouts, buffered_bytes."""

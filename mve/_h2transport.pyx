@@ -41,6 +41,9 @@ MAX_MESSAGE_BYTES = 6 * 1024 * 1024
 # RESOURCE_EXHAUSTED at its length prefix when it would pass this (a client can otherwise make the
 # loop hold max_message_bytes on each of 1,024 streams of each connection).
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024
+# A connection must send the HTTP/2 preface and its SETTINGS within this, else it is closed (as
+# grpc-core's server handshake timeout, 120 s by default).
+HANDSHAKE_TIMEOUT_S = 120
 NGHTTP2_VERSION = nghttp2_version(0).version_str.decode()
 
 cdef enum:
@@ -403,11 +406,49 @@ cdef void expire_deadlines(Server* s) noexcept nogil:
             fail_stream(s, st, "4", <const uint8_t*>"Deadline Exceeded", 17)
 
 
+cdef void handshake_done(Server* s, Conn* c) noexcept nogil:
+    """Take `c` off the list of connections still in their handshake."""
+    if c.handshake_deadline_ns == 0:
+        return
+    c.handshake_deadline_ns = 0
+    if c.hs_prev != NULL:
+        c.hs_prev.hs_next = c.hs_next
+    else:
+        s.hs_head = c.hs_next
+    if c.hs_next != NULL:
+        c.hs_next.hs_prev = c.hs_prev
+    else:
+        s.hs_tail = c.hs_prev
+    c.hs_prev = c.hs_next = NULL
+
+
+cdef void expire_handshakes(Server* s) noexcept nogil:
+    """Close the connections that sent no frame (the preface and SETTINGS) within the handshake
+    timeout: a peer that connects and stays silent would hold its socket and slot forever."""
+    cdef int64_t now
+    cdef Conn* c
+    if s.hs_head == NULL:
+        return
+    now = now_ns()
+    while s.hs_head != NULL and s.hs_head.handshake_deadline_ns <= now:
+        c = s.hs_head
+        handshake_done(s, c)
+        s.handshake_timeouts += 1
+        c.dead = True
+        mark_dirty(s, c)
+
+
 cdef int loop_timeout_ms(Server* s) noexcept nogil:
-    cdef int64_t wait
-    if s.n_deadlines == 0:
+    cdef int64_t wait, at
+    if s.n_deadlines == 0 and s.hs_head == NULL:
         return -1
-    wait = (s.deadlines[0].at_ns - now_ns() + 999999) // 1000000
+    if s.n_deadlines == 0:
+        at = s.hs_head.handshake_deadline_ns
+    elif s.hs_head == NULL or s.deadlines[0].at_ns < s.hs_head.handshake_deadline_ns:
+        at = s.deadlines[0].at_ns
+    else:
+        at = s.hs_head.handshake_deadline_ns
+    wait = (at - now_ns() + 999999) // 1000000
     if wait < 0:
         return 0
     if wait > 60000:
@@ -905,6 +946,8 @@ cdef int on_frame_recv(nghttp2_session* session, const nghttp2_frame* frame, voi
     cdef Stream* st
     cdef Conn* conn = <Conn*>user_data
     cdef Server* s = conn.server
+    if conn.handshake_deadline_ns:
+        handshake_done(s, conn)     # nghttp2 delivers no frame before a good preface
     if frame.hd.type == NGHTTP2_DATA or frame.hd.type == NGHTTP2_HEADERS:
         st = <Stream*>nghttp2_session_get_stream_user_data(session, frame.hd.stream_id)
         if st == NULL or st.answered:
@@ -995,6 +1038,14 @@ cdef void conn_open(Server* s, int fd) noexcept nogil:
     if s.conns != NULL:
         s.conns.prev = c
     s.conns = c
+    if s.handshake_timeout_ns:
+        c.handshake_deadline_ns = now_ns() + s.handshake_timeout_ns
+        c.hs_prev = s.hs_tail
+        if s.hs_tail != NULL:
+            s.hs_tail.hs_next = c
+        else:
+            s.hs_head = c
+        s.hs_tail = c
     s.accepted += 1
     s.open_conns += 1
     mark_dirty(s, c)    # our SETTINGS go out at the end of this turn
@@ -1020,6 +1071,7 @@ cdef void stream_free(Stream* st) noexcept nogil:
 
 cdef void conn_free(Server* s, Conn* c) noexcept nogil:
     """Close the socket and free everything of a connection; Python hears of its streams it holds."""
+    handshake_done(s, c)
     close(c.fd)
     # nghttp2_session_del does not call on_stream_close: the streams' user data is freed here
     nghttp2_session_del(c.session)
@@ -1147,6 +1199,7 @@ cdef int run_loop(Server* s) noexcept nogil:
                 if events[i].events & EPOLLOUT:
                     mark_dirty(s, c)
         expire_deadlines(s)
+        expire_handshakes(s)
         flush_dirty(s)
         publish_events(s)
     shutdown_all(s)
@@ -1188,13 +1241,16 @@ cdef class H2Server:
         self._unary_paths = []
 
     def __init__(self, str host="127.0.0.1", int port=0, *, max_message_bytes=MAX_MESSAGE_BYTES, int backlog=1024,
-                 bint forward_others=False, bint reuse_port=False, max_buffered_bytes=MAX_BUFFERED_BYTES):
+                 bint forward_others=False, bint reuse_port=False, max_buffered_bytes=MAX_BUFFERED_BYTES,
+                 double handshake_timeout_s=HANDSHAKE_TIMEOUT_S):
         cdef Server* s = self.srv
         cdef epoll_event ev
         if not 0 <= max_message_bytes <= 0xFFFFFFFF:
             raise ValueError("max_message_bytes must be in [0, 2**32)")
         if not 0 <= max_buffered_bytes < 2 ** 63:
             raise ValueError("max_buffered_bytes must be in [0, 2**63) (0: no bound)")
+        if not 0 <= handshake_timeout_s <= 86400:
+            raise ValueError("handshake_timeout_s must be 0-86400 seconds (0: no bound)")
         family = pysocket.AF_INET6 if ":" in host else pysocket.AF_INET
         sock = pysocket.socket(family, pysocket.SOCK_STREAM)
         try:
@@ -1211,6 +1267,7 @@ cdef class H2Server:
         s.listen_fd = sock.detach()
         s.max_message = max_message_bytes
         s.max_buffered = max_buffered_bytes
+        s.handshake_timeout_ns = <int64_t>(handshake_timeout_s * 1e9)
         s.forward_others = forward_others
         s.rbuf_size = READ_BUFFER_BYTES
         s.rbuf = <uint8_t*>malloc(s.rbuf_size)
@@ -1534,6 +1591,7 @@ cdef class H2Server:
         return {"connections": s.accepted, "open_connections": s.open_conns, "requests": s.requests,
                 "errors": s.errors, "resets": s.resets, "handed_off": s.handed_off,
                 "deadline_exceeded": s.deadline_exceeded, "deadlines_watched": s.n_deadlines,
+                "handshake_timeouts": s.handshake_timeouts,
                 "buffered_bytes": s.buffered}
 
 

@@ -274,3 +274,29 @@ def test_the_proxy_door_reads_the_event_kinds_the_extension_gives():
     assert (native.EVENT_REQUEST, native.EVENT_OPEN, native.EVENT_MESSAGE, native.EVENT_HALF_CLOSE,
             native.EVENT_CANCEL) == (h2.EVENT_REQUEST, h2.EVENT_OPEN, h2.EVENT_MESSAGE, h2.EVENT_HALF_CLOSE,
                                      h2.EVENT_CANCEL)
+
+
+def test_a_connection_that_never_sends_its_preface_is_closed_after_the_handshake_timeout():
+    import socket
+
+    server = h2.H2Server("127.0.0.1", 0, handshake_timeout_s=0.3)
+    server.add_unary(ECHO)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        silent = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            channel.unary_unary(ECHO).future(b"x", timeout=0.2)      # a live client: its connection stays
+            started = time.monotonic()
+            while silent.recv(4096):                                     # the server's SETTINGS, then EOF:
+                pass                                                     # closed by the server
+            assert 0.2 < time.monotonic() - started < 3
+            time.sleep(0.5)                                              # past the timeout twice over
+            stats = server.stats
+            assert stats["handshake_timeouts"] == 1 and stats["open_connections"] == 1
+        silent.close()
+    finally:
+        server.stop()
+        thread.join(5)
+    with pytest.raises(ValueError):
+        h2.H2Server("127.0.0.1", 0, handshake_timeout_s=-1)
