@@ -23,6 +23,7 @@ from mve._h2io cimport (
     WRITE_NO_MEMORY,
     WRITE_SESSION_ERROR,
     WRITE_SOCKET_ERROR,
+    append_pointer,
     now_ns,
     write_pending,
     write_session,
@@ -216,18 +217,8 @@ cdef void call_free(Call* c) noexcept nogil:
 
 
 cdef void mark_dirty(Client* cl, HConn* conn) noexcept nogil:
-    cdef HConn** grown
-    if conn.dirty:
-        return
-    if cl.n_dirty == cl.dirty_cap:
-        grown = <HConn**>realloc(cl.dirty, (cl.dirty_cap * 2 + 16) * sizeof(HConn*))
-        if grown == NULL:
-            return
-        cl.dirty = grown
-        cl.dirty_cap = cl.dirty_cap * 2 + 16
-    conn.dirty = True
-    cl.dirty[cl.n_dirty] = conn
-    cl.n_dirty += 1
+    if not conn.dirty and append_pointer(<void***>&cl.dirty, &cl.n_dirty, &cl.dirty_cap, conn):
+        conn.dirty = True
 
 
 cdef void reset_stream(Call* c, uint32_t error_code) noexcept nogil:

@@ -75,3 +75,18 @@ cdef inline int write_session(nghttp2_session* session, WriteBuffer* wb, int fd,
         if wb.off < wb.len:
             return WRITE_DONE
         wb.off = wb.len = 0
+
+
+cdef inline bint append_pointer(void*** items, int* n, int* cap, void* item) noexcept nogil:
+    """Append `item` to a growable array of pointers (a loop turn's dirty connections); False
+    without memory (the item is then left out)."""
+    cdef void** grown
+    if n[0] == cap[0]:
+        grown = <void**>realloc(items[0], (cap[0] * 2 + 16) * sizeof(void*))
+        if grown == NULL:
+            return False
+        items[0] = grown
+        cap[0] = cap[0] * 2 + 16
+    items[0][n[0]] = item
+    n[0] += 1
+    return True

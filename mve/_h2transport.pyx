@@ -31,7 +31,7 @@ from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
 from posix.unistd cimport close, read, write
 
-from mve._h2io cimport WRITE_DONE, now_ns, write_pending, write_session
+from mve._h2io cimport WRITE_DONE, append_pointer, now_ns, write_pending, write_session
 
 import binascii
 import socket as pysocket
@@ -984,18 +984,8 @@ cdef int on_stream_close(nghttp2_session* session, int32_t stream_id, uint32_t e
 # connections and the loop
 
 cdef void mark_dirty(Server* s, Conn* c) noexcept nogil:
-    cdef Conn** grown
-    if c.dirty:
-        return
-    if s.n_dirty == s.dirty_cap:
-        grown = <Conn**>realloc(s.dirty, (s.dirty_cap * 2 + 16) * sizeof(Conn*))
-        if grown == NULL:
-            return
-        s.dirty = grown
-        s.dirty_cap = s.dirty_cap * 2 + 16
-    c.dirty = True
-    s.dirty[s.n_dirty] = c
-    s.n_dirty += 1
+    if not c.dirty and append_pointer(<void***>&s.dirty, &s.n_dirty, &s.dirty_cap, c):
+        c.dirty = True
 
 
 cdef void conn_open(Server* s, int fd) noexcept nogil:
