@@ -37,13 +37,14 @@ a table, writes benchmarks/results/e2e.json. docs/benchmarks.md explains the row
     python benchmarks/bench_e2e.py --loadgen loadgen  # drive every cell with benchmarks/loadgen.py
     python benchmarks/bench_e2e.py --tracing-only     # only the tracing rows (~1 minute; --quick: less)
     python benchmarks/bench_e2e.py --doors-only --quick   # only the HTTP vs gRPC door rows (~40 s)
+    python benchmarks/bench_e2e.py --compute-bound-only --concurrency 64   # only the compute-bound MLP rows
 
 The load comes from nghttp2's h2load (C, ~6x less CPU per request than benchmarks/loadgen.py: it
 shares the machine with the servers) when it is installed, else from loadgen.py (grpc.aio), which
 the run says. With h2load each cell first checks a few answers with a gRPC client, and answers
 without a message count as errors (benchmarks/h2load_gen.py). ``mve_batched`` uses MaxBatchSize
 32, MaxDelayMicroseconds 0 (adaptive batching, see docs/batching.md) and
-MaxBatchesInFlightPerInstance 1 unless --max-batch-size / --max-delay-us / --max-batches-in-flight say
+MaxBatchesInFlightPerInstance 2 (the default) unless --max-batch-size / --max-delay-us / --max-batches-in-flight say
 otherwise.
 """
 
@@ -293,9 +294,10 @@ def run_sweeps(sm, proxy: str, top: int, mode: tuple, out: dict) -> None:
 
 
 def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching: dict, proxy_args, *,
-             transports: list[str], peers: dict, compute_bound: Path | None, sweeps: bool = True) -> dict:
+             transports: list[str], peers: dict, compute_bound: Path | None, sweeps: bool = True,
+             main_rows: bool = True) -> dict:
     """The mve scenarios (a proxy per transport) beside direct, nginx and Envoy on the same model servers,
-    then the sweeps (on the first transport's proxy)."""
+    then the sweeps (on the first transport's proxy); with `main_rows` False, only the compute-bound rows."""
     out: dict = {}
     mesh_args = (*transport_args(transports[0]), *proxy_args)
     with Mesh(work / "mesh", log_path=work / "mesh.log", proxy_args=mesh_args) as mesh, \
@@ -304,28 +306,10 @@ def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching:
                          {**os.environ, "PYTHONUNBUFFERED": "1"}) as others:
         sm = mve.client("sagemaker", address=mesh.control_plane_address)
         proxies = [mesh_proxy(mesh, transports[0]), *others]
-        proxy_addresses = [p.address for p in proxies]
-        proxy = proxies[0].address
         pids = mesh.child_pids()
-        sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
-        deploy(sm, proxy_addresses, "mlp", 2, None)
-        deploy(sm, proxy_addresses, "mlp-batched", 2, batching)
-        instances = {name: instance_addresses(mesh.control_plane_address, name) for name in ("mlp", "mlp-batched")}
-        server_pids = {name: instance_pids(pids["control-plane"], addresses) for name, addresses in instances.items()}
-        out["scenarios"] = run_peers(proxies=proxies, instances=instances, server_pids=server_pids,
-                                     concurrencies=concurrencies, mode=mode, rounds=mode[7], peers=peers,
-                                     cell=measured_cell, batching=batching)
         out["transports"] = {p.transport: p.summary() for p in proxies}
-        for p in proxies:
-            out["transports"][p.transport]["proxy_rss_mb"] = process_tree_rss_mb(p.pid)
-        out["proxy_rss_mb"] = out["transports"][transports[0]]["proxy_rss_mb"]
-        out["c1_hop"] = interleaved_hop(instances["mlp"][0], proxies, "mlp", mode)
-        undeploy(sm, "mlp-batched")
-        top = max(concurrencies)
-        if sweeps:
-            run_sweeps(sm, proxy, top, mode, out)
-        else:
-            undeploy(sm, "mlp")
+        if main_rows:
+            run_main_rows(sm, mesh, proxies, model_path, concurrencies, mode, batching, peers, sweeps, out)
         if compute_bound is not None:
             def cell(name, targets, model, concurrency, watch):
                 return measured_cell(targets, model, concurrency=concurrency, mode=mode, watch=watch,
@@ -333,13 +317,38 @@ def run_mesh(model_path: Path, work: Path, concurrencies, mode: tuple, batching:
 
             out["compute_bound"] = run_compute_bound(
                 sm, proxies=proxies, control_plane_pid=pids["control-plane"], model_path=compute_bound,
-                concurrency=top, batching=batching, threads=THREADS, rounds=mode[7], seconds=mode[0], cell=cell,
-                deploy=deploy, undeploy=undeploy, instance_addresses=instance_addresses,
-                control_plane=mesh.control_plane_address)
+                concurrency=max(concurrencies), batching=batching, threads=THREADS, rounds=mode[7],
+                seconds=mode[0], cell=cell, deploy=deploy, undeploy=undeploy,
+                instance_addresses=instance_addresses, control_plane=mesh.control_plane_address)
         for p in proxies:
             out["transports"][p.transport]["proxy_rss_mb_end"] = process_tree_rss_mb(p.pid)
         out["proxy_rss_mb_end"] = out["transports"][transports[0]]["proxy_rss_mb_end"]
     return out
+
+
+def run_main_rows(sm, mesh, proxies, model_path: Path, concurrencies, mode: tuple, batching: dict, peers: dict,
+                  sweeps: bool, out: dict) -> None:
+    """The main rows (direct, nginx, Envoy, each mve proxy), the RSS, the c=1 hop, then the sweeps."""
+    pids = mesh.child_pids()
+    proxy_addresses = [p.address for p in proxies]
+    proxy = proxies[0].address
+    sm.create_model(ModelName="mlp", PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
+    deploy(sm, proxy_addresses, "mlp", 2, None)
+    deploy(sm, proxy_addresses, "mlp-batched", 2, batching)
+    instances = {name: instance_addresses(mesh.control_plane_address, name) for name in ("mlp", "mlp-batched")}
+    server_pids = {name: instance_pids(pids["control-plane"], addresses) for name, addresses in instances.items()}
+    out["scenarios"] = run_peers(proxies=proxies, instances=instances, server_pids=server_pids,
+                                 concurrencies=concurrencies, mode=mode, rounds=mode[7], peers=peers,
+                                 cell=measured_cell, batching=batching)
+    for p in proxies:
+        out["transports"][p.transport]["proxy_rss_mb"] = process_tree_rss_mb(p.pid)
+    out["proxy_rss_mb"] = out["transports"][proxies[0].transport]["proxy_rss_mb"]
+    out["c1_hop"] = interleaved_hop(instances["mlp"][0], proxies, "mlp", mode)
+    undeploy(sm, "mlp-batched")
+    if sweeps:
+        run_sweeps(sm, proxy, max(concurrencies), mode, out)
+    else:
+        undeploy(sm, "mlp")
 
 
 def proxy_batching_available() -> bool:
@@ -355,9 +364,9 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,8,64", help="comma-separated client concurrencies")
     parser.add_argument("--max-batch-size", type=int, default=32, choices=range(2, 1025), metavar="2-1024")
     parser.add_argument("--max-delay-us", type=int, default=0, choices=range(0, 1_000_001), metavar="0-1000000")
-    parser.add_argument("--max-batches-in-flight", type=int, default=1, choices=range(1, 65), metavar="1-64",
-                        help="MaxBatchesInFlightPerInstance of the batched rows (default 1; 2 keeps the next "
-                             "batch queued at the model server while one runs)")
+    parser.add_argument("--max-batches-in-flight", type=int, default=2, choices=range(1, 65), metavar="1-64",
+                        help="MaxBatchesInFlightPerInstance of the batched rows (default 2, as the product's: the "
+                             "next full batch waits at the model server while one runs; 1: none waits)")
     parser.add_argument("--proxy-arg", action="append", default=[],
                         help="extra flag for every `mve proxy` of the run (repeatable; not --transport: see --transports)")
     parser.add_argument("--transports", default=None, metavar="native,grpc-aio",
@@ -374,6 +383,9 @@ def main(argv=None) -> int:
     parser.add_argument("--main-only", action="store_true",
                         help="only the main rows (direct, nginx, Envoy, mve), the c=1 hop, the RSS, the no-op ceiling "
                         "and the compute-bound rows: no sweeps, tracing or door rows")
+    parser.add_argument("--compute-bound-only", action="store_true",
+                        help="only the compute-bound MLP rows (direct, each mve proxy batched, onnxruntime alone) at "
+                        "the top --concurrency")
     parser.add_argument("--no-envoy", action="store_true", help="skip the Envoy row")
     parser.add_argument("--no-nginx", action="store_true", help="skip the nginx row")
     parser.add_argument("--no-compute-bound", action="store_true",
@@ -426,12 +438,16 @@ def main(argv=None) -> int:
     if LOAD_TOOL == "h2load":
         ensure_h2load()
     started = time.monotonic()
-    if args.tracing_only and args.doors_only:
-        parser.error("--tracing-only and --doors-only are two different runs; pick one")
+    if sum((args.tracing_only, args.doors_only, args.compute_bound_only)) > 1:
+        parser.error("--tracing-only, --doors-only and --compute-bound-only are different runs; pick one")
+    if args.compute_bound_only and (args.smoke or args.no_compute_bound):
+        parser.error("--compute-bound-only runs the compute-bound rows: not with --smoke or --no-compute-bound")
     if args.tracing_only:
         return run_tracing_only(args, mode_name, mode, max(concurrencies), started)
     if args.doors_only:
         return run_doors_only(args, mode_name, mode, concurrencies, started)
+    if args.compute_bound_only:
+        return run_compute_bound_only(args, mode_name, mode, concurrencies, batching, transports, started)
 
     with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
         work = Path(tmp)
@@ -508,6 +524,33 @@ def run_tracing_only(args, mode_name: str, mode: tuple, concurrency: int, starte
         "wall_seconds": time.monotonic() - started,
     }
     print_tracing(tracing)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")
+    return 0
+
+
+def run_compute_bound_only(args, mode_name: str, mode: tuple, concurrencies, batching: dict, transports: list[str],
+                           started: float) -> int:
+    """`--compute-bound-only`: the compute-bound rows alone, printed and written to --out."""
+    with tempfile.TemporaryDirectory(prefix="mve-bench-e2e-") as tmp:
+        work = Path(tmp)
+        model_path = build_example_models(work / "models")["mlp"]
+        compute_bound = build_big_mlp(work / "models" / "mlp-big.onnx")
+        mesh_results = run_mesh(model_path, work, concurrencies, mode, batching, args.proxy_arg,
+                                transports=transports, peers={}, compute_bound=compute_bound, main_rows=False)
+    results = {
+        "benchmark": "e2e-compute-bound",
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "settings": {"mode": mode_name, "concurrency": [max(concurrencies)], "cell_seconds": mode[0],
+                     "warmup_seconds": mode[1], "model_server_threads": THREADS, "instance_type": INSTANCE_TYPE,
+                     "batching": batching, "proxy_args": args.proxy_arg, "loadgen": LOAD_TOOL, "rounds": mode[7],
+                     "transports": transports},
+        **mesh_results,
+        "wall_seconds": time.monotonic() - started,
+    }
+    print_compute_bound(results["compute_bound"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2))
     print(f"wrote {args.out} ({results['wall_seconds']:.0f} s)")

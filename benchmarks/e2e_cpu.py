@@ -31,6 +31,24 @@ def thread_cpu_seconds(pid: int) -> float:
     return total / TICK
 
 
+def cpu_by_thread(pid: int) -> dict[int, float]:
+    """utime + stime of each live thread of `pid`, in seconds, by thread id."""
+    seconds = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        seconds[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    return seconds
+
+
+def busiest_thread_split(before: dict[int, float], after: dict[int, float]) -> tuple[float, float]:
+    """CPU seconds between two `cpu_by_thread` readings: (the busiest thread's, all the other threads')."""
+    deltas = sorted((seconds - before.get(tid, 0.0) for tid, seconds in after.items()), reverse=True)
+    return (deltas[0], sum(deltas[1:])) if deltas else (0.0, 0.0)
+
+
 def tree_pids(pid: int) -> list[int]:
     """`pid` and all its descendants."""
     try:

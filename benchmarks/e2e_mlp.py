@@ -113,7 +113,7 @@ def run_compute_bound(sm, *, proxies, control_plane_pid: int, model_path: Path, 
     ``batched_scenario``. `cell(name, targets, model, concurrency, watch)` runs one measured cell
     (bench_e2e's, with CPU per request of the processes in `watch`).
     """
-    from e2e_cpu import listening_pid, wait_idle
+    from e2e_cpu import busiest_thread_split, cpu_by_thread, listening_pid, wait_idle
 
     sm.create_model(ModelName=MODEL_NAME, PrimaryContainer={"Image": "onnxruntime", "ModelDataUrl": str(model_path)})
     deploy(sm, [p.address for p in proxies], MODEL_NAME, 1, batching, model=MODEL_NAME)
@@ -128,6 +128,7 @@ def run_compute_bound(sm, *, proxies, control_plane_pid: int, model_path: Path, 
         for name in order if index % 2 == 0 else reversed(order):
             # A closed loop that ends leaves up to `concurrency` rows queued in the server: let it drain.
             wait_idle(servers + proxy_pids)
+            threads_before = cpu_by_thread(server_pid) if server_pid else {}
             if name == "onnxruntime_alone":
                 result = onnxruntime_alone(model_path, batching["MaxBatchSize"], threads, seconds)
             elif name == "direct":
@@ -136,6 +137,12 @@ def run_compute_bound(sm, *, proxies, control_plane_pid: int, model_path: Path, 
                 proxy = by_row[name]
                 result = cell(name, [proxy.address], MODEL_NAME, concurrency,
                               {"proxy": [proxy.pid], "model_servers": servers})
+            if server_pid and name != "onnxruntime_alone":
+                # The model server's CPU split: its inference thread (the busiest) and the rest (gRPC, decoding).
+                inference, rest = busiest_thread_split(threads_before, cpu_by_thread(server_pid))
+                answers = max(result.get("answers_total") or result["requests"], 1)
+                result["server_cpu_us_per_row"] = {"inference_thread": inference * 1e6 / answers,
+                                                   "other_threads": rest * 1e6 / answers}
             runs[name].append(result)
             rate = result.get("rows_per_s") or result.get("throughput_rps")
             print(f"  compute-bound {name} round {index + 1}: {rate:.0f} rows/s", file=sys.stderr)
@@ -184,7 +191,8 @@ def print_compute_bound(result: dict, out=None) -> None:
     write(f"\ncompute-bound: {result['model']}, c={result['concurrency']}, one instance, {result['threads']} "
           f"thread(s), MaxBatchSize {result['batching']['MaxBatchSize']}; medians of {result['rounds']} "
           f"alternating rounds\n")
-    write(f"{'row':<40} {'rows/s':>9} {'p50 ms':>8} {'proxy CPU us/req':>17} {'server CPU us/row':>18}\n")
+    write(f"{'row':<40} {'rows/s':>9} {'p50 ms':>8} {'proxy CPU us/req':>17} {'server CPU us/row':>18} "
+          f"{'inference thread':>17} {'other threads':>14}\n")
     transports = result.get("transports", {"mve_batched": "mve"})
     labels = {"direct": "direct (1 row per request)",
               **{name: f"mve {transport}, batching on" for name, transport in transports.items()},
@@ -199,12 +207,18 @@ def print_compute_bound(result: dict, out=None) -> None:
         write(f"{label:<40} {result['rows_per_s'][name]:>9.0f} "
               f"{statistics.median(p50) if p50 else float('nan'):>8.2f} "
               f"{statistics.median(proxy) if proxy else float('nan'):>17.0f} "
-              f"{statistics.median(server) if server else float('nan'):>18.0f}\n")
+              f"{statistics.median(server) if server else float('nan'):>18.0f} "
+              f"{_split_median(runs, 'inference_thread'):>17.0f} {_split_median(runs, 'other_threads'):>14.0f}\n")
     for transport, ratios in result.get("by_transport", {}).items():
         write(f"mve {transport} batched / onnxruntime alone: {_fmt(ratios['over_alone'])} (target >= "
               f"{result['target_of_alone']:.2f}); / direct: {_fmt(ratios['over_direct'])}x; model server's rows per "
               f"CPU second / onnxruntime alone's: {_fmt(ratios['server_rows_per_cpu_s_over_alone'])} "
               f"(medians of per-round ratios; CPU time is free of the machine's other load)\n")
+
+
+def _split_median(runs: list[dict], part: str) -> float:
+    values = [r["server_cpu_us_per_row"][part] for r in runs if "server_cpu_us_per_row" in r]
+    return statistics.median(values) if values else float("nan")
 
 
 def _fmt(value) -> str:

@@ -67,7 +67,7 @@ class Batching:
 
     max_batch_size: int = 0
     max_delay_us: int = 0
-    max_batches_in_flight_per_instance: int = 1
+    max_batches_in_flight_per_instance: int = 2  # validation.DEFAULT_BATCHES_IN_FLIGHT
     max_queue_rows: int = 0  # 0: the proxy queues up to 64 x max_batch_size rows
 
 

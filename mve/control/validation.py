@@ -29,6 +29,7 @@ MEDIA_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-
 MAX_BATCH_SIZE = 1024
 MAX_BATCH_DELAY_US = 1_000_000
 MAX_BATCHES_IN_FLIGHT = 64
+DEFAULT_BATCHES_IN_FLIGHT = 2  # as the proxy's mve.proxy.batching.policy: one batch runs, the next waits
 MAX_QUEUE_ROWS = 1_048_576
 STARTUP_TIMEOUT_MAX_S = 3600
 SORT_FIELDS = ("Name", "CreationTime")
@@ -86,7 +87,7 @@ def validate_instance_count(count: int, field_name: str, limits: Limits) -> int:
 
 
 def validate_batching(batching: Batching, variant_name: str) -> Batching:
-    """Batching knobs in range; 0 for max_batches_in_flight_per_instance means 1.
+    """Batching knobs in range; 0 for max_batches_in_flight_per_instance means DEFAULT_BATCHES_IN_FLIGHT.
 
     MaxQueueRows is 0 (64 x MaxBatchSize) or at least MaxBatchSize, so a full batch can queue.
     """
@@ -99,7 +100,7 @@ def validate_batching(batching: Batching, variant_name: str) -> Batching:
             f"Batching.MaxDelayMicroseconds of variant {variant_name!r} must be 0-{MAX_BATCH_DELAY_US}, "
             f"got {batching.max_delay_us}."
         )
-    in_flight = batching.max_batches_in_flight_per_instance or 1
+    in_flight = batching.max_batches_in_flight_per_instance or DEFAULT_BATCHES_IN_FLIGHT
     if not 1 <= in_flight <= MAX_BATCHES_IN_FLIGHT:
         raise ValidationError(
             f"Batching.MaxBatchesInFlightPerInstance of variant {variant_name!r} must be 1-{MAX_BATCHES_IN_FLIGHT}, "

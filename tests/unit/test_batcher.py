@@ -204,16 +204,44 @@ def test_batches_in_flight_are_limited_per_instance_and_the_queue_grows_meanwhil
         batcher = batcher_for(model, instances=2, max_batch_size=4, max_delay_us=0, max_batches_in_flight_per_instance=2)
         calls = [asyncio.ensure_future(batcher.submit(request(1, i), 5.0)) for i in range(4)]
         await asyncio.sleep(0)
-        assert batcher.in_flight == 4  # max_delay 0: each went alone while slots were free
+        # max_delay 0: one went alone to each idle instance; the second slot of an instance takes full batches only.
+        assert batcher.in_flight == 2 and batcher.queued_rows == 2
         more = [asyncio.ensure_future(batcher.submit(request(1, 10 + i), 5.0)) for i in range(10)]
         await asyncio.sleep(0)
-        assert batcher.in_flight == 4 and batcher.queued_rows == 10
+        assert batcher.in_flight == 4 and batcher.queued_rows == 4
         results = await asyncio.gather(*calls, *more)
         assert model.most_active == 4
-        # Once slots free up the waiting rows go in batches of up to 4.
-        assert sorted(rows for _, rows, _ in model.calls[4:]) == [2, 4, 4]
+        # Behind the two lone rows, every batch is full.
+        assert sorted(rows for _, rows, _ in model.calls) == [1, 1, 4, 4, 4]
         for i, result in enumerate(results):
             assert_own_rows(result.response, 1, i if i < 4 else 10 + i - 4)
+
+    run(main)
+
+
+def test_adaptive_batching_sends_a_partial_batch_when_its_instance_finishes_not_to_wait_behind_it():
+    """With two batches in flight per instance, rows that do not fill a batch are not queued at a busy
+    instance: they go, together with what arrived meanwhile, as soon as its batch is answered."""
+
+    async def main():
+        model = FakeModel(latency_s=0.02)
+        batcher = batcher_for(model, instances=1, max_batch_size=8, max_delay_us=0, max_batches_in_flight_per_instance=2)
+        first = asyncio.ensure_future(batcher.submit(request(1, 0), 5.0))
+        await asyncio.sleep(0)
+        early = [asyncio.ensure_future(batcher.submit(request(1, 1 + i), 5.0)) for i in range(2)]
+        await asyncio.sleep(0.005)
+        assert batcher.in_flight == 1 and batcher.queued_rows == 2  # not sent to wait behind the first
+        late = [asyncio.ensure_future(batcher.submit(request(1, 3 + i), 5.0)) for i in range(3)]
+        results = await asyncio.gather(first, *early, *late)
+        assert [rows for _, rows, _ in model.calls] == [1, 5]
+        assert model.most_active == 1
+        for i, result in enumerate(results):
+            assert_own_rows(result.response, 1, i)
+        full = [asyncio.ensure_future(batcher.submit(request(1, 10 + i), 5.0)) for i in range(17)]
+        await asyncio.sleep(0)
+        assert batcher.in_flight == 2 and batcher.queued_rows == 8  # 1 alone, then a full batch behind it
+        await asyncio.gather(*full)
+        assert [rows for _, rows, _ in model.calls[2:]] == [1, 8, 8]
 
     run(main)
 
@@ -245,7 +273,7 @@ def test_a_full_queue_refuses_requests_with_model_not_ready():
     async def main():
         model = FakeModel()
         model.gate = asyncio.Event()
-        batcher = batcher_for(model, max_batch_size=2, max_delay_us=0, max_queue_rows=4)
+        batcher = batcher_for(model, max_batch_size=2, max_delay_us=0, max_queue_rows=4, max_batches_in_flight_per_instance=1)
         first = asyncio.ensure_future(batcher.submit(request(1), 5.0))  # in flight, held by the gate
         await asyncio.sleep(0)
         queued = [asyncio.ensure_future(batcher.submit(request(2, i), 5.0)) for i in range(2)]

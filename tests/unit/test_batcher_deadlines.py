@@ -29,7 +29,7 @@ def test_queued_callers_expire_each_at_its_own_deadline_without_a_timer_each():
     async def main():
         model = FakeModel(latency_s=1.0)
         model.gate = asyncio.Event()
-        batcher = batcher_for(model, max_batch_size=4, max_delay_us=0)
+        batcher = batcher_for(model, max_batch_size=4, max_delay_us=0, max_batches_in_flight_per_instance=1)
         busy = asyncio.ensure_future(batcher.submit(request(1, 0), 10.0))  # holds the only batch slot
         await asyncio.sleep(0)
         assert batcher.in_flight == 1

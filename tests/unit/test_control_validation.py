@@ -81,7 +81,7 @@ def test_variant_defaults_are_filled_in():
     assert variant.instance_type == "ml.cpu.small"
     assert variant.routing_strategy == "RANDOM"
     assert variant.startup_health_check_timeout_s == 600
-    assert variant.batching.max_batches_in_flight_per_instance == 1
+    assert variant.batching.max_batches_in_flight_per_instance == 2  # one batch runs, the next waits
 
 
 def test_routing_strategy_must_be_known():
@@ -117,8 +117,8 @@ def test_batching_ranges(batching, message):
 
 
 def test_batching_defaults_and_queue_bound_are_kept():
-    assert validate_batching(Batching(8, 500, 0, 0), "A") == Batching(8, 500, 1, 0)
-    assert validate_batching(Batching(8, 500, 2, 8), "A") == Batching(8, 500, 2, 8)
+    assert validate_batching(Batching(8, 500, 0, 0), "A") == Batching(8, 500, 2, 0)  # 0 in flight: the default, 2
+    assert validate_batching(Batching(8, 500, 1, 8), "A") == Batching(8, 500, 1, 8)
 
 
 def _io(*specs):

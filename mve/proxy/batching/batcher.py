@@ -10,7 +10,11 @@ UNAVAILABLE), and each caller gets back exactly its own rows of every output.
 
 At most ``max_batches_in_flight_per_instance`` x instances batches are in flight; while at that
 limit the queues keep growing (so batches grow with load) up to ``max_queue_rows`` queued rows,
-past which requests are refused with ModelNotReady.
+past which requests are refused with ModelNotReady. A batch that is not full goes only while
+fewer batches than instances are in flight (an instance has nothing to do); the slots past one
+per instance take full batches only. A model server runs one batch at a time, so a batch sent to
+wait behind another is best sent whole (rows that arrive meanwhile join it instead of waiting for
+the next), and then it keeps that instance busy from one batch to the next.
 
 Each caller waits with its own deadline. One that is cancelled or times out while queued leaves
 the queue; one that leaves after dispatch only has its result dropped. A batch's upstream timeout
@@ -155,7 +159,7 @@ class VariantBatcher:
                 f"Variant {self._name()} is over capacity: its batch queue is full ({self._queued_rows} rows "
                 f"queued, limit {self.policy.queue_limit}); retry later"
             )
-        if not self._queues and not self._delay_s and not self._draining and self._in_flight < self._limit():
+        if not self._queues and not self._delay_s and not self._draining and self._in_flight < self._idle_limit():
             return await self._send_alone(request, rows, timeout, tail, wire)
         now = loop.time()
         queue = self._queues.get(key)
@@ -231,9 +235,12 @@ class VariantBatcher:
 
     # ------------------------------------------------------------ batches
 
+    def _idle_limit(self) -> int:
+        """Batches in flight below which an instance is idle: one per instance."""
+        return max(1, len(self.variant.instances) if self.variant is not None else 0)
+
     def _limit(self) -> int:
-        instances = len(self.variant.instances) if self.variant is not None else 0
-        return max(1, instances) * self.policy.max_batches_in_flight_per_instance
+        return self._idle_limit() * self.policy.max_batches_in_flight_per_instance
 
     def _pump(self) -> None:
         """Dispatch every ready batch the in-flight limit allows; arm the timer for the next one."""
@@ -243,7 +250,7 @@ class VariantBatcher:
         now = loop.time()
         limit = self._limit()
         while self._in_flight < limit and self._queues:
-            queue = self._ready_queue(now)
+            queue = self._ready_queue(now, partial=self._in_flight < self._idle_limit())
             if queue is None:
                 break
             members = queue.take(self._max_rows)
@@ -253,21 +260,24 @@ class VariantBatcher:
                 member.queue = None
                 self._queued_rows -= member.rows
             self._dispatch(members, now)
-        self._arm_timer(now, limit)
+        self._arm_timer()
 
-    def _ready_queue(self, now: float) -> KeyQueue | None:
-        """The ready queue whose oldest request waited longest (full, delay over, or draining)."""
+    def _ready_queue(self, now: float, partial: bool) -> KeyQueue | None:
+        """The ready queue whose oldest request waited longest (full, delay over, or draining); with
+        `partial` False only a full one (or any, draining)."""
         best = None
         for queue in self._queues.values():
             oldest = queue.oldest()
-            ready = self._draining or queue.rows >= self._max_rows or now >= oldest.enqueued_at + self._delay_s
+            ready = self._draining or queue.rows >= self._max_rows or (
+                partial and now >= oldest.enqueued_at + self._delay_s)
             if ready and (best is None or oldest.enqueued_at < best.oldest().enqueued_at):
                 best = queue
         return best
 
-    def _arm_timer(self, now: float, limit: int) -> None:
-        if not self._queues or self._in_flight >= limit:
-            # Nothing to wait for, or a finishing batch will pump again.
+    def _arm_timer(self) -> None:
+        if not self._queues or self._in_flight >= self._idle_limit() or not self._delay_s:
+            # Nothing to wait for, or only a full batch (a submit pumps) or a finishing batch may send
+            # the next: adaptive batching (delay 0) and every instance busy need no timer.
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None

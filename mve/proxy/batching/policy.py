@@ -9,6 +9,8 @@ from mve.errors import ValidationError
 MAX_BATCH_SIZE = 1024
 MAX_BATCH_DELAY_US = 1_000_000
 MAX_BATCHES_IN_FLIGHT = 64
+# Two: one batch runs while the next, full, waits at the model server (no idle gap between them).
+DEFAULT_BATCHES_IN_FLIGHT = 2
 MAX_QUEUE_ROWS = 1_048_576
 # With max_queue_rows 0, a variant queues this many full batches before refusing requests.
 DEFAULT_QUEUE_BATCHES = 64
@@ -20,7 +22,7 @@ class BatchingPolicy:
 
     max_batch_size: int = 0
     max_delay_us: int = 0
-    max_batches_in_flight_per_instance: int = 1
+    max_batches_in_flight_per_instance: int = DEFAULT_BATCHES_IN_FLIGHT
     max_queue_rows: int = 0  # 0: DEFAULT_QUEUE_BATCHES * max_batch_size
 
     def __post_init__(self):
@@ -36,11 +38,11 @@ class BatchingPolicy:
 
     @classmethod
     def from_config(cls, config) -> "BatchingPolicy":
-        """From a ``BatchingConfig`` message (0 in-flight means 1)."""
+        """From a ``BatchingConfig`` message (0 in-flight means DEFAULT_BATCHES_IN_FLIGHT)."""
         return cls(
             max_batch_size=config.max_batch_size,
             max_delay_us=config.max_delay_us,
-            max_batches_in_flight_per_instance=config.max_batches_in_flight_per_instance or 1,
+            max_batches_in_flight_per_instance=config.max_batches_in_flight_per_instance or DEFAULT_BATCHES_IN_FLIGHT,
             max_queue_rows=config.max_queue_rows,
         )
 
