@@ -69,7 +69,8 @@ cdef struct Stream:
     int64_t deadline_ns     # from grpc-timeout; 0: none
     uint8_t* ibuf           # the current request message, collected for Python
     size_t ilen
-    size_t ibuf_counted     # its size, counted in Server.buffered until it goes to Python
+    size_t icap             # ibuf's size: grown as the message's bytes arrive, up to its length
+    size_t ibuf_counted     # its bytes received, counted in Server.buffered until it goes to Python
     uint8_t* meta           # the caller's metadata for Python: (u32 name length, name, u32 value length, value)*
     size_t meta_len
     size_t meta_cap

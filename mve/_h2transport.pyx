@@ -37,9 +37,11 @@ import binascii
 import socket as pysocket
 
 MAX_MESSAGE_BYTES = 6 * 1024 * 1024
-# Request bytes the loop holds at once for Python, over all connections: a message is refused with
-# RESOURCE_EXHAUSTED at its length prefix when it would pass this (a client can otherwise make the
-# loop hold max_message_bytes on each of 1,024 streams of each connection).
+# Request bytes the loop holds at once for Python, over all connections: a message whose next bytes
+# would pass this is refused with RESOURCE_EXHAUSTED (a client can otherwise make the loop hold
+# max_message_bytes on each of 1,024 streams of each connection). Bytes are counted as they arrive,
+# not as a length prefix announces them, so prefixes alone reserve nothing: a client that announces
+# large messages and sends no more cannot lock others out.
 MAX_BUFFERED_BYTES = 256 * 1024 * 1024
 # A connection must send the HTTP/2 preface and its SETTINGS within this, else it is closed (as
 # grpc-core's server handshake timeout, 120 s by default).
@@ -56,6 +58,7 @@ cdef enum:
     MAX_STREAMS = 1024
     MAX_CONNECTIONS = 65535             # a connection's slot is 16 bits of a stream's token
     MAX_METADATA_BYTES = 16 * 1024      # a request's metadata for Python, as grpc-core's hard limit
+    FIRST_MESSAGE_CHUNK = 64 * 1024     # a message buffer's first size; it doubles as bytes arrive
     LOOP_STOPPED = 0
     LOOP_SIGNAL = 1
     LOOP_ERROR = -1
@@ -642,7 +645,7 @@ cdef void request_complete(Server* s, Conn* conn, Stream* st) noexcept nogil:
     s.buffered -= st.ibuf_counted
     st.ibuf_counted = 0
     st.ibuf = st.meta = NULL
-    st.ilen = st.meta_len = st.meta_cap = 0
+    st.ilen = st.icap = st.meta_len = st.meta_cap = 0
     hand_over(s, st)
 
 
@@ -878,16 +881,12 @@ cdef int on_data_chunk_recv(nghttp2_session* session, uint8_t flags, int32_t str
                 if st.kind == ROUTE_UNARY and st.messages > 1:
                     fail_stream(s, st, "13", <const uint8_t*>"a unary call takes exactly one request message", 46)
                     return 0
-                if s.max_buffered and s.buffered + size > s.max_buffered:
-                    fail_stream(s, st, "8", <const uint8_t*>"the server holds too many request bytes; retry later", 52)
-                    return 0
-                st.ibuf = <uint8_t*>malloc(size if size else 1)
+                st.icap = size if size < FIRST_MESSAGE_CHUNK else FIRST_MESSAGE_CHUNK
+                st.ibuf = <uint8_t*>malloc(st.icap if st.icap else 1)
                 if st.ibuf == NULL:
                     fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
                     return 0
                 st.ilen = 0
-                st.ibuf_counted = size
-                s.buffered += size
             st.message_left = size
             st.prefix_got = 0
             if size == 0:
@@ -898,13 +897,49 @@ cdef int on_data_chunk_recv(nghttp2_session* session, uint8_t flags, int32_t str
         if take > st.message_left:
             take = <size_t>st.message_left
         if keep:
+            if s.max_buffered and s.buffered + take > s.max_buffered:
+                drop_message(s, st)
+                fail_stream(s, st, "8", <const uint8_t*>"the server holds too many request bytes; retry later", 52)
+                return 0
+            if st.ilen + take > st.icap and not grow_message(st, st.ilen + take, st.ilen + <size_t>st.message_left):
+                drop_message(s, st)
+                fail_stream(s, st, "8", <const uint8_t*>"out of memory", 13)
+                return 0
             memcpy(st.ibuf + st.ilen, data + i, take)
             st.ilen += take
+            st.ibuf_counted += take
+            s.buffered += take
         st.message_left -= take
         i += take
         if keep and st.message_left == 0:
             message_complete(s, st)
     return 0
+
+
+cdef bint grow_message(Stream* st, size_t needed, size_t size) noexcept nogil:
+    """Grow the message buffer to hold `needed` bytes: double it, or more when a chunk needs more,
+    never past the message's `size`; False when out of memory."""
+    cdef size_t cap = st.icap * 2
+    cdef uint8_t* grown
+    if cap < needed:
+        cap = needed
+    if cap > size:
+        cap = size
+    grown = <uint8_t*>realloc(st.ibuf, cap)
+    if grown == NULL:
+        return False
+    st.ibuf = grown
+    st.icap = cap
+    return True
+
+
+cdef void drop_message(Server* s, Stream* st) noexcept nogil:
+    """Free the message being collected and stop counting its bytes."""
+    free(st.ibuf)
+    st.ibuf = NULL
+    st.ilen = st.icap = 0
+    s.buffered -= st.ibuf_counted
+    st.ibuf_counted = 0
 
 
 cdef void message_complete(Server* s, Stream* st) noexcept nogil:
@@ -919,7 +954,7 @@ cdef void message_complete(Server* s, Stream* st) noexcept nogil:
     ev.body = st.ibuf
     ev.body_len = st.ilen
     st.ibuf = NULL
-    st.ilen = 0
+    st.ilen = st.icap = 0
     s.buffered -= st.ibuf_counted
     st.ibuf_counted = 0
 

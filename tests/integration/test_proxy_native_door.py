@@ -138,8 +138,9 @@ def test_a_call_past_its_deadline_ends_there_and_the_door_goes_on(native):
 
 def test_a_cancelled_call_leaves_the_door_serving(native):
     _, _, oip = native
-    calls = [oip.ModelInfer.future(_infer("slow", 500), timeout=30) for _ in range(4)]
-    time.sleep(0.2)
+    # 2,000 rows: ~0.3 s or more each at one instance, so none is done at 0.1 s (500 rows could be, on a quiet machine).
+    calls = [oip.ModelInfer.future(_infer("slow", 2000), timeout=30) for _ in range(4)]
+    time.sleep(0.1)
     assert all(call.cancel() for call in calls)
     answers = [oip.ModelInfer(_infer("plus", 2), timeout=10) for _ in range(20)]
     assert all(len(a.raw_output_contents[0]) == 16 for a in answers)

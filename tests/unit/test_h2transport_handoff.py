@@ -268,6 +268,41 @@ def test_the_bytes_held_for_python_are_bounded():
         thread.join(5)
 
 
+def test_announced_lengths_reserve_nothing_only_the_bytes_received_count():
+    """A client that announces big messages and sends little of them cannot lock other callers out:
+    the bound counts bytes as they arrive, and they stop counting when its streams go."""
+    from h2frames import Peer, data, grpc_message, grpc_request_block, headers
+
+    answerer = Answerer(max_buffered_bytes=4 << 20)
+    try:
+        with Peer("127.0.0.1", answerer.server.port) as hostile:
+            hostile.handshake()
+            streams = range(1, 33, 2)                       # 16 streams, each announcing 6 MB
+            hostile.send(b"".join(headers(i, grpc_request_block(ECHO)) + data(i, grpc_message(b"", length=6 << 20))
+                                  for i in streams))
+            chunk = b"x" * (64 << 10)
+            assert hostile.send_within_windows([data(1, chunk) for _ in range(16)])     # 1 MB of stream 1's
+            deadline = time.monotonic() + 5
+            while answerer.server.stats["buffered_bytes"] < 1 << 20 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert answerer.server.stats["buffered_bytes"] == 1 << 20
+            with grpc.insecure_channel(answerer.target) as channel:
+                message = os.urandom(2 << 20)
+                assert channel.unary_unary(ECHO)(message, timeout=10).startswith(message[::-1])
+                # Past the bound by bytes that really arrived: refused, and the others still served.
+                assert hostile.send_within_windows([data(3, chunk) for _ in range(40)])
+                with pytest.raises(grpc.RpcError) as caught:
+                    channel.unary_unary(ECHO)(os.urandom(2 << 20), timeout=10)
+                assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert channel.unary_unary(ECHO)(b"small", timeout=10).startswith(b"llams")
+        deadline = time.monotonic() + 5                     # the hostile connection is gone
+        while answerer.server.stats["buffered_bytes"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert answerer.server.stats["buffered_bytes"] == 0
+    finally:
+        answerer.stop()
+
+
 def test_the_proxy_door_reads_the_event_kinds_the_extension_gives():
     from mve.proxy.transport import native
 
