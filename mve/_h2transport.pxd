@@ -135,6 +135,7 @@ cdef struct Mailbox:
     size_t cap
     size_t item_size
     int fd                  # an eventfd, written when the list goes from empty to not empty
+    bint quiet              # inline mode: one thread puts and takes, so the eventfd is never used
 
 
 cdef struct Server:
@@ -174,6 +175,9 @@ cdef struct Server:
     size_t deadlines_cap
     uint8_t* rbuf
     size_t rbuf_size
+    bint inline             # turns run by poll() on the caller's thread, not by serve_forever()
+    int timer_fd            # inline: a timerfd in the epoll set, by the nearest deadline
+    int64_t timer_armed_ns  # what it is armed for; 0: not armed
     bint stopping
     bint draining
     uint64_t accepted

@@ -25,6 +25,7 @@ class H2Server:
         self, host: str = "127.0.0.1", port: int = 0, *, max_message_bytes: int = ..., backlog: int = 1024,
         forward_others: bool = False, reuse_port: bool = False, max_buffered_bytes: int = ...,
         handshake_timeout_s: float = ...,
+        inline: bool = False,
     ) -> None: ...
     @property
     def port(self) -> int:
@@ -59,7 +60,11 @@ class H2Server:
     def serve_forever(self) -> None:
         """Serve on this thread, GIL released, until ``stop()``; then GOAWAY and close. Serves once."""
     def stop(self) -> None:
-        """End ``serve_forever`` (any thread, or a signal handler)."""
+        """End ``serve_forever`` (any thread, or a signal handler); inline, end it now."""
+    def poll(self, events: bool = True) -> list[Event]:
+        """Inline mode: one turn of the loop on this thread; what it handed to Python."""
+    def fileno(self) -> int:
+        """The loop's epoll fd (inline mode)."""
     @property
     def stats(self) -> dict[str, int]:
         """connections, open_connections, requests, errors, resets, handed_off, deadline_exceeded,

@@ -15,7 +15,9 @@ gathered per connection and written once per loop turn. A path is answered in on
 
 Hand-overs go in bulk both ways: the loop gathers what a turn produced and publishes it at the turn's
 end, waking Python (an eventfd, ``events_fd``) only when its mailbox was empty; Python's answers go
-into the loop's mailbox, which wakes the loop the same way. Any other path gets UNIMPLEMENTED.
+into the loop's mailbox, which wakes the loop the same way. Inline (``inline=True``) the loop has no
+thread: the caller's event loop watches ``fileno()`` and runs a turn with ``poll()``, which returns
+what the turn handed over, and no eventfd is written at all. Any other path gets UNIMPLEMENTED.
 Requests are checked on the wire: gRPC framing, a message over ``max_message_bytes`` gets
 RESOURCE_EXHAUSTED as soon as its prefix arrives, a compressed message INTERNAL, ``grpc-timeout``
 is honoured (a stream still waiting on Python at its deadline is answered DEADLINE_EXCEEDED by the
@@ -29,6 +31,7 @@ from cpython.exc cimport PyErr_CheckSignals
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdlib cimport calloc, free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memset, strlen
+from posix.time cimport CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write
 
 from mve._h2io cimport WRITE_DONE, append_pointer, now_ns, write_pending, write_session
@@ -202,7 +205,7 @@ cdef bint mailbox_put(Mailbox* box, const void* items, size_t n) noexcept nogil:
     was_empty = box.n == 0
     box.n += n
     pthread_mutex_unlock(&box.lock)
-    if was_empty:
+    if was_empty and not box.quiet:
         write(box.fd, &one, sizeof(one))
     return True
 
@@ -214,7 +217,8 @@ cdef void* mailbox_take(Mailbox* box, size_t* n) noexcept nogil:
     """
     cdef uint64_t count
     cdef void* items
-    read(box.fd, &count, sizeof(count))
+    if not box.quiet:
+        read(box.fd, &count, sizeof(count))
     pthread_mutex_lock(&box.lock)
     items = box.items
     n[0] = box.n
@@ -1195,40 +1199,82 @@ cdef void shutdown_all(Server* s) noexcept nogil:
 
 cdef int run_loop(Server* s) noexcept nogil:
     """Serve until stop() (LOOP_STOPPED), a signal (LOOP_SIGNAL: check it, then call again) or an error."""
-    cdef epoll_event events[MAX_EVENTS]
-    cdef int n, i, fd
-    cdef void* tag
-    cdef Conn* c
+    cdef int rc
     while not s.stopping:
-        n = epoll_wait(s.epoll_fd, events, MAX_EVENTS, loop_timeout_ms(s))
-        if n < 0:
-            if errno == EINTR:
-                return LOOP_SIGNAL
-            return LOOP_ERROR
-        for i in range(n):
-            tag = events[i].data.ptr
-            if tag == &s.listen_fd:
-                while s.listen_fd >= 0:
-                    fd = accept4(s.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
-                    if fd < 0:
-                        break
-                    conn_open(s, fd)
-            elif tag == &s.stop_fd:
-                s.stopping = True
-            elif tag == &s.commands:
-                drain_commands(s)
-            else:
-                c = <Conn*>tag
-                if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
-                    conn_read(s, c)
-                if events[i].events & EPOLLOUT:
-                    mark_dirty(s, c)
-        expire_deadlines(s)
-        expire_handshakes(s)
-        flush_dirty(s)
-        publish_events(s)
+        rc = run_turn(s, loop_timeout_ms(s))
+        if rc != 0:
+            return rc
     shutdown_all(s)
     return LOOP_STOPPED
+
+
+cdef int run_turn(Server* s, int timeout_ms) noexcept nogil:
+    """One turn of the loop: wait up to `timeout_ms` for socket events (-2: look for none), read,
+    apply Python's answers, expire deadlines, write, publish. 0, or LOOP_SIGNAL / LOOP_ERROR."""
+    cdef epoll_event events[MAX_EVENTS]
+    cdef int n = 0, i, fd
+    cdef void* tag
+    cdef Conn* c
+    cdef uint64_t counter
+    if s.inline:
+        drain_commands(s)       # inline, the answers given since the last turn wake nobody: take them now
+    if timeout_ms >= -1:
+        n = epoll_wait(s.epoll_fd, events, MAX_EVENTS, timeout_ms)
+        if n < 0:
+            if errno == EINTR:
+                return 0 if s.inline else LOOP_SIGNAL
+            return LOOP_ERROR
+    for i in range(n):
+        tag = events[i].data.ptr
+        if tag == &s.listen_fd:
+            while s.listen_fd >= 0:
+                fd = accept4(s.listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)
+                if fd < 0:
+                    break
+                conn_open(s, fd)
+        elif tag == &s.stop_fd:
+            s.stopping = True
+        elif tag == &s.commands:
+            drain_commands(s)
+        elif tag == &s.timer_fd:
+            read(s.timer_fd, &counter, sizeof(counter))
+            s.timer_armed_ns = 0
+        else:
+            c = <Conn*>tag
+            if events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP):
+                conn_read(s, c)
+            if events[i].events & EPOLLOUT:
+                mark_dirty(s, c)
+    expire_deadlines(s)
+    expire_handshakes(s)
+    flush_dirty(s)
+    publish_events(s)
+    if s.inline:
+        arm_timer(s)
+    return 0
+
+
+cdef void arm_timer(Server* s) noexcept nogil:
+    """Inline: the timerfd (in the epoll set, so the caller's loop sees it) fires by the nearest
+    deadline or handshake timeout. Armed only when that is earlier than what is armed: a call that
+    ends early leaves it armed, and the early fire re-arms it (one extra turn, not a syscall per call)."""
+    cdef itimerspec spec
+    cdef int64_t first
+    if s.n_deadlines == 0 and s.hs_head == NULL:
+        return
+    if s.n_deadlines == 0 or (s.hs_head != NULL and s.hs_head.handshake_deadline_ns < s.deadlines[0].at_ns):
+        first = s.hs_head.handshake_deadline_ns
+    else:
+        first = s.deadlines[0].at_ns
+    if s.timer_armed_ns != 0 and s.timer_armed_ns <= first:
+        return
+    memset(&spec, 0, sizeof(spec))
+    spec.it_value.tv_sec = first // 1000000000
+    spec.it_value.tv_nsec = first % 1000000000
+    if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
+        spec.it_value.tv_nsec = 1       # 0 would disarm it
+    if timerfd_settime(s.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0:
+        s.timer_armed_ns = first
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1261,13 +1307,13 @@ cdef class H2Server:
         self.srv = <Server*>calloc(1, sizeof(Server))
         if self.srv == NULL:
             raise MemoryError()
-        self.srv.listen_fd = self.srv.epoll_fd = self.srv.stop_fd = -1
+        self.srv.listen_fd = self.srv.epoll_fd = self.srv.stop_fd = self.srv.timer_fd = -1
         self.srv.events.fd = self.srv.commands.fd = -1
         self._unary_paths = []
 
     def __init__(self, str host="127.0.0.1", int port=0, *, max_message_bytes=MAX_MESSAGE_BYTES, int backlog=1024,
                  bint forward_others=False, bint reuse_port=False, max_buffered_bytes=MAX_BUFFERED_BYTES,
-                 double handshake_timeout_s=HANDSHAKE_TIMEOUT_S):
+                 double handshake_timeout_s=HANDSHAKE_TIMEOUT_S, bint inline=False):
         cdef Server* s = self.srv
         cdef epoll_event ev
         if not 0 <= max_message_bytes <= 0xFFFFFFFF:
@@ -1312,6 +1358,12 @@ cdef class H2Server:
         ev.data.ptr = &s.commands
         if epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.commands.fd, &ev) != 0:
             raise OSError(errno, "epoll_ctl")
+        if inline:
+            s.inline = s.events.quiet = s.commands.quiet = True
+            s.timer_fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+            ev.data.ptr = &s.timer_fd
+            if s.timer_fd < 0 or epoll_ctl(s.epoll_fd, EPOLL_CTL_ADD, s.timer_fd, &ev) != 0:
+                raise OSError(errno, "cannot set up the deadline timer")
         if nghttp2_session_callbacks_new(&s.callbacks) != 0 or nghttp2_option_new(&s.option) != 0:
             raise MemoryError()
         nghttp2_option_set_no_closed_streams(s.option, 1)
@@ -1331,7 +1383,7 @@ cdef class H2Server:
             return
         while s.conns != NULL:
             conn_free(s, s.conns)
-        for fd in (s.listen_fd, s.epoll_fd, s.stop_fd):
+        for fd in (s.listen_fd, s.epoll_fd, s.stop_fd, s.timer_fd):
             if fd >= 0:
                 close(fd)
         for i in range(s.n_canned):
@@ -1576,6 +1628,8 @@ cdef class H2Server:
         serves (main thread only); an exception from it stops the server and is raised here. Serves once.
         """
         cdef int rc
+        if self.srv.inline:
+            raise RuntimeError("an inline server is run by poll(), not serve_forever()")
         if self.serving or self.finished:
             raise RuntimeError("serve_forever runs once")
         self.serving = True
@@ -1596,10 +1650,44 @@ cdef class H2Server:
             self.finished = True
 
     def stop(self):
-        """End ``serve_forever`` (from any thread or a signal handler); safe to call more than once."""
+        """End ``serve_forever`` (from any thread or a signal handler); safe to call more than once.
+        Inline, end it now (from the thread that polls): GOAWAY to every connection, close them and
+        the listening socket; the cancel events of calls still open come out of the next ``take()``."""
         cdef uint64_t one = 1
+        if self.srv.inline:
+            if not self.finished:
+                self.finished = True
+                self.srv.stopping = True
+                shutdown_all(self.srv)
+            return
         if self.srv.stop_fd >= 0:
             write(self.srv.stop_fd, &one, sizeof(one))
+
+    def poll(self, bint events=True):
+        """Inline mode: run one turn of the loop on this thread (no waiting, the GIL held) and
+        return what it handed to Python, as ``take()`` does. For a caller whose own event loop
+        watches ``fileno()`` and calls this when it is readable, and once after answering (then
+        ``events=False`` skips looking for socket events, one syscall less): no thread of the
+        server's own and no eventfd between threads. Deadlines and handshake timeouts are kept with
+        a timerfd in the epoll set."""
+        cdef int rc
+        if not self.srv.inline:
+            raise RuntimeError("poll() is for a server made with inline=True")
+        if self.finished:
+            return self.take()
+        # The GIL is kept: a turn takes microseconds, and giving it up could hand it to another
+        # thread for up to a switch interval before this one (the caller's event loop) gets it back.
+        rc = run_turn(self.srv, 0 if events else -2)
+        if rc == LOOP_ERROR:
+            raise OSError(errno, "epoll_wait failed")
+        if self.srv.stopping and not self.finished:
+            self.finished = True
+            shutdown_all(self.srv)
+        return self.take()
+
+    def fileno(self):
+        """The loop's epoll fd: readable when a turn of ``poll()`` has work (inline mode)."""
+        return self.srv.epoll_fd
 
     @property
     def port(self):

@@ -1,10 +1,13 @@
 """The proxy's gRPC door on the native HTTP/2 transport (`mve._h2transport`, docs/transport.md).
 
-`NativeDoor` serves the proxy's address from the extension's epoll loop on a thread of its own:
-the two hot methods, ``inference.GRPCInferenceService/ModelInfer`` and
-``mve.v1.EndpointRuntime/InvokeEndpoint``, come to this event loop whole and in bulk (one wake-up
-and one ``take()`` per turn of the native loop, however many requests it read) and go to the same
-`DataPlane` calls the grpc.aio servicers make; every other method (health, reflection, model
+`NativeDoor` serves the proxy's address from the extension's epoll loop, run inline on this
+event loop's thread (the loop's epoll fd is watched with ``add_reader``; each readiness runs one
+turn, ``poll()``): the two hot methods, ``inference.GRPCInferenceService/ModelInfer`` and
+``mve.v1.EndpointRuntime/InvokeEndpoint``, come whole and in bulk (every request a turn read, in
+one list) and go to the same `DataPlane` calls the grpc.aio servicers make; the answers given in
+one turn of this event loop are written in one native turn at its end. No second thread and no
+wake-ups between threads, which on a small machine cost more than the calls themselves (the
+native client's figures in docs/transport.md); every other method (health, reflection, model
 metadata, the other Open Inference Protocol methods) is passed on, message by message, to the
 proxy's grpc.aio server on a loopback port of its own, so that clients see one address and every
 method behaves as it does on grpc.aio.
@@ -20,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -103,7 +105,7 @@ class NativeDoor:
         self._dataplane = dataplane
         self._gatekeeper = gatekeeper
         self._server = H2Server(
-            host, port, max_message_bytes=MAX_MESSAGE_BYTES, forward_others=True, reuse_port=reuse_port
+            host, port, max_message_bytes=MAX_MESSAGE_BYTES, forward_others=True, reuse_port=reuse_port, inline=True
         )
         self._model_infer = self._server.add_unary(MODEL_INFER)
         self._invoke = self._server.add_unary(INVOKE_ENDPOINT)
@@ -112,8 +114,8 @@ class NativeDoor:
         self._channel: grpc.aio.Channel | None = None
         self._calls: dict[int, asyncio.Task] = {}
         self._streams: dict[int, asyncio.Queue] = {}
-        self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._flush_scheduled = False
         self.port = self._server.port
 
     @property
@@ -122,23 +124,38 @@ class NativeDoor:
         return self._server.stats
 
     def start(self) -> None:
-        """Serve: the native loop on its thread, its events read on the running event loop."""
+        """Serve: a turn of the native loop whenever its epoll fd is readable on the running event loop."""
         self._loop = asyncio.get_running_loop()
         self._channel = grpc.aio.insecure_channel(self._forward_to, options=self._channel_options)
-        self._loop.add_reader(self._server.events_fd, self._on_events)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="mve-h2-door", daemon=True)
-        self._thread.start()
+        self._loop.add_reader(self._server.fileno(), self._turn)
 
-    def _on_events(self) -> None:
+    def _turn(self) -> None:
+        self._dispatch(self._server.poll())
+
+    def _answered(self) -> None:
+        """An answer was given: the native loop writes it, with the others of this turn of the event
+        loop, in one turn at its end."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        self._dispatch(self._server.poll(events=False))
+
+    def _dispatch(self, events: list) -> None:
+        if not events:
+            return
         loop = self._loop
         now = loop.time()
-        for kind, token, method, message, timeout, metadata in self._server.take():
+        for kind, token, method, message, timeout, metadata in events:
             if kind == EVENT_REQUEST:
                 if self._gatekeeper is not None:
                     path = MODEL_INFER if method == self._model_infer else INVOKE_ENDPOINT
                     error = self._gatekeeper.check(path, metadata, CallContext(metadata))
                     if error is not None:
                         self._server.fail(token, *status_of(error))
+                        self._answered()
                         continue
                 if method == self._model_infer:
                     call = self._model_infer_call(token, message, timeout, metadata, now)
@@ -182,6 +199,7 @@ class NativeDoor:
             return
         self._calls.pop(token, None)
         self._server.reply(token, answer)
+        self._answered()
 
     async def _invoke_call(
         self, token: int, message: bytes, timeout: float | None, metadata: tuple, taken: float
@@ -214,6 +232,7 @@ class NativeDoor:
             self._fail(token, error, timeout, taken)
             return
         self._server.reply(token, invoke_response(result).SerializeToString())
+        self._answered()
 
     def _fail(self, token: int, error: Exception, timeout: float | None, taken: float) -> None:
         """Answer `error`; DEADLINE_EXCEEDED when the caller's deadline has come. The upstream call
@@ -221,8 +240,9 @@ class NativeDoor:
         loop's: the caller then sees its deadline, as on grpc.aio, not the model's 504."""
         if timeout is not None and self._loop.time() >= taken + timeout - DEADLINE_SLACK_S:
             self._server.fail(token, DEADLINE_EXCEEDED, "Deadline Exceeded")
-            return
-        self._server.fail(token, *status_of(error))
+        else:
+            self._server.fail(token, *status_of(error))
+        self._answered()
 
     async def _forward(self, token: int, path: str, queue: asyncio.Queue, timeout: float | None, metadata) -> None:
         """Pass one call on to the grpc.aio server as a stream of bytes (on the wire every gRPC
@@ -242,6 +262,7 @@ class NativeDoor:
         try:
             async for answer in call:
                 server.send(token, answer)
+                self._answered()
             code = await call.code()
             details = await call.details()
             trailing = await call.trailing_metadata()
@@ -258,6 +279,7 @@ class NativeDoor:
             if key == DETAILS_KEY:
                 binary = value
         server.finish(token, code.value[0], details or "", binary)
+        self._answered()
 
     async def stop(self, grace: float | None) -> None:
         """Stop taking calls (GOAWAY, no new connections), let those in flight finish for `grace`
@@ -266,6 +288,7 @@ class NativeDoor:
         loop = asyncio.get_running_loop()
         until = loop.time() + (grace if grace is not None else 3600.0)
         self._server.shutdown()
+        self._answered()
         in_flight = len(self._calls)
         if self._calls:
             await asyncio.wait(list(self._calls.values()), timeout=grace)
@@ -277,11 +300,10 @@ class NativeDoor:
         # The answers are in the loop's hands; a large one takes several writes to a slow reader.
         while self._server.stats["open_connections"] and loop.time() < until:
             await asyncio.sleep(0.01)
-        self._server.stop()
-        log.info("event=native_door_stopped calls_in_flight=%d cancelled_after_grace=%d", in_flight, cancelled)
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 5.0)
         if self._loop is not None:
-            self._loop.remove_reader(self._server.events_fd)
+            self._loop.remove_reader(self._server.fileno())
+        self._server.stop()
+        self._server.take()     # the cancels of calls still open: their tasks were cancelled above
+        log.info("event=native_door_stopped calls_in_flight=%d cancelled_after_grace=%d", in_flight, cancelled)
         if self._channel is not None:
             await self._channel.close()
