@@ -134,3 +134,8 @@ def _alias_simd() -> bool:
 
 def scan_infer_request(data: bytes | bytearray | memoryview) -> tuple[str, str, str | None, str | None, bool]:
     """(model_name, id, target_variant, routing_key, forwardable) of a serialised ModelInferRequest, in one pass."""
+def scan_batch_parts(
+    data: bytes | bytearray | memoryview, itemsizes: dict[str, int], drop_parameters: tuple[str, ...] = ()
+) -> tuple[tuple, list[memoryview], int] | None:
+    """(compatibility key, raw input bytes, rows) of a serialised ModelInferRequest, as batch_parts reads the
+    decoded message; None when it cannot be batched as it is."""

@@ -982,3 +982,147 @@ def scan_infer_request(data):
     except UnicodeDecodeError:
         raise ValueError("not a valid inference.ModelInferRequest: a string is not UTF-8") from None
     return model_name, request_id, target, key, raws > 0 and raws == inputs and not typed
+
+
+cdef object _map_entry(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, const unsigned char[::1] view):
+    """One map<string, message> entry: (key, the value's bytes), or None when malformed. Repeated
+    value fields merge as protobuf merges messages: their bytes concatenated."""
+    cdef Py_ssize_t pos = start, s, e
+    cdef int number, wire_type
+    cdef Py_ssize_t key_s = 0, key_e = 0
+    value = b""
+    while pos < end:
+        if not _field(p, end, &pos, &number, &wire_type, &s, &e):
+            return None
+        if wire_type != 2:
+            continue
+        if number == 1:
+            key_s, key_e = s, e
+        elif number == 2:
+            value += bytes(view[s:e])
+    return bytes(view[key_s:key_e]).decode("utf-8"), value
+
+
+cdef object _input_layout(const unsigned char* p, Py_ssize_t start, Py_ssize_t end, const unsigned char[::1] view,
+                          dict itemsizes):
+    """An ``InferInputTensor``: (name, datatype, shape tuple, sorted parameters, item size), or None
+    when the bytes are malformed or the datatype has no fixed item size (BYTES, unknown)."""
+    cdef Py_ssize_t pos = start, s, e, spos
+    cdef int number, wire_type
+    cdef unsigned long long dim
+    cdef Py_ssize_t name_s = 0, name_e = 0, type_s = 0, type_e = 0
+    shape = []
+    parameters = None
+    while pos < end:
+        if not _field(p, end, &pos, &number, &wire_type, &s, &e):
+            return None
+        if number == 1 and wire_type == 2:
+            name_s, name_e = s, e
+        elif number == 2 and wire_type == 2:
+            type_s, type_e = s, e
+        elif number == 3 and wire_type == 2:        # packed shape
+            spos = s
+            while spos < e:
+                if not _varint(p, e, &spos, &dim):
+                    return None
+                shape.append(<long long>dim)
+        elif number == 3 and wire_type == 0:        # one dimension, unpacked
+            spos = s
+            if not _varint(p, end, &spos, &dim):
+                return None
+            shape.append(<long long>dim)
+        elif number == 4 and wire_type == 2:
+            entry = _map_entry(p, s, e, view)
+            if entry is None:
+                return None
+            if parameters is None:
+                parameters = {}
+            parameters[entry[0]] = entry[1]
+    datatype = bytes(view[type_s:type_e]).decode("utf-8")
+    itemsize = itemsizes.get(datatype)
+    if itemsize is None:
+        return None
+    return (bytes(view[name_s:name_e]).decode("utf-8"), datatype, tuple(shape),
+            tuple(sorted(parameters.items())) if parameters else (), itemsize)
+
+
+def scan_batch_parts(data, dict itemsizes, tuple drop_parameters=()):
+    """What batching needs of a serialised ``inference.ModelInferRequest``, from its bytes, with no
+    message decoded: ``(key, raw input bytes, rows)`` as ``mve.proxy.batching.assembly.batch_parts``
+    gives for the decoded request, or None when it cannot be batched as it is.
+
+    `itemsizes` maps each batchable datatype to its item size. The key is ``(inputs, outputs,
+    parameters)``: per input ``(name, datatype, trailing shape, sorted (key, value bytes) parameters)``,
+    each requested output's bytes, and the request's sorted parameters without `drop_parameters`;
+    value bytes are as sent, so a client that encodes a map or a message otherwise than protobuf
+    does only batches apart from the others. The raw bytes are memoryviews of `data`. None also for
+    typed contents, raw contents that do not match the inputs, BYTES or unknown datatypes, no or
+    disagreeing rows, negative dimensions and malformed bytes (the slow path then says what is wrong).
+    """
+    cdef const unsigned char[::1] view = data
+    cdef const unsigned char* p
+    cdef Py_ssize_t n = view.shape[0], pos = 0, s, e, tpos, ts, te
+    cdef int number, wire_type, tnumber, twire
+    cdef long long rows = -1, dim, count
+    cdef Py_ssize_t itemsize
+    if n == 0:
+        return None
+    p = &view[0]
+    whole = memoryview(data)
+    inputs = []
+    raws = []
+    outputs = []
+    parameters = None
+    try:
+        while pos < n:
+            if not _field(p, n, &pos, &number, &wire_type, &s, &e):
+                return None
+            if wire_type != 2:
+                continue
+            if number == 5:
+                tpos = s
+                while tpos < e:             # typed contents: not batchable as they are
+                    if not _field(p, e, &tpos, &tnumber, &twire, &ts, &te):
+                        return None
+                    if tnumber == 5 and twire == 2:
+                        return None
+                layout = _input_layout(p, s, e, view, itemsizes)
+                if layout is None:
+                    return None
+                inputs.append(layout)
+            elif number == 6:
+                outputs.append(bytes(view[s:e]))
+            elif number == 7:
+                raws.append(whole[s:e])
+            elif number == 4:
+                entry = _map_entry(p, s, e, view)
+                if entry is None:
+                    return None
+                if entry[0] not in drop_parameters:
+                    if parameters is None:
+                        parameters = {}
+                    parameters[entry[0]] = entry[1]
+    except UnicodeDecodeError:
+        return None
+    if not inputs or len(raws) != len(inputs):
+        return None
+    layout = []
+    for (name, datatype, shape, tensor_parameters, itemsize), raw in zip(inputs, raws):
+        if not shape:
+            return None
+        dim = shape[0]
+        if dim <= 0 or (rows != -1 and dim != rows):
+            return None
+        rows = dim
+        count = itemsize
+        for dim in shape:
+            if dim < 0:
+                return None
+            if dim and count > (n // dim):         # more bytes than the message has: cannot match
+                return None
+            count *= dim
+        if count != len(raw):
+            return None
+        layout.append((name, datatype, shape[1:], tensor_parameters))
+    key = (tuple(layout), tuple(outputs), tuple(sorted(parameters.items())) if parameters else ())
+    return key, raws, rows

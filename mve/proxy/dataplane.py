@@ -28,9 +28,10 @@ from functools import partial
 from google.protobuf.message import DecodeError
 
 from mve import codecs, tensors
-from mve._fastroute import scan_infer_request
+from mve._fastroute import scan_batch_parts, scan_infer_request
 from mve._proto import grpc_predict_v2_pb2 as pb
 from mve.errors import MveError, ValidationError
+from mve.proxy.batching.assembly import ITEMSIZES, ROUTING_PARAMETERS, ScannedRequest
 from mve.proxy.batching.batcher import VariantBatcher
 from mve.proxy.batching.policy import BatchingPolicy
 from mve.proxy.capture_writer import CaptureWriter
@@ -48,8 +49,7 @@ MAX_INFERENCE_ID = 64
 MAX_CUSTOM_ATTRIBUTES = 1024
 MAX_ROUTING_KEY = 1024
 INVOKED_VARIANT_PARAM = wire.INVOKED_VARIANT_PARAM
-TARGET_VARIANT_PARAM = "target_variant"
-ROUTING_KEY_PARAM = "routing_key"
+TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM = ROUTING_PARAMETERS  # "target_variant", "routing_key"
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +224,21 @@ class DataPlane:
         # A made id is appended to what goes upstream and to the answer (`wire.id_field`).
         id_tail = b"" if request_id else wire.id_field(inference_id)
         batcher = variant.batcher
-        if batcher is not None or not forwardable:
+        # A batched variant's request in raw contents waits for its batch as bytes: what batching
+        # needs comes from a second pass over them (`_fastroute.scan_batch_parts`), not a decode.
+        parts = scan_batch_parts(data, ITEMSIZES, ROUTING_PARAMETERS) if batcher is not None and forwardable else None
+        if parts is None and (batcher is not None or not forwardable):
             try:
                 request = pb.ModelInferRequest.FromString(data)
             except DecodeError:
                 raise ValidationError("the request is not a valid inference.ModelInferRequest") from None
-        if batcher is not None:
+        if parts is not None:
+            scanned = ScannedRequest(data, request_id, variant.model_name)
+            forward = (data, wire.request_tail(variant.model_name), id_tail)
+            answer = await self._batch(scanned, parts, forward, batcher, variant, started, time_remaining, id_tail,
+                                       inference_id)
+            shadow_request = data
+        elif batcher is not None:
             answer = await self._batch_bytes(data, request, batcher, variant, started, time_remaining, inference_id)
             shadow_request = request  # now in raw contents
         elif not forwardable:
@@ -268,15 +277,26 @@ class DataPlane:
             forward = None
         try:
             _to_raw_contents(request)
-            request.model_name = variant.model_name
-            request.model_version = ""
-            parameters = request.parameters
-            if parameters:
-                for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
-                    if name in parameters:
-                        del parameters[name]
+        except MveError as error:
+            self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
+            raise
+        request.model_name = variant.model_name
+        request.model_version = ""
+        parameters = request.parameters
+        if parameters:
+            for name in ROUTING_PARAMETERS:
+                if name in parameters:
+                    del parameters[name]
+        return await self._batch(request, None, forward, batcher, variant, started, time_remaining, id_tail,
+                                 inference_id)
+
+    async def _batch(self, request, parts, forward, batcher, variant: VariantState, started: float, time_remaining,
+                     id_tail: bytes, inference_id: str) -> bytes:
+        """`request` (a message for the variant's model, or a `ScannedRequest` with its `parts`) through
+        the batcher; the caller's answer as bytes, its tail (endpoint, variant, a made id) appended."""
+        try:
             tail = wire.response_tail(variant.endpoint_name, variant.name) + id_tail
-            result = await batcher.submit(request, self._timeout(time_remaining), tail, forward)
+            result = await batcher.submit(request, self._timeout(time_remaining), tail, forward, parts)
         except MveError as error:
             self.stats.record_error(variant.endpoint_name, variant.name, error, len(variant.instances))
             raise
@@ -320,7 +340,7 @@ class DataPlane:
             request.model_name = variant.model_name
             request.model_version = ""
             request.id = inference_id
-            for name in (TARGET_VARIANT_PARAM, ROUTING_KEY_PARAM):
+            for name in ROUTING_PARAMETERS:
                 if name in request.parameters:
                     del request.parameters[name]
             result = await self._infer(variant, request, self._timeout(time_remaining))

@@ -1,7 +1,9 @@
 """Many compatible ModelInferRequests as one batch, and the batch's answer back per caller.
 
-`batch_parts` reads a request's compatibility key, raw input bytes and rows; `assemble` stacks the
-inputs of compatible requests along the first dimension (concatenating their bytes); `split` slices
+`batch_parts` reads a request's compatibility key, raw input bytes and rows (for a request still
+in its serialised form, `_fastroute.scan_batch_parts` reads the same from the bytes, and the request
+waits as a `ScannedRequest`); `assemble` stacks the inputs of compatible requests along the first
+dimension (concatenating their bytes); `split` slices
 every output of the batch's response back by row offsets (`_fastroute.split_batch`), and
 `split_bytes` does the same straight into serialised responses (byte slices and a cached header, no
 message per caller). What a batch may be is the variant's `mve.proxy.batching.policy.BatchingPolicy`.
@@ -50,6 +52,36 @@ def batch_parts(request) -> tuple[tuple, list[bytes], int] | None:
 
 
 _DTYPES = {name: dtype for name, dtype in tensors.DATATYPE_TO_DTYPE.items() if name != "BYTES"}
+# The batchable datatypes' item sizes, for `_fastroute.scan_batch_parts`.
+ITEMSIZES = {name: dtype.itemsize for name, dtype in _DTYPES.items()}
+# Request parameters that choose the variant: removed before a request joins a batch.
+ROUTING_PARAMETERS = ("target_variant", "routing_key")
+
+
+class ScannedRequest:
+    """A raw-contents ModelInferRequest waiting for a batch as its serialised bytes.
+
+    Its parts came from `_fastroute.scan_batch_parts`; what the batcher reads of a request is its
+    `id` (for its own answer), and the batch's first request is decoded once for the batch's
+    header (`message`).
+    """
+
+    __slots__ = ("data", "id", "model_name")
+
+    def __init__(self, data: bytes, request_id: str, model_name: str):
+        self.data = data
+        self.id = request_id
+        self.model_name = model_name  # the variant's model, which the batch is sent to
+
+    def message(self) -> pb.ModelInferRequest:
+        """The request decoded, for the variant's model, its routing parameters removed."""
+        request = pb.ModelInferRequest.FromString(self.data)
+        request.model_name = self.model_name
+        request.model_version = ""
+        for name in ROUTING_PARAMETERS:
+            if name in request.parameters:
+                del request.parameters[name]
+        return request
 
 
 def _sorted_params(parameters) -> tuple:
@@ -63,13 +95,16 @@ def row_offsets(rows: list[int]) -> np.ndarray:
     return offsets
 
 
-def assemble(requests: list, parts: list[list[bytes]], model_name: str | None = None):
+def assemble(requests: list, parts: list[list[bytes]], model_name: str | None = None, rows: list[int] | None = None):
     """One request with the rows of every request (their `batch_parts` bytes), and the row offsets.
 
     Compatible requests share datatypes and trailing shapes, so stacking along the first dimension
-    is concatenating each input's bytes.
+    is concatenating each input's bytes. `requests` may be `ScannedRequest`s (then give `rows`, each
+    request's rows): only the first is decoded, for the batch's header.
     """
     first = requests[0]
+    if isinstance(first, ScannedRequest):
+        first = first.message()
     batch = pb.ModelInferRequest(
         model_name=first.model_name if model_name is None else model_name, model_version=first.model_version
     )
@@ -77,7 +112,8 @@ def assemble(requests: list, parts: list[list[bytes]], model_name: str | None = 
         batch.parameters.MergeFrom(first.parameters)
     if first.outputs:
         batch.outputs.extend(first.outputs)
-    rows = [r.inputs[0].shape[0] for r in requests]
+    if rows is None:
+        rows = [r.inputs[0].shape[0] for r in requests]
     total = sum(rows)
     for index, tensor in enumerate(first.inputs):
         batch.inputs.add(name=tensor.name, datatype=tensor.datatype, shape=(total, *tensor.shape[1:]),

@@ -139,7 +139,8 @@ class VariantBatcher:
 
     # ------------------------------------------------------------ callers
 
-    async def submit(self, request, timeout: float, tail: bytes | None = None, wire: bytes | None = None):
+    async def submit(self, request, timeout: float, tail: bytes | None = None, wire: bytes | None = None,
+                     parts: tuple | None = None):
         """Run `request` (raw contents, for the variant's model) in a batch; its own rows come back.
 
         Returns what `send` returns, with a response holding only this request's rows: a
@@ -147,9 +148,11 @@ class VariantBatcher:
         `tail` appended (`assembly.split_bytes`). `wire`, the request already serialised for the
         variant's model (bytes, or a tuple of byte pieces joined only when needed), is what goes
         upstream if the request ends up alone in its batch (then the answer's bytes are not
-        decoded either).
+        decoded either). `parts`, when the caller read them already (a `ScannedRequest`'s, from
+        `_fastroute.scan_batch_parts`), stand for `batch_parts(request)`.
         """
-        parts = batch_parts(request)
+        if parts is None:
+            parts = batch_parts(request)
         if parts is None:
             return _with_tail(await self._send(self.variant, request, timeout), tail)
         key, datas, rows = parts
@@ -359,7 +362,8 @@ class VariantBatcher:
             if len(members) == 1:
                 request, offsets = _joined(members[0].wire) or members[0].request, None
             else:
-                request, offsets = assemble([m.request for m in members], [m.parts for m in members])
+                request, offsets = assemble([m.request for m in members], [m.parts for m in members],
+                                            rows=[m.rows for m in members])
             timeout = max(m.deadline for m in members) - self._loop.time()
             if self._spans is None:
                 result = await self._send(self.variant, request, max(timeout, 0.001))
