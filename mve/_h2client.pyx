@@ -24,6 +24,7 @@ from mve._h2io cimport (
     WRITE_SESSION_ERROR,
     WRITE_SOCKET_ERROR,
     append_pointer,
+    arm_timer_at,
     now_ns,
     write_pending,
     write_session,
@@ -1022,21 +1023,9 @@ cdef int run_turn(Client* cl, int timeout_ms) noexcept nogil:
 
 
 cdef void arm_timer(Client* cl) noexcept nogil:
-    """Inline: the timerfd (in the epoll set, so the caller's loop sees it) fires by the nearest
-    deadline. Armed only when that is earlier than what is armed: a call that ends early leaves it
-    armed, and the early fire re-arms it (one extra turn per deadline period, not a syscall per call)."""
-    cdef itimerspec spec
-    cdef int64_t first
-    if cl.heap_len == 0:
-        return
-    first = cl.heap[0].deadline_ns
-    if cl.timer_armed_ns != 0 and cl.timer_armed_ns <= first:
-        return
-    memset(&spec, 0, sizeof(spec))
-    spec.it_value.tv_sec = first // 1000000000
-    spec.it_value.tv_nsec = first % 1000000000
-    if timerfd_settime(cl.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0:
-        cl.timer_armed_ns = first
+    """Inline: the timerfd fires by the nearest deadline (`_h2io.arm_timer_at`)."""
+    if cl.heap_len != 0:
+        arm_timer_at(cl.timer_fd, &cl.timer_armed_ns, cl.heap[0].deadline_ns)
 
 
 cdef int run_loop(Client* cl) noexcept nogil:

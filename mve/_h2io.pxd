@@ -1,11 +1,12 @@
 # What both native HTTP/2 modules (mve/_h2transport.pyx, mve/_h2client.pyx) do the same way, as inline
 # functions compiled into each: a connection's write buffer, filled from its nghttp2 session and
-# written to its socket in as few send() calls as the socket takes, and the monotonic clock.
+# written to its socket in as few send() calls as the socket takes, the monotonic clock, and the
+# inline mode's deadline timer.
 
 from libc.errno cimport EAGAIN, EINTR, errno
 from libc.stdint cimport int64_t, uint8_t
 from libc.stdlib cimport realloc
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
 
 from mve._h2lib cimport *
@@ -90,3 +91,20 @@ cdef inline bint append_pointer(void*** items, int* n, int* cap, void* item) noe
     items[0][n[0]] = item
     n[0] += 1
     return True
+
+
+cdef inline void arm_timer_at(int timer_fd, int64_t* armed_ns, int64_t at_ns) noexcept nogil:
+    """Inline mode: arm `timer_fd` (a CLOCK_MONOTONIC timerfd in the loop's epoll set, so the caller's
+    event loop sees it) for `at_ns`, unless it is already armed for then or earlier. A deadline that
+    goes away early leaves the timer armed, and its early fire re-arms it: one extra turn per
+    deadline period, not a syscall per call. `armed_ns` is 0 when not armed (reset it on a fire)."""
+    cdef itimerspec spec
+    if armed_ns[0] != 0 and armed_ns[0] <= at_ns:
+        return
+    memset(&spec, 0, sizeof(spec))
+    spec.it_value.tv_sec = at_ns // 1000000000
+    spec.it_value.tv_nsec = at_ns % 1000000000
+    if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
+        spec.it_value.tv_nsec = 1       # 0 would disarm it
+    if timerfd_settime(timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0:
+        armed_ns[0] = at_ns

@@ -34,7 +34,7 @@ from libc.string cimport memcmp, memcpy, memset, strlen
 from posix.time cimport CLOCK_MONOTONIC
 from posix.unistd cimport close, read, write
 
-from mve._h2io cimport WRITE_DONE, append_pointer, now_ns, write_pending, write_session
+from mve._h2io cimport WRITE_DONE, append_pointer, arm_timer_at, now_ns, write_pending, write_session
 
 import binascii
 import socket as pysocket
@@ -1255,26 +1255,13 @@ cdef int run_turn(Server* s, int timeout_ms) noexcept nogil:
 
 
 cdef void arm_timer(Server* s) noexcept nogil:
-    """Inline: the timerfd (in the epoll set, so the caller's loop sees it) fires by the nearest
-    deadline or handshake timeout. Armed only when that is earlier than what is armed: a call that
-    ends early leaves it armed, and the early fire re-arms it (one extra turn, not a syscall per call)."""
-    cdef itimerspec spec
-    cdef int64_t first
+    """Inline: the timerfd fires by the nearest deadline or handshake timeout (`_h2io.arm_timer_at`)."""
     if s.n_deadlines == 0 and s.hs_head == NULL:
         return
     if s.n_deadlines == 0 or (s.hs_head != NULL and s.hs_head.handshake_deadline_ns < s.deadlines[0].at_ns):
-        first = s.hs_head.handshake_deadline_ns
+        arm_timer_at(s.timer_fd, &s.timer_armed_ns, s.hs_head.handshake_deadline_ns)
     else:
-        first = s.deadlines[0].at_ns
-    if s.timer_armed_ns != 0 and s.timer_armed_ns <= first:
-        return
-    memset(&spec, 0, sizeof(spec))
-    spec.it_value.tv_sec = first // 1000000000
-    spec.it_value.tv_nsec = first % 1000000000
-    if spec.it_value.tv_sec == 0 and spec.it_value.tv_nsec == 0:
-        spec.it_value.tv_nsec = 1       # 0 would disarm it
-    if timerfd_settime(s.timer_fd, TFD_TIMER_ABSTIME, &spec, NULL) == 0:
-        s.timer_armed_ns = first
+        arm_timer_at(s.timer_fd, &s.timer_armed_ns, s.deadlines[0].at_ns)
 
 
 # ---------------------------------------------------------------------------------------------
