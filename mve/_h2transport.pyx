@@ -1281,7 +1281,9 @@ cdef class H2Server:
     several processes on one port). Add canned answers and unary paths, then call ``serve_forever()``
     in one thread; ``stop()`` from any thread or a signal handler ends it. Requests for Python come
     out of ``take()`` when ``events_fd`` is readable; ``reply``/``fail``/``send``/``finish`` answer
-    them from any thread.
+    them from any thread. With ``inline=True`` there is no loop thread: the thread that calls
+    ``poll()`` (when ``fileno()`` is readable) gets the requests from it and answers them, and its
+    next ``poll()`` writes the answers (nothing wakes a loop thread: there is none).
     """
 
     cdef Server* srv
